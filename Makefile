@@ -1,0 +1,36 @@
+# jetgate: `make run` (embedded NATS + gateway) and `make test` (lint + whole suite).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test lint proto tools clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/jetgate up --config jetgate.toml
+
+proto: venv
+	$(BIN)/python proto/generate.py
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# The interop tests need the real `nats` CLI, built from the Go module proxy into .tools/.
+tools:
+	bash tools/install-natscli.sh
+
+test: venv tools lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

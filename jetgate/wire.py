@@ -1,0 +1,241 @@
+"""The NATS wire contract of jetgate: header names, subject rules, event encoding.
+
+Gateway and consumers both import this module and nothing of each other, so what a
+stored event looks like is decided here only.
+
+A stored event is a JetStream message with
+- subject `<route prefix>.<EventTypeName>.<key>` (e.g. `orders.OrderPlaced.o-42`),
+- payload: the serialized typed protobuf message (not the `Any` wrapper),
+- headers (CloudEvents NATS binding, binary mode): `Nats-Msg-Id` (= event id, JetStream
+  de-duplication), `ce-specversion`, `ce-id`, `ce-type` (full proto name), `ce-source`,
+  `ce-time` (RFC 3339, UTC), `ce-subject` (the key), `ce-dataschema` (type URL),
+  `content-type: application/protobuf`, optional `Nats-TTL`, W3C trace context headers,
+  and the user's headers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+SPEC_VERSION: Final = "1.0"
+CONTENT_TYPE_PROTOBUF: Final = "application/protobuf"
+TYPE_URL_PREFIX: Final = "type.googleapis.com/"
+
+# JetStream headers.
+MSG_ID: Final = "Nats-Msg-Id"
+TTL: Final = "Nats-TTL"
+EXPECTED_STREAM: Final = "Nats-Expected-Stream"
+EXPECTED_LAST_SEQUENCE: Final = "Nats-Expected-Last-Sequence"
+EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
+EXPECTED_LAST_MSG_ID: Final = "Nats-Expected-Last-Msg-Id"
+BATCH_ID: Final = "Nats-Batch-Id"
+BATCH_SEQUENCE: Final = "Nats-Batch-Sequence"
+BATCH_COMMIT: Final = "Nats-Batch-Commit"
+
+# CloudEvents attributes (binary mode: one header each).
+CE_SPECVERSION: Final = "ce-specversion"
+CE_ID: Final = "ce-id"
+CE_TYPE: Final = "ce-type"
+CE_SOURCE: Final = "ce-source"
+CE_TIME: Final = "ce-time"
+CE_SUBJECT: Final = "ce-subject"
+CE_DATASCHEMA: Final = "ce-dataschema"
+CONTENT_TYPE: Final = "content-type"
+
+# W3C trace context, injected by the gateway, never by users.
+TRACE_HEADERS: Final = ("traceparent", "tracestate", "baggage")
+
+RESERVED_HEADER_PREFIXES: Final = ("nats-", "ce-")
+RESERVED_HEADER_NAMES: Final = frozenset({*TRACE_HEADERS, CONTENT_TYPE, "status", "description"})
+
+MAX_KEY_LENGTH: Final = 128
+MAX_EVENT_ID_LENGTH: Final = 128
+MAX_HEADER_NAME_LENGTH: Final = 128
+MAX_HEADER_VALUE_LENGTH: Final = 4096
+
+_KEY_FORBIDDEN = re.compile(r"[.*>\s\x00-\x1f\x7f]")
+# RFC 7230 token characters: what NATS (and HTTP) accept as a header name.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
+_SUBJECT_TOKEN = re.compile(r"^[^.*>\s]+$")
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be the last subject token, or None when it can."""
+    if not key:
+        return "key is required"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"key is {len(key)} characters long; at most {MAX_KEY_LENGTH} are allowed"
+    bad = _KEY_FORBIDDEN.search(key)
+    if bad:
+        return (
+            f"key contains {bad.group()!r} at index {bad.start()}; "
+            "'.', '*', '>', whitespace and control characters are not allowed"
+        )
+    return None
+
+
+def event_id_problem(event_id: str) -> str | None:
+    """Why `event_id` is unusable as `Nats-Msg-Id`/`ce-id`, or None. Empty is fine (generated)."""
+    if not event_id:
+        return None
+    if len(event_id) > MAX_EVENT_ID_LENGTH:
+        return f"id is {len(event_id)} characters long; at most {MAX_EVENT_ID_LENGTH} are allowed"
+    if not _PRINTABLE_ASCII.match(event_id):
+        return "id must be printable ASCII without whitespace"
+    return None
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why a user header cannot be stored as given, or None when it can."""
+    lower = name.lower()
+    if not _HEADER_NAME.match(name) or len(name) > MAX_HEADER_NAME_LENGTH:
+        return (
+            f"header name {name!r} must be 1-{MAX_HEADER_NAME_LENGTH} token characters (RFC 7230)"
+        )
+    if lower.startswith(RESERVED_HEADER_PREFIXES) or lower in RESERVED_HEADER_NAMES:
+        reserved = ", ".join(sorted(RESERVED_HEADER_NAMES))
+        return f"header name {name!r} is reserved (Nats-*, ce-*, {reserved})"
+    if len(value) > MAX_HEADER_VALUE_LENGTH:
+        return f"header {name!r} value is longer than {MAX_HEADER_VALUE_LENGTH} characters"
+    if "\r" in value or "\n" in value:
+        return f"header {name!r} value must not contain CR or LF"
+    return None
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` is not a literal subject prefix (dot-separated tokens), or None."""
+    if not prefix or any(not _SUBJECT_TOKEN.match(t) for t in prefix.split(".")):
+        return f"subject prefix {prefix!r} must be literal dot-separated tokens"
+    return None
+
+
+def type_name(full_name: str) -> str:
+    """The subject token of a proto type: its simple name (`a.v1.OrderPlaced` -> `OrderPlaced`)."""
+    return full_name.rsplit(".", 1)[-1]
+
+
+def subject(prefix: str, full_type_name: str, key: str) -> str:
+    """The subject of an event: `<prefix>.<EventTypeName>.<key>`. Validate `key` first."""
+    return f"{prefix}.{type_name(full_type_name)}.{key}"
+
+
+def key_filter(prefix: str, key: str) -> str:
+    """The subject filter matching every event of one key (the aggregate): `<prefix>.*.<key>`."""
+    return f"{prefix}.*.{key}"
+
+
+def type_url(full_type_name: str) -> str:
+    return TYPE_URL_PREFIX + full_type_name
+
+
+def type_from_url(url: str) -> str:
+    """The full proto name of a type URL (the part after the last '/')."""
+    return url.rsplit("/", 1)[-1]
+
+
+def new_event_id() -> str:
+    """A fresh UUIDv7 (RFC 9562): time-ordered, so ids sort by creation time."""
+    ms = time.time_ns() // 1_000_000
+    raw = bytearray(ms.to_bytes(6, "big") + os.urandom(10))
+    raw[6] = 0x70 | (raw[6] & 0x0F)
+    raw[8] = 0x80 | (raw[8] & 0x3F)
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds, e.g. `2026-11-26T14:00:00.123456Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Inverse of `format_time` (accepts any RFC 3339 time with an offset or `Z`)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """Everything stored beside the payload of one event, validated by the publisher."""
+
+    id: str
+    type: str
+    source: str
+    key: str
+    time: datetime
+    headers: Mapping[str, str] = field(default_factory=dict)
+    ttl_seconds: int | None = None
+
+
+def encode_headers(
+    envelope: Envelope,
+    *,
+    expectations: Mapping[str, str] | None = None,
+    trace: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """A fresh NATS header dict for `envelope` (never shared: nats-py mutates it)."""
+    headers = dict(envelope.headers)
+    if trace:
+        headers.update(trace)
+    headers.update(
+        {
+            MSG_ID: envelope.id,
+            CE_SPECVERSION: SPEC_VERSION,
+            CE_ID: envelope.id,
+            CE_TYPE: envelope.type,
+            CE_SOURCE: envelope.source,
+            CE_TIME: format_time(envelope.time),
+            CE_SUBJECT: envelope.key,
+            CE_DATASCHEMA: type_url(envelope.type),
+            CONTENT_TYPE: CONTENT_TYPE_PROTOBUF,
+        }
+    )
+    if envelope.ttl_seconds is not None:
+        headers[TTL] = str(envelope.ttl_seconds)
+    if expectations:
+        headers.update(expectations)
+    return headers
+
+
+def encoded_headers_size(headers: Mapping[str, str]) -> int:
+    """Bytes the header block takes on the wire (`NATS/1.0\\r\\n`, `k: v\\r\\n`..., `\\r\\n`)."""
+    size = len(b"NATS/1.0\r\n\r\n")
+    for name, value in headers.items():
+        size += len(name.encode()) + len(value.encode()) + 4
+    return size
+
+
+def decode_envelope(subject_: str, headers: Mapping[str, str]) -> Envelope:
+    """The envelope of a stored event from its subject and headers (consumers, replay).
+
+    Raises ValueError when the message is not a jetgate event (missing ce-type/ce-id).
+    """
+    try:
+        event_type = headers[CE_TYPE]
+        event_id = headers[CE_ID]
+    except KeyError as missing:
+        raise ValueError(f"not a jetgate event: header {missing} missing") from None
+    raw_time = headers.get(CE_TIME)
+    user = {
+        k: v
+        for k, v in headers.items()
+        if not k.lower().startswith(RESERVED_HEADER_PREFIXES)
+        and k.lower() not in RESERVED_HEADER_NAMES
+    }
+    ttl = headers.get(TTL)
+    return Envelope(
+        id=event_id,
+        type=event_type,
+        source=headers.get(CE_SOURCE, ""),
+        key=headers.get(CE_SUBJECT) or subject_.rsplit(".", 1)[-1],
+        time=parse_time(raw_time) if raw_time else datetime.fromtimestamp(0, UTC),
+        headers=user,
+        ttl_seconds=int(ttl) if ttl and ttl.isdigit() else None,
+    )
