@@ -1,0 +1,1 @@
+"""The jetgate gRPC gateway: validates typed events and stores them in JetStream."""

@@ -1,0 +1,257 @@
+"""Gateway configuration: `jetgate.toml`, overridden by `JETGATE_*` variables and CLI flags.
+
+Precedence, lowest first: dataclass defaults, the TOML file, the environment, CLI flags.
+Gateway settings are overridden by `JETGATE_<SETTING>` (e.g. `JETGATE_NATS_URL`,
+`JETGATE_LISTEN`, `JETGATE_PUBLISH_TIMEOUT`) and `--<setting>` flags; stream settings by
+`JETGATE_STREAM_<STREAM>_<FIELD>` (e.g. `JETGATE_STREAM_ORDERS_REPLICAS=3`) and
+`--stream-set ORDERS.replicas=3`. Lists are comma-separated in both. Durations are
+seconds or strings such as `500ms`, `30s`, `2m`, `1h`, `7d`; byte sizes accept `KiB`/`MiB`/`GiB`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+Storage = Literal["file", "memory"]
+Retention = Literal["limits", "interest", "workqueue"]
+Discard = Literal["old", "new"]
+
+ENV_PREFIX = "JETGATE_"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(-?\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*$")
+_SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40, None: 1}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says where and why."""
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string like `2m`."""
+    if isinstance(value, bool):
+        raise ConfigError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ConfigError(f"not a duration: {value!r} (use e.g. 30s, 2m, 1h)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string like `64MiB`; -1 means unlimited."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"not a byte size: {value!r} (use e.g. 1048576 or 64MiB)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamConfig:
+    """One JetStream stream, created or safely updated at start-up."""
+
+    name: str
+    subjects: tuple[str, ...]
+    storage: Storage = "file"
+    replicas: int = 1
+    retention: Retention = "limits"
+    max_age: float = 0.0  # seconds; 0 = forever
+    max_bytes: int = -1
+    max_msgs: int = -1
+    max_msg_size: int = -1
+    duplicate_window: float = 120.0  # seconds
+    discard: Discard = "old"
+    allow_msg_ttl: bool = False
+    # Needed by PublishBatch(atomic=true).
+    allow_atomic: bool = True
+    description: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name):
+            raise ConfigError(f"stream name {self.name!r}: use 1-64 letters, digits, '_' or '-'")
+        if not self.subjects:
+            raise ConfigError(f"stream {self.name}: subjects must not be empty")
+        _check_choice(f"stream {self.name}: storage", self.storage, Storage)
+        _check_choice(f"stream {self.name}: retention", self.retention, Retention)
+        _check_choice(f"stream {self.name}: discard", self.discard, Discard)
+        if self.replicas not in (1, 3, 5):
+            raise ConfigError(f"stream {self.name}: replicas must be 1, 3 or 5")
+        if self.duplicate_window <= 0:
+            raise ConfigError(f"stream {self.name}: duplicate_window must be positive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """Event types matching `match` (a full proto name or glob like `pkg.v1.*`) go to `stream`."""
+
+    match: str
+    stream: str
+    subject_prefix: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    """Everything `jetgate serve` / `jetgate up` needs."""
+
+    listen: str = "127.0.0.1:50051"
+    # Empty: `jetgate up` starts an embedded nats-server; `jetgate serve` needs a URL.
+    nats_url: str = ""
+    # ce-source of events published without one.
+    source: str = "jetgate"
+    # Longest wait for JetStream's acknowledgement of one publish (capped by the RPC deadline).
+    publish_timeout: float = 5.0
+    # Largest PublishBatch / PublishStream request (JetStream atomic batches stop at 1000).
+    max_batch_entries: int = 1000
+    # Messages awaiting a JetStream ack at once, over all RPCs (the pipeline window).
+    max_pending: int = 4096
+    # PublishStream request messages in flight per stream before reading pauses.
+    stream_window: int = 8
+    # Python modules with generated *_pb2 types to accept, and FileDescriptorSet files.
+    type_modules: tuple[str, ...] = ()
+    descriptor_sets: tuple[str, ...] = ()
+    # Where `jetgate up` keeps the embedded nats-server's JetStream data.
+    data_dir: str = "data"
+    streams: tuple[StreamConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"listen {self.listen!r}: use HOST:PORT")
+        if self.publish_timeout <= 0:
+            raise ConfigError("publish_timeout must be positive")
+        if not 1 <= self.max_batch_entries <= 1000:
+            raise ConfigError("max_batch_entries must be within 1..1000")
+        if self.max_pending < 1 or self.stream_window < 1:
+            raise ConfigError("max_pending and stream_window must be at least 1")
+        names = [s.name for s in self.streams]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stream names must be unique: {names}")
+        for route in self.routes:
+            if route.stream not in names:
+                raise ConfigError(f"route {route.match!r} names unknown stream {route.stream!r}")
+
+    def stream(self, name: str) -> StreamConfig:
+        return next(s for s in self.streams if s.name == name)
+
+
+def _check_choice(what: str, value: object, choices: Any) -> None:
+    if value not in get_args(choices):
+        raise ConfigError(f"{what} must be one of {', '.join(get_args(choices))}; got {value!r}")
+
+
+def _coerce(cls: type[Any], name: str, raw: object, where: str) -> object:
+    """Convert a TOML/env/flag value to the type of dataclass field `name`."""
+    kind = {f.name: f for f in dataclasses.fields(cls)}[name].type
+    try:
+        if name in {"max_age", "duplicate_window", "publish_timeout"}:
+            return parse_duration(raw)
+        if name in {"max_bytes", "max_msg_size"}:
+            return parse_size(raw)
+        if kind == "int":
+            return int(str(raw)) if not isinstance(raw, int) else raw
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ConfigError(f"not a boolean: {raw!r}")
+            return text in {"true", "1", "yes"}
+        if kind.startswith("tuple"):
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list | tuple):
+                raise ConfigError(f"not a list: {raw!r}")
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if kind.startswith("Mapping"):
+            if not isinstance(raw, dict):
+                raise ConfigError(f"not a table: {raw!r}")
+            return {str(k): str(v) for k, v in raw.items()}
+        return str(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _build(cls: type[Any], table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(cls)} - {"streams", "routes"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    return {k: _coerce(cls, k, v, f"{where}.{k}") for k, v in table.items()}
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+    stream_overrides: Sequence[str] = (),
+) -> GatewayConfig:
+    """Read `path` (TOML), then apply `env` (`JETGATE_*`) and CLI `overrides`.
+
+    `overrides` maps gateway setting names to raw values; `stream_overrides` holds
+    `STREAM.field=value` items. Raises ConfigError naming the bad setting.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    gateway_table = dict(data.get("gateway", {}))
+    streams = {str(s.get("name")): dict(s) for s in data.get("streams", [])}
+    unknown = sorted(set(data) - {"gateway", "streams", "routes"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
+
+    env = env or {}
+    gateway_fields = {f.name for f in dataclasses.fields(GatewayConfig)} - {"streams", "routes"}
+    for name in gateway_fields:
+        if (value := env.get(ENV_PREFIX + name.upper())) is not None:
+            gateway_table[name] = value
+    stream_items: list[tuple[str, str, str]] = []
+    for var, value in sorted(env.items()):
+        if var.startswith(ENV_PREFIX + "STREAM_"):
+            rest = var.removeprefix(ENV_PREFIX + "STREAM_")
+            stream_name = next((n for n in streams if rest.startswith(n.upper() + "_")), None)
+            if stream_name is None:
+                raise ConfigError(f"{var}: no stream of that name in the config")
+            stream_items.append((stream_name, rest[len(stream_name) + 1 :].lower(), value))
+    for name, value in (overrides or {}).items():
+        gateway_table[name] = value
+    for item in stream_overrides:
+        target, sep, value = item.partition("=")
+        stream_name, dot, setting = target.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--stream-set {item!r}: use STREAM.field=value")
+        stream_items.append((stream_name, setting, value))
+    for stream_name, setting, value in stream_items:
+        if stream_name not in streams:
+            raise ConfigError(f"stream override {stream_name}.{setting}: no such stream")
+        streams[stream_name][setting] = value
+
+    try:
+        stream_configs = tuple(
+            StreamConfig(**_build(StreamConfig, table, f"streams.{name}"))
+            for name, table in streams.items()
+        )
+        routes = tuple(
+            RouteConfig(**_build(RouteConfig, dict(r), f"routes[{i}]"))
+            for i, r in enumerate(data.get("routes", []))
+        )
+        return GatewayConfig(
+            **_build(GatewayConfig, gateway_table, "gateway"),
+            streams=stream_configs,
+            routes=routes,
+        )
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(str(exc)) from None
