@@ -118,6 +118,38 @@ def prefix_problem(prefix: str) -> str | None:
     return None
 
 
+def subject_filter_covers(filter: str, sub_filter: str) -> bool:
+    """Whether every subject matched by NATS filter `sub_filter` is matched by `filter`.
+
+    Subjects are tokens separated by '.'; in a filter, a `*` token matches exactly one
+    token and a final `>` token matches one or more tokens. Any other token, including one
+    merely containing `*` or `>`, is literal. Examples: `orders.>` covers
+    `orders.OrderPlaced.*`; `orders.*.*` covers `orders.OrderPlaced.*` but not `orders.>`.
+    Raises ValueError when either filter has an empty token or a `>` before its end.
+    """
+    wanted = filter_tokens(filter)
+    given = filter_tokens(sub_filter)
+    for index, token in enumerate(wanted):
+        if token == ">":
+            return len(given) > index
+        if index >= len(given) or given[index] == ">":
+            return False
+        if token != "*" and given[index] != token:
+            return False
+    return len(given) == len(wanted)
+
+
+def filter_tokens(subject_filter: str) -> list[str]:
+    """The tokens of a subject filter; ValueError for an empty token or a non-final `>`."""
+    tokens = subject_filter.split(".")
+    if "" in tokens or ">" in tokens[:-1]:
+        raise ValueError(
+            f"{subject_filter!r} is not a valid subject filter "
+            "(empty token, or '>' before the last token)"
+        )
+    return tokens
+
+
 def type_name(full_name: str) -> str:
     """The subject token of a proto type: its simple name (`a.v1.OrderPlaced` -> `OrderPlaced`)."""
     return full_name.rsplit(".", 1)[-1]

@@ -37,13 +37,14 @@ def generate(out: Path) -> list[Path]:
     for rel in GENERATED_DIRS:
         shutil.rmtree(out / rel, ignore_errors=True)
     sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
-    plugin = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
+    bindir = Path(sys.executable).parent
     args = [
         "grpc_tools.protoc",
         *(f"-I{d}" for d in _include_dirs()),
-        f"--plugin=protoc-gen-mypy_grpc={plugin}",
+        f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}",
-        f"--pyi_out={out}",
+        f"--mypy_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_grpc_out={out}",
         *sources,

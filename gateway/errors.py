@@ -1,0 +1,137 @@
+"""gRPC error statuses of the gateway, with `google.rpc.Status` details.
+
+Bad input is INVALID_ARGUMENT with a `google.rpc.BadRequest` naming each field; a violated
+precondition is FAILED_PRECONDITION with a `jetgate.v1.SequenceConflict` (expected and
+actual) plus a standard `google.rpc.PreconditionFailure`; an unacknowledged publish is
+UNAVAILABLE or DEADLINE_EXCEEDED, both safe to retry with the same event id.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+
+from gateway.publisher import PublishFailure
+from jetgate.v1 import event_pb2
+
+# JetStream API error codes (nats-server's errors.json) that the gateway maps precisely.
+JS_WRONG_LAST_MSG_ID = 10070
+JS_WRONG_LAST_SEQUENCE = 10071
+JS_BATCH_WRONG_LAST_SEQUENCE = 10164
+JS_BATCH_DUPLICATE_MSG_ID = 10201
+JS_MESSAGE_TTL_DISABLED = 10166
+JS_MAX_PAYLOAD = 10054
+_STREAM_LIMITS = {10027, 10028, 10077}  # max bytes / max messages (discard new), store full
+_ACTUAL = re.compile(r":\s*(.*)$")
+
+FieldViolation = tuple[str, str]
+# Where gRPC carries a google.rpc.Status (what grpc_status.rpc_status.to_status writes).
+DETAILS_TRAILER = "grpc-status-details-bin"
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class RpcAbort(Exception):
+    """Ends an RPC with `status` (raised inside servicers, turned into an abort at the top)."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+
+def make_status(code: grpc.StatusCode, message: str, *details: Message) -> status_pb2.Status:
+    """A google.rpc.Status with `details` packed into Any."""
+    packed = []
+    for detail in details:
+        any_detail = any_pb2.Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    return status_pb2.Status(code=code.value[0], message=message, details=packed)
+
+
+def bad_request(violations: Sequence[FieldViolation]) -> status_pb2.Status:
+    """INVALID_ARGUMENT naming every offending field."""
+    detail = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+            for f, d in violations
+        ]
+    )
+    message = "; ".join(f"{f}: {d}" for f, d in violations)
+    return make_status(grpc.StatusCode.INVALID_ARGUMENT, message, detail)
+
+
+def aborted(reason: str) -> status_pb2.Status:
+    return make_status(grpc.StatusCode.ABORTED, reason)
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[object, object], status: status_pb2.Status
+) -> NoReturn:
+    """End the RPC with `status`, details in the `grpc-status-details-bin` trailer."""
+    await context.abort(
+        _CODES[status.code],
+        status.message,
+        trailing_metadata=((DETAILS_TRAILER, status.SerializeToString()),),
+    )
+
+
+def failure_status(
+    failure: PublishFailure, conflict: event_pb2.SequenceConflict | None
+) -> status_pb2.Status:
+    """The status of a publish JetStream did not acknowledge.
+
+    `conflict` describes the precondition the publish carried (None: it had none); it is
+    completed with the actual value from JetStream's error when the error is a sequence or
+    event-id mismatch.
+    """
+    if failure.kind == "timeout":
+        return make_status(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"{failure.description}; the event may be stored: retry with the same event id",
+        )
+    if failure.kind == "unavailable":
+        return make_status(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{failure.description}; not acknowledged: retry with the same event id",
+        )
+    err = failure.err_code
+    text = f"JetStream refused the event: {failure.description} (err_code {err})"
+    if err in (JS_WRONG_LAST_SEQUENCE, JS_BATCH_WRONG_LAST_SEQUENCE, JS_WRONG_LAST_MSG_ID):
+        detail = event_pb2.SequenceConflict()
+        if conflict is not None:
+            detail.CopyFrom(conflict)
+        actual = _ACTUAL.search(failure.description)
+        if actual and actual.group(1):
+            if err == JS_WRONG_LAST_MSG_ID:
+                detail.actual_event_id = actual.group(1)
+            elif actual.group(1).isdigit():
+                detail.actual_sequence = int(actual.group(1))
+        standard = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=detail.condition or "SEQUENCE",
+                    subject=detail.subject,
+                    description=failure.description,
+                )
+            ]
+        )
+        return make_status(grpc.StatusCode.FAILED_PRECONDITION, text, detail, standard)
+    if err == JS_BATCH_DUPLICATE_MSG_ID:
+        return make_status(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"{text}: an event id of this atomic batch is already stored (an earlier attempt "
+            "committed?); nothing was stored now",
+        )
+    if err in _STREAM_LIMITS or failure.code == 429:
+        return make_status(grpc.StatusCode.RESOURCE_EXHAUSTED, text)
+    if err in (JS_MAX_PAYLOAD, JS_MESSAGE_TTL_DISABLED):
+        return make_status(grpc.StatusCode.INVALID_ARGUMENT, text)
+    if failure.code >= 500:
+        return make_status(grpc.StatusCode.UNAVAILABLE, f"{text}; retry with the same event id")
+    return make_status(grpc.StatusCode.FAILED_PRECONDITION, text)

@@ -1,0 +1,187 @@
+"""The jetgate.v1.EventGateway servicer: Publish, PublishBatch, PublishStream.
+
+Publishing is pipelined: a batch is sent as one pipelined JetStream operation and
+concurrent RPCs share the connection's pipeline (see `gateway.publisher`). Results:
+- Publish: the PublishResponse, or the RPC fails with the event's status.
+- PublishBatch / PublishStream: one PublishResult per entry, in order. A request that is
+  malformed as a whole (no entries, more than `max_batch_entries`) fails the RPC with
+  INVALID_ARGUMENT and stores nothing.
+- atomic = true: all entries stored or none. Entries that fail validation carry their
+  error and the others ABORTED; a batch JetStream refuses gives every entry that error.
+  Preconditions in an atomic batch are checked against the stream as it was before the
+  batch. All entries must route to one stream with allow_atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from google.rpc import status_pb2
+
+from gateway.config import GatewayConfig
+from gateway.errors import RpcAbort, abort, aborted, bad_request, failure_status, make_status
+from gateway.publisher import Publisher, PublishFailure, Stored
+from gateway.validation import PreparedEvent, Validator
+from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
+    """Validates publish requests and stores them in JetStream through `publisher`."""
+
+    def __init__(self, *, config: GatewayConfig, validator: Validator, publisher: Publisher):
+        self._config = config
+        self._validator = validator
+        self._publisher = publisher
+
+    async def Publish(
+        self, request: gateway_pb2.PublishRequest, context: Context
+    ) -> gateway_pb2.PublishResponse:
+        prepared = self._validator.prepare(request)
+        if isinstance(prepared, list):
+            await abort(context, bad_request(prepared))
+        (outcome,) = await self._publisher.publish(
+            [prepared.message], ack_timeout=self._ack_timeout(context)
+        )
+        result = _result(prepared, outcome)
+        if result.HasField("error"):
+            await abort(context, result.error)
+        return result.ok
+
+    async def PublishBatch(
+        self, request: gateway_pb2.PublishBatchRequest, context: Context
+    ) -> gateway_pb2.PublishBatchResponse:
+        try:
+            return await self._publish_batch(request, self._ack_timeout(context))
+        except RpcAbort as exc:
+            await abort(context, exc.status)
+
+    async def PublishStream(
+        self, request_iterator: AsyncIterator[gateway_pb2.PublishBatchRequest], context: Context
+    ) -> AsyncIterator[gateway_pb2.PublishBatchResponse]:
+        # At most `stream_window` request messages are in flight; their results are
+        # yielded strictly in request order.
+        in_flight: asyncio.Queue[asyncio.Task[gateway_pb2.PublishBatchResponse] | None]
+        in_flight = asyncio.Queue(maxsize=self._config.stream_window)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    timeout = self._ack_timeout(context)
+                    await in_flight.put(
+                        asyncio.ensure_future(self._publish_batch(request, timeout))
+                    )
+            finally:
+                await in_flight.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await in_flight.get()) is not None:
+                try:
+                    response = await task
+                except RpcAbort as exc:
+                    await abort(context, exc.status)
+                yield response
+            await reader  # surfaces a failed read
+        finally:
+            reader.cancel()
+            while not in_flight.empty():
+                if (task := in_flight.get_nowait()) is not None:
+                    task.cancel()
+
+    async def _publish_batch(
+        self, request: gateway_pb2.PublishBatchRequest, ack_timeout: float
+    ) -> gateway_pb2.PublishBatchResponse:
+        count = len(request.entries)
+        if not 1 <= count <= self._config.max_batch_entries:
+            raise RpcAbort(
+                bad_request(
+                    [("entries", f"{count} entries; send 1 to {self._config.max_batch_entries}")]
+                )
+            )
+        prepared = [
+            self._validator.prepare(e, f"entries[{i}]") for i, e in enumerate(request.entries)
+        ]
+        if request.atomic:
+            results = await self._publish_atomic(prepared, ack_timeout)
+        else:
+            results = await self._publish_each(prepared, ack_timeout)
+        return gateway_pb2.PublishBatchResponse(results=results)
+
+    async def _publish_each(
+        self, prepared: Sequence[PreparedEvent | list[tuple[str, str]]], ack_timeout: float
+    ) -> list[gateway_pb2.PublishResult]:
+        valid = [p for p in prepared if isinstance(p, PreparedEvent)]
+        outcomes = iter(
+            await self._publisher.publish([p.message for p in valid], ack_timeout=ack_timeout)
+        )
+        return [
+            _result(p, next(outcomes))
+            if isinstance(p, PreparedEvent)
+            else gateway_pb2.PublishResult(error=bad_request(p))
+            for p in prepared
+        ]
+
+    async def _publish_atomic(
+        self, prepared: Sequence[PreparedEvent | list[tuple[str, str]]], ack_timeout: float
+    ) -> list[gateway_pb2.PublishResult]:
+        valid = [p for p in prepared if isinstance(p, PreparedEvent)]
+        streams = sorted({p.stream for p in valid})
+        if len(valid) < len(prepared):
+            cause = next(i for i, p in enumerate(prepared) if isinstance(p, list))
+            return [
+                gateway_pb2.PublishResult(
+                    error=aborted(f"atomic batch not stored: entries[{cause}] is invalid")
+                    if isinstance(p, PreparedEvent)
+                    else bad_request(p)
+                )
+                for p in prepared
+            ]
+        if len(streams) > 1:
+            return _all_failed(
+                len(prepared),
+                bad_request(
+                    [("entries", f"an atomic batch must target one stream, not {streams}")]
+                ),
+            )
+        if not self._validator.stream(streams[0]).allow_atomic:
+            return _all_failed(
+                len(prepared),
+                make_status(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"stream {streams[0]} does not allow atomic batches (allow_atomic = false)",
+                ),
+            )
+        stored = await self._publisher.publish_atomic(
+            [p.message for p in valid], ack_timeout=ack_timeout
+        )
+        if isinstance(stored, PublishFailure):
+            conflict = next((p.conflict for p in valid if p.conflict is not None), None)
+            return _all_failed(len(prepared), failure_status(stored, conflict))
+        return [_result(p, s) for p, s in zip(valid, stored, strict=True)]
+
+    def _ack_timeout(self, context: Context) -> float:
+        remaining = context.time_remaining()
+        timeout = self._config.publish_timeout
+        return timeout if remaining is None else max(0.0, min(timeout, remaining))
+
+
+def _result(prepared: PreparedEvent, outcome: Stored | PublishFailure) -> gateway_pb2.PublishResult:
+    if isinstance(outcome, PublishFailure):
+        return gateway_pb2.PublishResult(error=failure_status(outcome, prepared.conflict))
+    return gateway_pb2.PublishResult(
+        ok=gateway_pb2.PublishResponse(
+            event_id=prepared.event_id,
+            stream=outcome.stream,
+            subject=prepared.message.subject,
+            sequence=outcome.sequence,
+            duplicate=outcome.duplicate,
+        )
+    )
+
+
+def _all_failed(count: int, status: status_pb2.Status) -> list[gateway_pb2.PublishResult]:
+    return [gateway_pb2.PublishResult(error=status) for _ in range(count)]
