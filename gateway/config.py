@@ -88,6 +88,13 @@ class StreamConfig:
             raise ConfigError(f"stream {self.name}: replicas must be 1, 3 or 5")
         if self.duplicate_window <= 0:
             raise ConfigError(f"stream {self.name}: duplicate_window must be positive")
+        if 0 < self.max_age < 0.1:
+            raise ConfigError(f"stream {self.name}: max_age must be 0 (forever) or at least 100ms")
+        if self.max_age > 0 and self.duplicate_window > self.max_age:
+            raise ConfigError(
+                f"stream {self.name}: duplicate_window ({self.duplicate_window:g}s) must not "
+                f"exceed max_age ({self.max_age:g}s)"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,7 +18,9 @@ messages. `sync_always=True` fsyncs every write (much slower for single publishe
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -30,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 
 LOG_NAME = "nats-server.log"
+LOCK_NAME = "nats-server.lock"
 CONFIG_NAME = "nats-server.conf"
 _SYNC_ALWAYS_CONFIG = "jetstream {\n  sync_interval: always\n}\n"
 _LOG_TAIL_LINES = 30
@@ -77,7 +80,7 @@ class NatsServer:
         sync_always: bool = False,
         binary: Path | None = None,
     ) -> None:
-        self.store_dir = Path(store_dir)
+        self.store_dir = Path(store_dir).absolute()
         self.host = host
         self.port = port or free_port(host)
         self.sync_always = sync_always
@@ -128,17 +131,24 @@ class NatsServer:
         if self.sync_always:
             (self.store_dir / CONFIG_NAME).write_text(_SYNC_ALWAYS_CONFIG)
         command = self.command()
-        with self.log_path.open("ab") as log:
-            try:
+        lock = self._lock_store_dir()
+        try:
+            with self.log_path.open("ab") as log:
                 self._proc = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    # The child inherits the locked descriptor: the lock lives as long as it.
+                    pass_fds=(lock,),
                 )
-            except OSError as exc:
-                raise NatsServerError(f"cannot run {command[0]}: {exc}") from exc
+            os.ftruncate(lock, 0)
+            os.write(lock, f"{self._proc.pid}\n".encode())
+        except OSError as exc:
+            raise NatsServerError(f"cannot run {command[0]}: {exc}") from exc
+        finally:
+            os.close(lock)
         try:
             self._wait_ready(timeout)
         except BaseException:
@@ -195,6 +205,25 @@ class NatsServer:
 
     def __repr__(self) -> str:
         return f"NatsServer({self.url}, pid={self.pid}, store_dir={str(self.store_dir)!r})"
+
+    def _lock_store_dir(self) -> int:
+        """An exclusively locked descriptor of the lock file: one server per store dir.
+
+        nats-server itself does not lock its store directory; two servers sharing one
+        would corrupt it (e.g. a server orphaned by a killed `jetgate up`).
+        """
+        path = self.store_dir / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise NatsServerError(
+                f"{self.store_dir} is in use by another nats-server (pid {holder}, see {path}); "
+                "stop it first"
+            ) from None
+        return fd
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

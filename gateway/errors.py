@@ -27,6 +27,9 @@ JS_BATCH_WRONG_LAST_SEQUENCE = 10164
 JS_BATCH_DUPLICATE_MSG_ID = 10201
 JS_MESSAGE_TTL_DISABLED = 10166
 JS_MAX_PAYLOAD = 10054
+PRECONDITION_ERRORS = frozenset(
+    {JS_WRONG_LAST_MSG_ID, JS_WRONG_LAST_SEQUENCE, JS_BATCH_WRONG_LAST_SEQUENCE}
+)
 _STREAM_LIMITS = {10027, 10028, 10077}  # max bytes / max messages (discard new), store full
 _ACTUAL = re.compile(r":\s*(.*)$")
 
@@ -102,7 +105,7 @@ def failure_status(
         )
     err = failure.err_code
     text = f"JetStream refused the event: {failure.description} (err_code {err})"
-    if err in (JS_WRONG_LAST_SEQUENCE, JS_BATCH_WRONG_LAST_SEQUENCE, JS_WRONG_LAST_MSG_ID):
+    if err in PRECONDITION_ERRORS:
         detail = event_pb2.SequenceConflict()
         if conflict is not None:
             detail.CopyFrom(conflict)

@@ -143,6 +143,14 @@ class Publisher:
         first = commit.sequence - last
         return [Stored(stream=commit.stream, sequence=first + i) for i in range(len(messages))]
 
+    async def last_stored_id(self, stream: str, subject: str) -> tuple[int, str] | None:
+        """Sequence and event id of the last message stored on `subject`, if any."""
+        try:
+            msg = await self._nc.jetstream().get_last_msg(stream, subject)
+        except (TimeoutError, NatsError):
+            return None
+        return msg.seq or 0, (msg.headers or {}).get(wire.MSG_ID, "")
+
     async def _send(self, message: OutboundMessage, *, reply: bool) -> asyncio.Future[Outcome]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()

@@ -49,12 +49,13 @@ class Gateway:
         self._publisher: Publisher | None = None
         self._server: grpc.aio.Server | None = None
         self._reconcile: asyncio.Task[None] | None = None
+        self._stopping = False
         self.port = 0
 
     async def start(self) -> None:
         """Connect to NATS, reconcile streams, then listen. Raises when any step fails."""
         for name in self.router.unrouted():
-            log.warning("event type %s is registered but no route matches it", name)
+            log.info("type %s is registered but not routed: it cannot be published", name)
         for route in self.router.unused_routes():
             log.warning("route %r matches no registered event type", route.match)
         self._nc = await nats.connect(
@@ -111,6 +112,7 @@ class Gateway:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting RPCs, let in-flight publishes finish (up to `grace` s), disconnect."""
+        self._stopping = True
         await self._set_serving(False)
         if self._server is not None:
             await self._server.stop(grace)
@@ -140,6 +142,8 @@ class Gateway:
             await self._health.set(service, status)
 
     async def _on_disconnected(self) -> None:
+        if self._stopping:
+            return
         log.warning("NATS connection lost; NOT_SERVING until it is back")
         await self._set_serving(False)
         if self._publisher is not None:

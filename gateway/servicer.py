@@ -21,7 +21,15 @@ import grpc
 from google.rpc import status_pb2
 
 from gateway.config import GatewayConfig
-from gateway.errors import RpcAbort, abort, aborted, bad_request, failure_status, make_status
+from gateway.errors import (
+    PRECONDITION_ERRORS,
+    RpcAbort,
+    abort,
+    aborted,
+    bad_request,
+    failure_status,
+    make_status,
+)
 from gateway.publisher import Publisher, PublishFailure, Stored
 from gateway.validation import PreparedEvent, Validator
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
@@ -46,7 +54,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         (outcome,) = await self._publisher.publish(
             [prepared.message], ack_timeout=self._ack_timeout(context)
         )
-        result = _result(prepared, outcome)
+        result = _result(prepared, await self._settle_conflict(prepared, outcome))
         if result.HasField("error"):
             await abort(context, result.error)
         return result.ok
@@ -115,8 +123,9 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         self, prepared: Sequence[PreparedEvent | list[tuple[str, str]]], ack_timeout: float
     ) -> list[gateway_pb2.PublishResult]:
         valid = [p for p in prepared if isinstance(p, PreparedEvent)]
+        sent = await self._publisher.publish([p.message for p in valid], ack_timeout=ack_timeout)
         outcomes = iter(
-            await self._publisher.publish([p.message for p in valid], ack_timeout=ack_timeout)
+            [await self._settle_conflict(p, o) for p, o in zip(valid, sent, strict=True)]
         )
         return [
             _result(p, next(outcomes))
@@ -162,6 +171,26 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
             conflict = next((p.conflict for p in valid if p.conflict is not None), None)
             return _all_failed(len(prepared), failure_status(stored, conflict))
         return [_result(p, s) for p, s in zip(valid, stored, strict=True)]
+
+    async def _settle_conflict(
+        self, prepared: PreparedEvent, outcome: Stored | PublishFailure
+    ) -> Stored | PublishFailure:
+        """Turn a precondition failure caused by a retry of a stored event into a duplicate.
+
+        JetStream checks preconditions before de-duplication, so resending a stored event
+        with its precondition fails. When the last message on the event's subject carries
+        the same event id, the event is stored: answer as a duplicate, like a plain retry.
+        """
+        if (
+            not isinstance(outcome, PublishFailure)
+            or outcome.err_code not in PRECONDITION_ERRORS
+            or not prepared.client_id
+        ):
+            return outcome
+        last = await self._publisher.last_stored_id(prepared.stream, prepared.message.subject)
+        if last is None or last[1] != prepared.event_id:
+            return outcome
+        return Stored(stream=prepared.stream, sequence=last[0], duplicate=True)
 
     def _ack_timeout(self, context: Context) -> float:
         remaining = context.time_remaining()

@@ -10,7 +10,9 @@ max_age, max_bytes, max_msgs, max_msg_size, duplicate_window, discard, allow_msg
 allow_atomic, description, metadata); server-filled fields and settings made with the
 `nats` CLI that jetgate does not manage are kept as they are. Metadata keys starting with
 `_nats.` belong to the server and are ignored. jetgate adds `jetgate.event_types`: the
-comma-joined, sorted event types routed to the stream, so `nats stream info` explains itself.
+comma-joined, sorted event types routed to the stream, so `nats stream info` explains itself
+(it overrides a declared key of that name). Declared metadata replaces the stream's other
+metadata: keys added with the `nats` CLI are removed (a safe change).
 
 Safe (applied): description, metadata, duplicate_window, replicas (the server moves the
 data; a single server refuses more than 1), adding subjects, raising a limit or making it

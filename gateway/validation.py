@@ -28,6 +28,8 @@ class PreparedEvent:
     """A validated event: the NATS message plus what the reply and errors need."""
 
     event_id: str
+    # Whether the client chose the id (only such an event can be a retry).
+    client_id: bool
     stream: str
     message: OutboundMessage
     # The precondition it carries, as a conflict skeleton (None: no precondition).
@@ -136,6 +138,7 @@ class Validator:
             ]
         return PreparedEvent(
             event_id=event_id,
+            client_id=bool(event.id),
             stream=route.stream,
             message=OutboundMessage(subject=subject, payload=event.payload.value, headers=headers),
             conflict=conflict,

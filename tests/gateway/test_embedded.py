@@ -106,6 +106,17 @@ def test_start_twice_is_refused(nats_server: NatsServer) -> None:
         nats_server.start()
 
 
+def test_one_server_per_store_dir(nats_server: NatsServer) -> None:
+    second = NatsServer(nats_server.store_dir)
+    holder = rf"in use by another nats-server \(pid {nats_server.pid},"
+    with pytest.raises(NatsServerError, match=holder):
+        second.start()
+    assert second.pid is None
+    nats_server.kill()
+    second.start()  # the lock died with the process
+    second.stop()
+
+
 def test_port_taken_by_someone_else_fails_with_the_log(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
