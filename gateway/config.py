@@ -3,7 +3,7 @@
 Precedence, lowest first: dataclass defaults, the TOML file, the environment, CLI flags.
 Gateway settings are overridden by `JETGATE_<SETTING>` (e.g. `JETGATE_NATS_URL`,
 `JETGATE_LISTEN`, `JETGATE_PUBLISH_TIMEOUT`) and `--<setting>` flags; stream settings by
-`JETGATE_STREAM_<STREAM>_<FIELD>` (e.g. `JETGATE_STREAM_ORDERS_REPLICAS=3`) and
+`JETGATE_STREAMS_<STREAM>_<FIELD>` (e.g. `JETGATE_STREAMS_ORDERS_REPLICAS=3`) and
 `--stream-set ORDERS.replicas=3`. Lists are comma-separated in both. Durations are
 seconds or strings such as `500ms`, `30s`, `2m`, `1h`, `7d`; byte sizes accept `KiB`/`MiB`/`GiB`.
 """
@@ -23,6 +23,7 @@ Retention = Literal["limits", "interest", "workqueue"]
 Discard = Literal["old", "new"]
 
 ENV_PREFIX = "JETGATE_"
+STREAM_ENV_PREFIX = "JETGATE_STREAMS_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(-?\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*$")
@@ -133,7 +134,7 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit():
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"listen {self.listen!r}: use HOST:PORT")
         if self.publish_timeout <= 0:
             raise ConfigError("publish_timeout must be positive")
@@ -166,7 +167,9 @@ def _coerce(cls: type[Any], name: str, raw: object, where: str) -> object:
         if name in {"max_bytes", "max_msg_size"}:
             return parse_size(raw)
         if kind == "int":
-            return int(str(raw)) if not isinstance(raw, int) else raw
+            if isinstance(raw, bool | float):
+                raise ConfigError(f"not an integer: {raw!r}")
+            return raw if isinstance(raw, int) else int(str(raw))
         if kind == "bool":
             if isinstance(raw, bool):
                 return raw
@@ -215,7 +218,14 @@ def load_config(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
     gateway_table = dict(data.get("gateway", {}))
-    streams = {str(s.get("name")): dict(s) for s in data.get("streams", [])}
+    streams: dict[str, dict[str, Any]] = {}
+    for index, table in enumerate(data.get("streams", [])):
+        name = table.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{path}: streams[{index}] needs a name")
+        if name in streams:
+            raise ConfigError(f"{path}: stream {name!r} is declared twice")
+        streams[name] = dict(table)
     unknown = sorted(set(data) - {"gateway", "streams", "routes"})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
@@ -226,10 +236,11 @@ def load_config(
         if (value := env.get(ENV_PREFIX + name.upper())) is not None:
             gateway_table[name] = value
     stream_items: list[tuple[str, str, str]] = []
+    longest_first = sorted(streams, key=len, reverse=True)
     for var, value in sorted(env.items()):
-        if var.startswith(ENV_PREFIX + "STREAM_"):
-            rest = var.removeprefix(ENV_PREFIX + "STREAM_")
-            stream_name = next((n for n in streams if rest.startswith(n.upper() + "_")), None)
+        if var.startswith(STREAM_ENV_PREFIX):
+            rest = var.removeprefix(STREAM_ENV_PREFIX)
+            stream_name = next((n for n in longest_first if rest.startswith(n.upper() + "_")), None)
             if stream_name is None:
                 raise ConfigError(f"{var}: no stream of that name in the config")
             stream_items.append((stream_name, rest[len(stream_name) + 1 :].lower(), value))

@@ -54,8 +54,8 @@ class Gateway:
 
     async def start(self) -> None:
         """Connect to NATS, reconcile streams, then listen. Raises when any step fails."""
-        for name in self.router.unrouted():
-            log.info("type %s is registered but not routed: it cannot be published", name)
+        if unrouted := self.router.unrouted():
+            log.info("registered but not routed (cannot be published): %s", ", ".join(unrouted))
         for route in self.router.unused_routes():
             log.warning("route %r matches no registered event type", route.match)
         self._nc = await nats.connect(

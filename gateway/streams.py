@@ -95,7 +95,7 @@ class UnsafeStreamChange(ValueError):
         for stream, changes in self.unsafe.items():
             lines += [f"  stream {stream}: {change}" for change in changes]
         lines.append(
-            "Set them back to the current values (jetgate.toml, JETGATE_STREAM_* or "
+            "Set them back to the current values (jetgate.toml, JETGATE_STREAMS_* or "
             "--stream-set), or make the change yourself, knowing what it does to the data, "
             "with `nats stream edit <stream>` (or a new stream and a migration), then restart."
         )

@@ -108,6 +108,8 @@ def header_problem(name: str, value: str) -> str | None:
         return f"header {name!r} value is longer than {MAX_HEADER_VALUE_LENGTH} characters"
     if "\r" in value or "\n" in value:
         return f"header {name!r} value must not contain CR or LF"
+    if value != value.strip():
+        return f"header {name!r} value must not start or end with whitespace (NATS strips it)"
     return None
 
 

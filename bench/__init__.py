@@ -1,0 +1,1 @@
+"""jetgate benchmarks: `python -m bench` (see `bench.publish`)."""

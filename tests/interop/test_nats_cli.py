@@ -1,0 +1,166 @@
+"""Interop with the real `nats` CLI (natscli v0.5.0, built by `make tools` into .tools/bin).
+
+The CLI is a third-party peer: what it reports about the stream and the stored message
+must match what the gateway promised (jetgate.toml, the PublishReply, the NATS wire
+contract). Nothing here goes through nats-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import json
+import os
+import subprocess
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from jetgate.examples.orders.v1 import orders_pb2
+from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.integration.conftest import order_placed, request
+
+pytestmark = pytest.mark.interop
+
+REPO = Path(__file__).resolve().parents[2]
+NATS_CLI = REPO / ".tools" / "bin" / "nats"
+CLI_TIMEOUT = 30.0
+
+ORDER_PLACED = "jetgate.examples.orders.v1.OrderPlaced"
+KEY = "o-42"
+SUBJECT = f"orders.OrderPlaced.{KEY}"
+USER_HEADERS = {"tenant": "acme"}
+
+Stub = gateway_pb2_grpc.EventGatewayStub
+NatsJson = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+def nats_cli() -> Path:
+    """The `nats` CLI built by tools/install-natscli.sh. Missing means a broken setup: fail."""
+    if not (NATS_CLI.is_file() and os.access(NATS_CLI, os.X_OK)):
+        pytest.fail(
+            f"nats CLI not found at {NATS_CLI}; run `make tools` "
+            "(bash tools/install-natscli.sh) to build it",
+            pytrace=False,
+        )
+    return NATS_CLI
+
+
+@pytest.fixture
+def nats_json(nats_cli: Path, nats_url: str, tmp_path: Path) -> NatsJson:
+    """Run `nats <args> --json` against the per-test server and return the parsed output."""
+    _require_loopback(nats_url)
+    home = tmp_path / "home"
+    (home / ".config").mkdir(parents=True)
+    # A clean environment: no saved contexts, no NATS_* credentials/URLs from the caller.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "XDG_"))}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+
+    async def run(*args: str) -> dict[str, Any]:
+        argv = [str(nats_cli), *args, "--json", "--no-context", "--server", nats_url]
+        try:
+            done = await asyncio.to_thread(
+                subprocess.run,
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=CLI_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{' '.join(argv)} did not finish within {CLI_TIMEOUT:g}s")
+        if done.returncode != 0:
+            pytest.fail(
+                f"{' '.join(argv)} exited {done.returncode}\n"
+                f"stdout: {done.stdout}\nstderr: {done.stderr}"
+            )
+        try:
+            parsed = json.loads(done.stdout)
+        except json.JSONDecodeError as err:
+            pytest.fail(f"{' '.join(argv)} printed no JSON ({err}): {done.stdout!r}")
+        assert isinstance(parsed, dict), parsed
+        return parsed
+
+    return run
+
+
+def _require_loopback(url: str) -> None:
+    host = urlsplit(url).hostname or ""
+    loopback = host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
+    assert loopback, f"refusing to point the nats CLI at non-loopback {url!r}"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_header_block(block: bytes) -> dict[str, str]:
+    """Parse a raw NATS header block ("NATS/1.0\\r\\nK: V\\r\\n...\\r\\n\\r\\n") into a dict."""
+    text = block.decode("utf-8")
+    assert text.endswith("\r\n\r\n"), f"unterminated header block: {text!r}"
+    status, *lines = text[: -len("\r\n\r\n")].split("\r\n")
+    assert status.strip() == "NATS/1.0", f"unexpected status line: {status!r}"
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        assert sep, f"malformed header line: {line!r}"
+        assert name, f"empty header name: {line!r}"
+        assert name not in headers, f"header {name!r} repeated in {text!r}"
+        headers[name] = value.strip()
+    return headers
+
+
+def test_parse_header_block() -> None:
+    block = b"NATS/1.0\r\nNats-Msg-Id: e-1\r\nce-type: a.b.C\r\nx: a: b\r\n\r\n"
+    assert parse_header_block(block) == {"Nats-Msg-Id": "e-1", "ce-type": "a.b.C", "x": "a: b"}
+
+
+async def _publish(stub: Stub) -> gateway_pb2.PublishResponse:
+    reply = await stub.Publish(request(KEY, headers=USER_HEADERS))
+    assert (reply.stream, reply.subject, reply.duplicate) == ("ORDERS", SUBJECT, False)
+    return reply
+
+
+async def test_stream_info_shows_the_configured_stream(stub: Stub, nats_json: NatsJson) -> None:
+    await _publish(stub)
+
+    info = await nats_json("stream", "info", "ORDERS")
+
+    declared = tomllib.loads((REPO / "jetgate.toml").read_text(encoding="utf-8"))
+    (orders,) = [s for s in declared["streams"] if s["name"] == "ORDERS"]
+    config = info["config"]
+    assert config["name"] == "ORDERS"
+    assert config["description"] == orders["description"]
+    assert config["subjects"] == ["orders.>"]
+    metadata = config["metadata"]
+    assert ORDER_PLACED in metadata["jetgate.event_types"].split(",")
+    assert metadata["jetgate.owner"] == "demo"
+    assert info["state"]["messages"] == 1
+
+
+async def test_stream_get_returns_the_wire_contract(stub: Stub, nats_json: NatsJson) -> None:
+    reply = await _publish(stub)
+
+    stored = await nats_json("stream", "get", "ORDERS", "--last-for", SUBJECT)
+
+    assert stored["subject"] == SUBJECT
+    assert stored["seq"] == reply.sequence
+    headers = parse_header_block(base64.b64decode(stored["hdrs"], validate=True))
+    assert headers["ce-type"] == ORDER_PLACED
+    assert headers["Nats-Msg-Id"] == reply.event_id
+    assert headers["content-type"] == "application/protobuf"
+    assert headers["tenant"] == USER_HEADERS["tenant"]
+    data = base64.b64decode(stored["data"], validate=True)
+    assert orders_pb2.OrderPlaced.FromString(data) == order_placed(KEY)
