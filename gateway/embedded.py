@@ -18,6 +18,7 @@ messages. `sync_always=True` fsyncs every write (much slower for single publishe
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import os
@@ -26,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -37,6 +39,9 @@ CONFIG_NAME = "nats-server.conf"
 _SYNC_ALWAYS_CONFIG = "jetstream {\n  sync_interval: always\n}\n"
 _LOG_TAIL_LINES = 30
 _MAX_INFO_BYTES = 64 * 1024
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class NatsServerError(RuntimeError):
@@ -140,6 +145,7 @@ class NatsServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                     # The child inherits the locked descriptor: the lock lives as long as it.
                     pass_fds=(lock,),
                 )
@@ -273,3 +279,13 @@ class NatsServer:
         if not info.get("jetstream"):
             return "JetStream not enabled yet"
         return ""
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the process that started it dies, even by SIGKILL.
+
+    The server runs in its own session (Ctrl-C must reach the gateway first, so it can
+    drain), so without this a killed `jetgate up` would leave an orphan holding the port
+    and the store directory.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

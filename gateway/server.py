@@ -33,6 +33,8 @@ log = logging.getLogger("jetgate.gateway")
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["EventGateway"].full_name
 # A batch of 1000 events of a few KiB each must fit in one request.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Start-up gives NATS this long to answer; afterwards reconnects go on for ever.
+CONNECT_TIMEOUT = 10.0
 
 
 class Gateway:
@@ -50,6 +52,7 @@ class Gateway:
         self._server: grpc.aio.Server | None = None
         self._reconcile: asyncio.Task[None] | None = None
         self._stopping = False
+        self._last_error = ""
         self.port = 0
 
     async def start(self) -> None:
@@ -58,17 +61,12 @@ class Gateway:
             log.info("registered but not routed (cannot be published): %s", ", ".join(unrouted))
         for route in self.router.unused_routes():
             log.warning("route %r matches no registered event type", route.match)
-        self._nc = await nats.connect(
-            self.config.nats_url,
-            name="jetgate-gateway",
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-            error_cb=self._on_error,
-        )
+        try:
+            self._nc = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
+        except TimeoutError:
+            raise ConnectionError(
+                f"cannot reach NATS at {self.config.nats_url} within {CONNECT_TIMEOUT:g}s"
+            ) from None
         await self._reconcile_streams()
         self._publisher = Publisher(self._nc, max_pending=self.config.max_pending)
         await self._publisher.start()
@@ -124,13 +122,26 @@ class Gateway:
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await self._nc.drain()
 
+    async def _connect(self) -> NATS:
+        return await nats.connect(
+            self.config.nats_url,
+            name="jetgate-gateway",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            error_cb=self._on_error,
+        )
+
     async def _reconcile_streams(self) -> None:
         assert self._nc is not None
         changes = await reconcile_streams(
             self._nc.jetstream(), self.config.streams, self.router.event_types_by_stream()
         )
         for change in changes:
-            log.info("stream %s", change)
+            log.info("%s", change)
 
     async def _set_serving(self, serving: bool) -> None:
         status = (
@@ -150,6 +161,7 @@ class Gateway:
             self._publisher.fail_pending("NATS connection lost before JetStream acknowledged")
 
     async def _on_reconnected(self) -> None:
+        self._last_error = ""
         log.info("NATS reconnected; reconciling streams")
         if self._reconcile is None or self._reconcile.done():
             self._reconcile = asyncio.create_task(self._recover())
@@ -168,4 +180,7 @@ class Gateway:
         log.error("streams could not be reconciled after reconnect; staying NOT_SERVING")
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("NATS: %r", exc)
+        # While NATS is down the client reports every reconnect attempt: say it once.
+        if repr(exc) != self._last_error:
+            self._last_error = repr(exc)
+            log.warning("NATS: %r", exc)
