@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint proto tools clean
+.PHONY: venv run test lint proto tools bench clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ tools:
 
 test: venv tools lint
 	$(BIN)/python -m pytest -q
+
+# Publish throughput of the gateway next to raw nats-py JetStream publishing (own servers).
+bench: venv
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -184,20 +184,21 @@ class Publisher:
     ) -> list[Outcome]:
         pending = [f for f in futures if not f.done()]
         if pending:
-            await asyncio.wait(pending, timeout=ack_timeout)
-        outcomes: list[Outcome] = []
-        for future in futures:
-            if future.done():
-                outcomes.append(future.result())
-            else:
-                future.set_result(
-                    PublishFailure(
-                        kind="timeout",
-                        description=f"JetStream did not acknowledge within {ack_timeout:.3g}s",
-                    )
-                )
-                outcomes.append(future.result())
-        return outcomes
+            # One timer for the whole call: cheaper than asyncio.wait per publish.
+            loop = asyncio.get_running_loop()
+            expiry = PublishFailure(
+                kind="timeout",
+                description=f"JetStream did not acknowledge within {ack_timeout:.3g}s",
+            )
+            timer = loop.call_later(ack_timeout, _resolve, pending, expiry)
+            try:
+                for future in pending:
+                    await future
+            finally:
+                timer.cancel()
+                # Cancelled caller (e.g. the RPC was cancelled): free the window now.
+                _resolve(pending, PublishFailure(kind="unavailable", description="cancelled"))
+        return [f.result() for f in futures]
 
     def _settled(self, token: str) -> None:
         self._waiting.pop(token, None)
@@ -208,6 +209,12 @@ class Publisher:
         if future is None or future.done():
             return  # timed out or failed earlier: the late answer has no one to tell
         future.set_result(parse_ack(msg))
+
+
+def _resolve(futures: Sequence[asyncio.Future[Outcome]], outcome: Outcome) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(outcome)
 
 
 def parse_ack(msg: Msg) -> Outcome:

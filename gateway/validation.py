@@ -88,10 +88,10 @@ class Validator:
         source = event.source or self._default_source
         if len(source) > MAX_SOURCE_LENGTH or any(c in source for c in "\r\n"):
             bad.append((f"{at}event.source", f"at most {MAX_SOURCE_LENGTH} chars, no CR/LF"))
-        for name, value in sorted(event.headers.items()):
+        for name, value in sorted(event.headers.items()) if event.headers else ():
             if problem := wire.header_problem(name, value):
                 bad.append((f"{at}event.headers[{name!r}]", problem))
-        moment = datetime.now(UTC)
+        moment = None
         if event.HasField("time"):
             try:
                 moment = event.time.ToDatetime(tzinfo=UTC)
@@ -117,7 +117,7 @@ class Validator:
             type=full_name,
             source=source,
             key=event.key,
-            time=moment,
+            time=moment or datetime.now(UTC),
             headers=dict(event.headers),
             ttl_seconds=ttl,
         )

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -178,16 +177,15 @@ def type_from_url(url: str) -> str:
 
 def new_event_id() -> str:
     """A fresh UUIDv7 (RFC 9562): time-ordered, so ids sort by creation time."""
-    ms = time.time_ns() // 1_000_000
-    raw = bytearray(ms.to_bytes(6, "big") + os.urandom(10))
-    raw[6] = 0x70 | (raw[6] & 0x0F)
-    raw[8] = 0x80 | (raw[8] & 0x3F)
-    return str(uuid.UUID(bytes=bytes(raw)))
+    # 48-bit Unix milliseconds, then random bits; version and variant nibbles set in place.
+    h = ((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-7{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds, e.g. `2026-11-26T14:00:00.123456Z`."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -242,7 +240,9 @@ def encoded_headers_size(headers: Mapping[str, str]) -> int:
     """Bytes the header block takes on the wire (`NATS/1.0\\r\\n`, `k: v\\r\\n`..., `\\r\\n`)."""
     size = len(b"NATS/1.0\r\n\r\n")
     for name, value in headers.items():
-        size += len(name.encode()) + len(value.encode()) + 4
+        # ASCII (nearly always): characters are bytes, no need to encode.
+        size += len(name) if name.isascii() else len(name.encode())
+        size += (len(value) if value.isascii() else len(value.encode())) + 4
     return size
 
 
