@@ -23,6 +23,7 @@ from google.rpc import status_pb2
 from gateway.config import GatewayConfig
 from gateway.errors import (
     PRECONDITION_ERRORS,
+    FieldViolation,
     RpcAbort,
     abort,
     aborted,
@@ -120,7 +121,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         return gateway_pb2.PublishBatchResponse(results=results)
 
     async def _publish_each(
-        self, prepared: Sequence[PreparedEvent | list[tuple[str, str]]], ack_timeout: float
+        self, prepared: Sequence[PreparedEvent | list[FieldViolation]], ack_timeout: float
     ) -> list[gateway_pb2.PublishResult]:
         valid = [p for p in prepared if isinstance(p, PreparedEvent)]
         sent = await self._publisher.publish([p.message for p in valid], ack_timeout=ack_timeout)
@@ -135,7 +136,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         ]
 
     async def _publish_atomic(
-        self, prepared: Sequence[PreparedEvent | list[tuple[str, str]]], ack_timeout: float
+        self, prepared: Sequence[PreparedEvent | list[FieldViolation]], ack_timeout: float
     ) -> list[gateway_pb2.PublishResult]:
         valid = [p for p in prepared if isinstance(p, PreparedEvent)]
         streams = sorted({p.stream for p in valid})
