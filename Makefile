@@ -25,9 +25,10 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The interop tests need the real `nats` CLI, built from the Go module proxy into .tools/.
+# The interop tests run real third-party peers, built from the Go module proxy into .tools/bin.
 tools:
-	bash tools/install-natscli.sh
+	bash tools/install-go-tool.sh nats github.com/nats-io/natscli/nats v0.5.0
+	bash tools/install-go-tool.sh grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl v1.9.3
 
 test: venv tools lint
 	$(BIN)/python -m pytest -q

@@ -7,12 +7,9 @@ contract). Nothing here goes through nats-py.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ipaddress
 import json
-import os
-import subprocess
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,12 +21,11 @@ import pytest
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import order_placed, request
+from tests.interop.conftest import peer, run_peer
 
 pytestmark = pytest.mark.interop
 
 REPO = Path(__file__).resolve().parents[2]
-NATS_CLI = REPO / ".tools" / "bin" / "nats"
-CLI_TIMEOUT = 30.0
 
 ORDER_PLACED = "jetgate.examples.orders.v1.OrderPlaced"
 KEY = "o-42"
@@ -41,42 +37,14 @@ NatsJson = Callable[..., Awaitable[dict[str, Any]]]
 
 
 @pytest.fixture
-def nats_cli() -> Path:
-    """The `nats` CLI built by tools/install-natscli.sh. Missing means a broken setup: fail."""
-    if not (NATS_CLI.is_file() and os.access(NATS_CLI, os.X_OK)):
-        pytest.fail(
-            f"nats CLI not found at {NATS_CLI}; run `make tools` "
-            "(bash tools/install-natscli.sh) to build it",
-            pytrace=False,
-        )
-    return NATS_CLI
-
-
-@pytest.fixture
-def nats_json(nats_cli: Path, nats_url: str, tmp_path: Path) -> NatsJson:
+def nats_json(nats_url: str, tmp_path: Path) -> NatsJson:
     """Run `nats <args> --json` against the per-test server and return the parsed output."""
     _require_loopback(nats_url)
-    home = tmp_path / "home"
-    (home / ".config").mkdir(parents=True)
-    # A clean environment: no saved contexts, no NATS_* credentials/URLs from the caller.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "XDG_"))}
-    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    nats_cli = peer("nats")
 
     async def run(*args: str) -> dict[str, Any]:
         argv = [str(nats_cli), *args, "--json", "--no-context", "--server", nats_url]
-        try:
-            done = await asyncio.to_thread(
-                subprocess.run,
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=CLI_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{' '.join(argv)} did not finish within {CLI_TIMEOUT:g}s")
+        done = await run_peer(argv, home=tmp_path / "home")
         if done.returncode != 0:
             pytest.fail(
                 f"{' '.join(argv)} exited {done.returncode}\n"
