@@ -4,6 +4,8 @@ The one codegen command (`make proto`). Output for `proto/<path>.proto` lands in
 `<out>/<path>_pb2.py` (+ `.pyi`, `_pb2_grpc.py`, `_pb2_grpc.pyi`): proto path == proto
 package == Python import path. Generated folders are deleted first, so a removed .proto
 leaves no stale module behind. `--out DIR` writes elsewhere (the freshness test uses it).
+Type stubs come from mypy-protobuf (`--mypy_out`, `--mypy_grpc_out`) rather than protoc's
+`--pyi_out`: they pass `mypy --strict` and type oneofs, enums and grpc.aio stubs precisely.
 """
 
 from __future__ import annotations
