@@ -18,7 +18,6 @@ messages. `sync_always=True` fsyncs every write (much slower for single publishe
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import os
@@ -27,7 +26,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -39,9 +37,6 @@ CONFIG_NAME = "nats-server.conf"
 _SYNC_ALWAYS_CONFIG = "jetstream {\n  sync_interval: always\n}\n"
 _LOG_TAIL_LINES = 30
 _MAX_INFO_BYTES = 64 * 1024
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class NatsServerError(RuntimeError):
@@ -136,6 +131,9 @@ class NatsServer:
         if self.sync_always:
             (self.store_dir / CONFIG_NAME).write_text(_SYNC_ALWAYS_CONFIG)
         command = self.command()
+        if not os.access(command[0], os.X_OK):
+            raise NatsServerError(f"cannot run {command[0]}: not an executable file")
+        command = [*_die_with_parent(), *command]
         lock = self._lock_store_dir()
         try:
             with self.log_path.open("ab") as log:
@@ -145,7 +143,6 @@ class NatsServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                     # The child inherits the locked descriptor: the lock lives as long as it.
                     pass_fds=(lock,),
                 )
@@ -281,11 +278,14 @@ class NatsServer:
         return ""
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the process that started it dies, even by SIGKILL.
+def _die_with_parent() -> list[str]:
+    """A command prefix that makes the server get SIGTERM when its parent dies (even by kill -9).
 
-    The server runs in its own session (Ctrl-C must reach the gateway first, so it can
-    drain), so without this a killed `jetgate up` would leave an orphan holding the port
-    and the store directory.
+    The server runs in its own session (Ctrl-C must reach the gateway first, so that it can
+    drain), so without this a killed `jetgate up` would leave an orphan holding the port and
+    the store directory. util-linux `setpriv` sets the parent-death signal and execs the
+    server; a Python `preexec_fn` would do the same but is unsafe in a process with threads
+    (gRPC's). Without setpriv (not Linux), no prefix.
     """
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
