@@ -71,20 +71,22 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
     async def PublishStream(
         self, request_iterator: AsyncIterator[gateway_pb2.PublishBatchRequest], context: Context
     ) -> AsyncIterator[gateway_pb2.PublishBatchResponse]:
-        # At most `stream_window` request messages are in flight; their results are
-        # yielded strictly in request order.
+        # At most `stream_window` request messages are in flight (read, not yet answered);
+        # their results are yielded strictly in request order.
+        slots = asyncio.Semaphore(self._config.stream_window)
         in_flight: asyncio.Queue[asyncio.Task[gateway_pb2.PublishBatchResponse] | None]
-        in_flight = asyncio.Queue(maxsize=self._config.stream_window)
+        in_flight = asyncio.Queue()
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     timeout = self._ack_timeout(context)
-                    await in_flight.put(
+                    await slots.acquire()
+                    in_flight.put_nowait(
                         asyncio.ensure_future(self._publish_batch(request, timeout))
                     )
             finally:
-                await in_flight.put(None)
+                in_flight.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
@@ -93,6 +95,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
                     response = await task
                 except RpcAbort as exc:
                     await abort(context, exc.status)
+                slots.release()
                 yield response
             await reader  # surfaces a failed read
         finally:
