@@ -93,14 +93,19 @@ def event_id_problem(event_id: str) -> str | None:
     return None
 
 
+def is_reserved_header(name: str) -> bool:
+    """Whether `name` belongs to JetStream, CloudEvents or tracing, never to users."""
+    lower = name.lower()
+    return lower.startswith(RESERVED_HEADER_PREFIXES) or lower in RESERVED_HEADER_NAMES
+
+
 def header_problem(name: str, value: str) -> str | None:
     """Why a user header cannot be stored as given, or None when it can."""
-    lower = name.lower()
     if not _HEADER_NAME.match(name) or len(name) > MAX_HEADER_NAME_LENGTH:
         return (
             f"header name {name!r} must be 1-{MAX_HEADER_NAME_LENGTH} token characters (RFC 7230)"
         )
-    if lower.startswith(RESERVED_HEADER_PREFIXES) or lower in RESERVED_HEADER_NAMES:
+    if is_reserved_header(name):
         reserved = ", ".join(sorted(RESERVED_HEADER_NAMES))
         return f"header name {name!r} is reserved (Nats-*, ce-*, {reserved})"
     if len(value) > MAX_HEADER_VALUE_LENGTH:
@@ -257,12 +262,7 @@ def decode_envelope(subject_: str, headers: Mapping[str, str]) -> Envelope:
     except KeyError as missing:
         raise ValueError(f"not a jetgate event: header {missing} missing") from None
     raw_time = headers.get(CE_TIME)
-    user = {
-        k: v
-        for k, v in headers.items()
-        if not k.lower().startswith(RESERVED_HEADER_PREFIXES)
-        and k.lower() not in RESERVED_HEADER_NAMES
-    }
+    user = {k: v for k, v in headers.items() if not is_reserved_header(k)}
     ttl = headers.get(TTL)
     return Envelope(
         id=event_id,
