@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import GATEWAY_SETTINGS, ConfigError, GatewayConfig, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from jetgate import wire
@@ -35,9 +35,6 @@ from jetgate import wire
 log = logging.getLogger("jetgate")
 DEFAULT_NATS_PORT = 4222
 DEMO_TYPE = "jetgate.examples.orders.v1.OrderPlaced"
-_SETTINGS = [
-    f.name for f in dataclasses.fields(GatewayConfig) if f.name not in ("streams", "routes")
-]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--config", type=Path, help="TOML file (default: jetgate.toml if present)"
         )
-        for setting in _SETTINGS:
+        for setting in GATEWAY_SETTINGS:
             command.add_argument(f"--{setting.replace('_', '-')}", dest=setting, metavar="VALUE")
         command.add_argument(
             "--stream-set", action="append", default=[], metavar="STREAM.FIELD=VALUE"
@@ -78,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = load_config(
             path,
             env=os.environ,
-            overrides={s: getattr(args, s) for s in _SETTINGS if getattr(args, s) is not None},
+            overrides={
+                s: getattr(args, s) for s in GATEWAY_SETTINGS if getattr(args, s) is not None
+            },
             stream_overrides=args.stream_set,
         )
     except ConfigError as exc:

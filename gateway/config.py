@@ -153,6 +153,12 @@ class GatewayConfig:
         return next(s for s in self.streams if s.name == name)
 
 
+# The scalar gateway settings: each has a `JETGATE_<NAME>` variable and a `--<name>` flag.
+GATEWAY_SETTINGS = tuple(
+    f.name for f in dataclasses.fields(GatewayConfig) if f.name not in ("streams", "routes")
+)
+
+
 def _check_choice(what: str, value: object, choices: Any) -> None:
     if value not in get_args(choices):
         raise ConfigError(f"{what} must be one of {', '.join(get_args(choices))}; got {value!r}")
@@ -231,8 +237,7 @@ def load_config(
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
 
     env = env or {}
-    gateway_fields = {f.name for f in dataclasses.fields(GatewayConfig)} - {"streams", "routes"}
-    for name in gateway_fields:
+    for name in GATEWAY_SETTINGS:
         if (value := env.get(ENV_PREFIX + name.upper())) is not None:
             gateway_table[name] = value
     stream_items: list[tuple[str, str, str]] = []
