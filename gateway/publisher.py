@@ -107,7 +107,7 @@ class Publisher:
         self, messages: Sequence[OutboundMessage], *, ack_timeout: float
     ) -> list[Outcome]:
         """Publish `messages` pipelined: one outcome each, in order, within `ack_timeout` s."""
-        futures = [await self._send(m, reply=True) for m in messages]
+        futures = [await self._send(m) for m in messages]
         return await self._collect(futures, ack_timeout)
 
     async def publish_atomic(
@@ -128,12 +128,20 @@ class Publisher:
             headers[wire.BATCH_SEQUENCE] = str(index + 1)
             if index == last:
                 headers[wire.BATCH_COMMIT] = "1"
-            framed = OutboundMessage(
-                subject=message.subject, payload=message.payload, headers=headers
-            )
-            future = await self._send(framed, reply=index in (0, last))
             if index in (0, last):
-                futures.append(future)
+                framed = OutboundMessage(
+                    subject=message.subject, payload=message.payload, headers=headers
+                )
+                futures.append(await self._send(framed))
+                continue
+            try:  # `headers` is ours alone: nats-py may change it
+                await self._nc.publish(message.subject, message.payload, headers=headers)
+            except NatsError as exc:
+                failure = PublishFailure(
+                    kind="unavailable", description=f"NATS publish failed: {exc!r}"
+                )
+                _resolve(futures, failure)  # the server abandons the incomplete batch
+                return failure
         outcomes = await self._collect(futures, ack_timeout)
         for outcome in outcomes:
             if isinstance(outcome, PublishFailure):
@@ -151,17 +159,13 @@ class Publisher:
             return None
         return msg.seq or 0, (msg.headers or {}).get(wire.MSG_ID, "")
 
-    async def _send(self, message: OutboundMessage, *, reply: bool) -> asyncio.Future[Outcome]:
+    async def _send(self, message: OutboundMessage) -> asyncio.Future[Outcome]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         if not self._nc.is_connected:
             future.set_result(
                 PublishFailure(kind="unavailable", description="not connected to NATS")
             )
-            return future
-        if not reply:
-            future.set_result(Stored(stream="", sequence=0))
-            await self._nc.publish(message.subject, message.payload, headers=dict(message.headers))
             return future
         await self._window.acquire()
         token = f"{self._prefix}.{next(self._tokens)}"
