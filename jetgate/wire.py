@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,19 +53,38 @@ CONTENT_TYPE: Final = "content-type"
 # W3C trace context, injected by the gateway, never by users.
 TRACE_HEADERS: Final = ("traceparent", "tracestate", "baggage")
 
-RESERVED_HEADER_PREFIXES: Final = ("nats-", "ce-")
+# Dead letters of consumer groups: stream `DLQ`, subject `dlq.<group>.<origin subject>`, the
+# original payload and headers plus these (all `Jetgate-*` names are reserved).
+DEAD_LETTER_STREAM: Final = "DLQ"
+DEAD_LETTER_PREFIX: Final = "dlq"
+ORIGIN_STREAM: Final = "Jetgate-Origin-Stream"
+ORIGIN_SUBJECT: Final = "Jetgate-Origin-Subject"
+ORIGIN_SEQUENCE: Final = "Jetgate-Origin-Sequence"
+DEAD_GROUP: Final = "Jetgate-Group"
+DEAD_ATTEMPTS: Final = "Jetgate-Attempts"
+DEAD_REASON: Final = "Jetgate-Reason"  # reject | unknown-type | undecodable | exhausted
+DEAD_ERROR: Final = "Jetgate-Error"
+DEAD_TIME: Final = "Jetgate-Dead-At"
+# A redriven event is for the group that dead-lettered it; other groups skip it.
+REDRIVE_GROUP: Final = "Jetgate-Redrive-Group"
+
+RESERVED_HEADER_PREFIXES: Final = ("nats-", "ce-", "jetgate-")
 RESERVED_HEADER_NAMES: Final = frozenset({*TRACE_HEADERS, CONTENT_TYPE, "status", "description"})
 
 MAX_KEY_LENGTH: Final = 128
 MAX_EVENT_ID_LENGTH: Final = 128
 MAX_HEADER_NAME_LENGTH: Final = 128
 MAX_HEADER_VALUE_LENGTH: Final = 4096
+MAX_GROUP_LENGTH: Final = 64
 
 _KEY_FORBIDDEN = re.compile(r"[.*>\s\x00-\x1f\x7f]")
 # RFC 7230 token characters: what NATS (and HTTP) accept as a header name.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
 _SUBJECT_TOKEN = re.compile(r"^[^.*>\s]+$")
+_FOLLOW_UP_NAMESPACE = uuid.UUID("5f2d7a0e-4b6c-4d59-9a51-6a8d0c3e1b27")
+_GROUP_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_LINE_BREAKS = re.compile(r"[\r\n\x00-\x1f\x7f]+")
 
 
 def key_problem(key: str) -> str | None:
@@ -107,7 +127,7 @@ def header_problem(name: str, value: str) -> str | None:
         )
     if is_reserved_header(name):
         reserved = ", ".join(sorted(RESERVED_HEADER_NAMES))
-        return f"header name {name!r} is reserved (Nats-*, ce-*, {reserved})"
+        return f"header name {name!r} is reserved (Nats-*, ce-*, Jetgate-*, {reserved})"
     if len(value) > MAX_HEADER_VALUE_LENGTH:
         return f"header {name!r} value is longer than {MAX_HEADER_VALUE_LENGTH} characters"
     if "\r" in value or "\n" in value:
@@ -115,6 +135,19 @@ def header_problem(name: str, value: str) -> str | None:
     if value != value.strip():
         return f"header {name!r} value must not start or end with whitespace (NATS strips it)"
     return None
+
+
+def group_problem(name: str) -> str | None:
+    """Why `name` cannot name a consumer group (a durable consumer and a subject token)."""
+    if not _GROUP_NAME.match(name) or len(name) > MAX_GROUP_LENGTH:
+        return f"group name {name!r} must be 1-{MAX_GROUP_LENGTH} characters of A-Z a-z 0-9 _ -"
+    return None
+
+
+def header_text(text: str, limit: int = 1024) -> str:
+    """`text` as a header value: one line, no control characters, at most `limit` characters."""
+    line = _LINE_BREAKS.sub(" ", text).strip() or "-"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def prefix_problem(prefix: str) -> str | None:
@@ -178,6 +211,37 @@ def type_url(full_type_name: str) -> str:
 def type_from_url(url: str) -> str:
     """The full proto name of a type URL (the part after the last '/')."""
     return url.rsplit("/", 1)[-1]
+
+
+def dead_letter_subject(group: str, origin_subject: str) -> str:
+    """Where `group` dead-letters an event stored on `origin_subject`."""
+    return f"{DEAD_LETTER_PREFIX}.{group}.{origin_subject}"
+
+
+def dead_letter_filter(group: str) -> str:
+    """The subject filter of every dead letter of `group`."""
+    return f"{DEAD_LETTER_PREFIX}.{group}.>"
+
+
+def dead_letter_msg_id(group: str, stream: str, sequence: int) -> str:
+    """The `Nats-Msg-Id` of a dead letter: a worker that dies after storing it and before
+    terminating the original stores it only once when the event is dead-lettered again."""
+    return f"dlq:{group}:{stream}:{sequence}"
+
+
+def redrive_msg_id(event_id: str, dead_letter_sequence: int) -> str:
+    """The `Nats-Msg-Id` of a redriven event: not the event id, which the origin stream may
+    still hold in its duplicate window, but unique per dead letter (redrive is idempotent)."""
+    return f"{event_id}:redrive:{dead_letter_sequence}"
+
+
+def derived_event_id(cause_id: str, name: str) -> str:
+    """A deterministic event id for the follow-up `name` of event `cause_id` (a UUIDv5).
+
+    A handler that runs again for the same event publishes the same id, which JetStream
+    de-duplicates inside the stream's duplicate window.
+    """
+    return str(uuid.uuid5(_FOLLOW_UP_NAMESPACE, f"{cause_id}/{name}"))
 
 
 def new_event_id() -> str:

@@ -1,0 +1,169 @@
+"""`jetgate consume` and `jetgate dlq` (also `python -m consumers consume|dlq ...`).
+
+- `jetgate consume MODULE:GROUP [--nats-url URL] [--concurrency N] [--ack-wait S]`: import
+  MODULE, run the `ConsumerGroup` named GROUP in it until SIGINT/SIGTERM, drain (finish and
+  acknowledge in-flight events), log the counts and exit 0. `--ack-wait` overrides the
+  group's setting (and so the consumer's, for every worker of the group).
+- `jetgate dlq list|redrive|purge --group G [--nats-url URL]`: show the group's dead
+  letters, republish them to their origin subjects, or delete them.
+
+The NATS URL defaults to `JETGATE_NATS_URL`, then `nats://127.0.0.1:4222`. Exit codes: 0
+after a clean stop, 2 for a bad MODULE:GROUP or group settings JetStream refuses, 1 when
+NATS is unreachable at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import nats
+from nats.aio.client import Client as NATS
+
+from consumers import deadletter
+from consumers.group import ConsumerGroup, GroupConfigError
+from consumers.worker import Worker
+
+log = logging.getLogger("jetgate.consumers")
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+CONNECT_TIMEOUT = 10.0  # s
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jetgate", description="jetgate consumer groups")
+    commands = parser.add_subparsers(dest="command", required=True)
+    consume = commands.add_parser("consume", help="run a worker of a consumer group")
+    consume.add_argument("target", metavar="MODULE:GROUP")
+    consume.add_argument("--concurrency", type=int, help="events handled at once (per process)")
+    consume.add_argument("--ack-wait", type=float, help="seconds (overrides the group's)")
+    dlq = commands.add_parser("dlq", help="list, redrive or purge a group's dead letters")
+    dlq.add_argument("action", choices=("list", "redrive", "purge"))
+    dlq.add_argument("--group", required=True)
+    dlq.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    for command in (consume, dlq):
+        command.add_argument("--nats-url", default=None, help="default: JETGATE_NATS_URL")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `python -m consumers` (and of `jetgate consume|dlq`)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("JETGATE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    url = args.nats_url or os.environ.get("JETGATE_NATS_URL") or DEFAULT_NATS_URL
+    if args.command == "consume":
+        group = load_group(args.target)
+        if args.ack_wait is not None:
+            group = _replace(group, ack_wait=args.ack_wait)
+        if args.concurrency is not None:
+            group = _replace(group, concurrency=args.concurrency)
+        asyncio.run(_consume(group, url))
+    else:
+        asyncio.run(_dead_letters(args.action, args.group, url, as_json=args.json))
+
+
+def load_group(target: str) -> ConsumerGroup:
+    """The `ConsumerGroup` named by `MODULE:GROUP`; exits 2 with the reason when there is none."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        group = getattr(importlib.import_module(module_name), attribute or "group")
+    except (ImportError, AttributeError) as exc:
+        _fail(2, f"cannot load {target!r}: {exc}")
+    if not isinstance(group, ConsumerGroup):
+        _fail(2, f"{target!r} is a {type(group).__name__}, not a ConsumerGroup")
+    return group
+
+
+def _replace(group: ConsumerGroup, **changes: object) -> ConsumerGroup:
+    try:
+        return dataclasses.replace(group, **changes)  # type: ignore[arg-type]
+    except GroupConfigError as exc:
+        _fail(2, str(exc))
+
+
+async def _connect(url: str, name: str) -> NATS:
+    async def quiet(exc: Exception) -> None:
+        log.warning("NATS: %r", exc)
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=quiet,
+            ),
+            CONNECT_TIMEOUT,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        _fail(1, f"cannot reach NATS at {url}: {exc!r}")
+
+
+async def _consume(group: ConsumerGroup, url: str) -> None:
+    nc = await _connect(url, f"jetgate-worker-{group.name}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "group %s: consuming %s %s (concurrency %d, ack_wait %gs)",
+        *(group.name, group.stream, ",".join(group.filter_subjects) or "(all subjects)"),
+        *(group.concurrency, group.ack_wait),
+    )
+    try:
+        stats = await Worker(group, nc).run(stop)
+    except GroupConfigError as exc:
+        _fail(2, str(exc))
+    finally:
+        await nc.close()
+    log.info("group %s: stopped; %s", group.name, stats)
+
+
+async def _dead_letters(action: str, group: str, url: str, *, as_json: bool) -> None:
+    nc = await _connect(url, "jetgate-dlq")
+    js = nc.jetstream()
+    try:
+        if action == "purge":
+            print(f"purged {await deadletter.purge(js, group)} dead letters of group {group}")
+        elif action == "redrive":
+            done = await deadletter.redrive(js, group)
+            for dead in done:
+                print(f"redrove {dead.event_id} to {dead.origin_subject}")
+            print(f"redrove {len(done)} dead letters of group {group}")
+        else:
+            async for dead in deadletter.dead_letters(js, group):
+                row = {
+                    "sequence": dead.sequence,
+                    "event_id": dead.event_id,
+                    "type": dead.event_type,
+                    "origin": f"{dead.origin_stream}/{dead.origin_sequence}",
+                    "subject": dead.origin_subject,
+                    "reason": dead.reason,
+                    "attempts": dead.attempts,
+                    "error": dead.error,
+                }
+                if as_json:
+                    print(json.dumps(row))
+                else:
+                    print("  ".join(f"{k}={v}" for k, v in row.items()))
+    except nats.js.errors.NotFoundError:
+        print("no dead-letter stream yet (no worker has started)", file=sys.stderr)
+    finally:
+        await nc.close()
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    print(f"jetgate: {message}", file=sys.stderr)
+    raise SystemExit(code)

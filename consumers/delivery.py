@@ -1,0 +1,65 @@
+"""What a handler gets besides its event: `Delivery`, and `Reject` to refuse an event."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from nats.aio.msg import Msg
+
+from jetgate import wire
+
+
+class Reject(Exception):
+    """Raise from a handler to dead-letter the event at once, without further attempts.
+
+    For events that can never succeed (invalid business data, a refused command), as
+    opposed to failures worth retrying, which any other exception stands for.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """One delivery of one stored event to a handler of a consumer group.
+
+    `attempt` is 1 on the first delivery and counts redeliveries after failures,
+    timeouts and worker crashes. `headers` are the user's headers (no `Nats-*`, `ce-*`
+    or trace headers); `raw_headers` has them all.
+    """
+
+    event_id: str
+    event_type: str
+    key: str
+    source: str
+    time: datetime
+    subject: str
+    stream: str
+    sequence: int
+    attempt: int
+    group: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    raw_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    message: Msg | None = field(default=None, repr=False, compare=False)
+
+    async def in_progress(self) -> None:
+        """Tell JetStream the handler is still working: restarts the ack_wait timer.
+
+        The worker already does this every ack_wait/2 while a handler runs; call it
+        yourself only to be explicit.
+        """
+        if self.message is not None:
+            await self.message.in_progress()
+
+    def follow_up_id(self, name: str) -> str:
+        """The event id for follow-up `name` of this event (e.g. `"OrderPaid"`).
+
+        Deterministic: a redelivered event publishes its follow-up with the same id, which
+        the stream de-duplicates inside its duplicate window, so one cause yields one
+        follow-up however often its handler runs.
+        """
+        return wire.derived_event_id(self.event_id, name)

@@ -1,0 +1,336 @@
+"""The worker: pulls a group's events from JetStream and runs their handlers.
+
+Pulling: one inbox subscription (`<inbox>.*`) and pull requests on
+`$JS.API.CONSUMER.MSG.NEXT.<stream>.<group>`, each with its own reply subject (where its
+end comes as a status message; the events come on their own subjects) and an expiry
+(`pull_expires`). The worker keeps exactly as many events requested as it has free
+handler slots (`concurrency` minus running handlers minus events already requested), so an
+event never waits in this process while another worker could take it, and a lone event is
+handed to a handler as soon as it is stored (no batch to fill). nats-py's `fetch` is not
+used: it waits for a full batch or its timeout, and a long-poll it abandons keeps taking
+events.
+
+Outcomes: handler returns -> ack; `Reject`, an unknown type or an undecodable payload ->
+dead letter at once; any other exception -> nak with the group's backoff, or dead letter
+when it was the last allowed attempt. While a handler runs longer than ack_wait/2, the
+worker sends `in_progress` every ack_wait/2.
+
+Resilience: a pull request that got no answer by its expiry (plus a second) is written
+off, so after a reconnect or a nats-server restart the worker simply asks again; "no
+responders" or a deleted consumer makes it create the consumer again. `run()` returns
+after `stop` is set and the drain is done: no new requests, the outstanding ones answered
+or expired, in-flight handlers finished and acknowledged (cancelled after `drain_timeout`,
+default the group's ack_wait: those events are redelivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.errors import APIError, NotFoundError
+
+from consumers import deadletter
+from consumers.delivery import Delivery, Reject
+from consumers.group import ConsumerGroup, GroupConfigError
+from jetgate import wire
+
+log = logging.getLogger("jetgate.consumers")
+
+STATUS = "Status"
+DESCRIPTION = "Description"
+STREAM_NOT_FOUND = 10059
+SETUP_RETRY = 1.0  # s between attempts to create the consumer while JetStream is away
+DEAD_LETTER_TRIES = 3
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What one worker did: events handled OK, handler failures, redeliveries seen,
+    dead letters stored, events skipped (redriven for another group), and in flight."""
+
+    processed: int = 0
+    failed: int = 0
+    redelivered: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    in_flight: int = 0
+
+
+@dataclass(slots=True)
+class _Pull:
+    credits: int
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Running:
+    msg: Msg
+    last_progress: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """Runs `group`'s handlers in this process over connection `nc` (owned by the caller)."""
+
+    def __init__(
+        self,
+        group: ConsumerGroup,
+        nc: NATS,
+        *,
+        concurrency: int | None = None,
+        pull_expires: float = 1.0,
+        drain_timeout: float | None = None,
+    ) -> None:
+        self.group = group
+        self.stats = WorkerStats()
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._concurrency = concurrency or group.concurrency
+        self._expires = pull_expires
+        self._drain_timeout = group.ack_wait if drain_timeout is None else drain_timeout
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{group.stream}.{group.name}"
+        self._inbox = nc.new_inbox()
+        self._ids = itertools.count()
+        self._pulls: dict[str, _Pull] = {}
+        self._running: dict[asyncio.Task[None], _Running] = {}
+        self._wake = asyncio.Event()
+        self._needs_setup = True
+        self._stopping = False
+        self._tick = min(0.25, group.ack_wait / 4)
+
+    async def run(self, stop: asyncio.Event) -> WorkerStats:
+        """Handle events until `stop` is set, then drain; returns the stats.
+
+        Raises GroupConfigError when JetStream refuses the group's consumer.
+        """
+        sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        stop_watch = asyncio.create_task(self._wake_on(stop))
+        try:
+            while not stop.is_set():
+                if self._needs_setup and not await self._setup():
+                    await _wait(stop, SETUP_RETRY)
+                    continue
+                self._expire()
+                await self._request()
+                await self._keep_alive()
+                self._wake.clear()
+                await _wait(self._wake, self._tick)
+            await self._drain()
+        finally:
+            stop_watch.cancel()
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+        return self.stats
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
+
+    async def _setup(self) -> bool:
+        try:
+            await deadletter.ensure_stream(self._js)
+            await self._js.add_consumer(self.group.stream, self.group.consumer_config())
+        except NotFoundError as exc:
+            if exc.err_code != STREAM_NOT_FOUND:
+                raise GroupConfigError(f"group {self.group.name!r}: {exc.description}") from exc
+            log.warning(
+                "group %s: stream %s does not exist yet", self.group.name, self.group.stream
+            )
+            return False
+        except APIError as exc:
+            if exc.code is not None and exc.code < 500:
+                raise GroupConfigError(f"group {self.group.name!r}: {exc.description}") from exc
+            return False
+        except (NatsError, TimeoutError) as exc:
+            log.warning("group %s: JetStream not reachable (%r); retrying", self.group.name, exc)
+            return False
+        self._needs_setup = False
+        return True
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = msg.headers.get(STATUS) if msg.headers else None
+        if status:
+            if status == "100":  # idle heartbeat
+                return
+            # A status ends the pull request whose reply subject it came to.
+            self._pulls.pop(msg.subject[len(self._inbox) + 1 :], None)
+            description = (msg.headers or {}).get(DESCRIPTION, "")
+            if status == "503" or "Consumer Deleted" in description:
+                self._needs_setup = True
+            elif status not in ("404", "408"):
+                log.warning("group %s: pull ended: %s %s", self.group.name, status, description)
+            self._wake.set()
+            return
+        # Events arrive on their own subjects; JetStream fills pull requests oldest first.
+        for token, pull in self._pulls.items():
+            pull.credits -= 1
+            if pull.credits <= 0:
+                del self._pulls[token]
+            break
+        task = asyncio.create_task(self._handle(msg))
+        self._running[task] = _Running(msg)
+        self.stats.in_flight = len(self._running)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        del self._running[task]
+        self.stats.in_flight = len(self._running)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("group %s: worker error", self.group.name, exc_info=task.exception())
+        self._wake.set()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for token in [t for t, p in self._pulls.items() if p.deadline < now]:
+            del self._pulls[token]
+
+    async def _request(self) -> None:
+        if self._stopping or self._needs_setup:
+            return
+        requested = sum(p.credits for p in self._pulls.values())
+        free = self._concurrency - len(self._running) - requested
+        # Ask in halves under load (fewer requests), at once when nothing is requested.
+        if free <= 0 or (requested and free < max(1, self._concurrency // 2)):
+            return
+        token = str(next(self._ids))
+        request = {"batch": free, "expires": int(self._expires * 1e9)}
+        try:
+            await self._nc.publish(
+                self._next_subject, json.dumps(request).encode(), reply=f"{self._inbox}.{token}"
+            )
+        except NatsError as exc:
+            log.warning("group %s: pull request failed: %r", self.group.name, exc)
+            return
+        self._pulls[token] = _Pull(free, time.monotonic() + self._expires + 1.0)
+
+    async def _keep_alive(self) -> None:
+        now = time.monotonic()
+        for running in list(self._running.values()):
+            if now - running.last_progress >= self.group.ack_wait / 2:
+                running.last_progress = now
+                with contextlib.suppress(NatsError):
+                    await running.msg.in_progress()
+
+    async def _drain(self) -> None:
+        self._stopping = True
+        deadline = time.monotonic() + self._drain_timeout
+        while (self._pulls or self._running) and time.monotonic() < deadline:
+            self._expire()
+            await self._keep_alive()
+            self._wake.clear()
+            await _wait(self._wake, self._tick)
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        with contextlib.suppress(NatsError, TimeoutError):
+            await self._nc.flush(timeout=2)
+
+    async def _handle(self, msg: Msg) -> None:
+        group = self.group
+        meta = msg.metadata
+        attempt = meta.num_delivered
+        headers: dict[str, str] = dict(msg.headers or {})
+        if attempt > 1:
+            self.stats.redelivered += 1
+        redrive_for = headers.get(wire.REDRIVE_GROUP)
+        if redrive_for and redrive_for != group.name:
+            self.stats.skipped += 1
+            await msg.ack()
+            return
+        try:
+            envelope = wire.decode_envelope(msg.subject, headers)
+        except ValueError as exc:
+            return await self._dead_letter(msg, attempt, "undecodable", str(exc))
+        entry = group.handlers.get(envelope.type)
+        if entry is None:
+            error = f"group {group.name} has no handler for {envelope.type}"
+            return await self._dead_letter(msg, attempt, "unknown-type", error)
+        message_type, handler = entry
+        try:
+            event = message_type.FromString(msg.data)
+        except DecodeError as exc:
+            error = f"payload is not a valid {envelope.type}: {exc}"
+            return await self._dead_letter(msg, attempt, "undecodable", error)
+        if attempt > group.max_deliver:
+            error = f"attempt {attempt} of {group.max_deliver}: the previous worker stopped"
+            return await self._dead_letter(msg, attempt, "exhausted", error)
+        delivery = Delivery(
+            event_id=envelope.id,
+            event_type=envelope.type,
+            key=envelope.key,
+            source=envelope.source,
+            time=envelope.time,
+            subject=msg.subject,
+            stream=meta.stream,
+            sequence=meta.sequence.stream,
+            attempt=attempt,
+            group=group.name,
+            headers=envelope.headers,
+            raw_headers=headers,
+            message=msg,
+        )
+        try:
+            await handler(event, delivery)
+        except Reject as exc:
+            return await self._dead_letter(msg, attempt, "reject", exc.reason)
+        except Exception as exc:
+            self.stats.failed += 1
+            error = f"{type(exc).__name__}: {exc}"
+            if attempt >= group.max_deliver:
+                return await self._dead_letter(msg, attempt, "exhausted", error)
+            delay = group.retry_delay(attempt)
+            log.warning(
+                "group %s: %s seq %d attempt %d failed (%s); retry in %gs",
+                *(group.name, msg.subject, delivery.sequence, attempt, error, delay),
+            )
+            await msg.nak(delay=delay)
+            return
+        await msg.ack()
+        self.stats.processed += 1
+
+    async def _dead_letter(self, msg: Msg, attempt: int, reason: str, error: str) -> None:
+        meta = msg.metadata
+        headers = deadletter.dead_letter_headers(
+            msg.headers or {},
+            stream=meta.stream,
+            subject=msg.subject,
+            sequence=meta.sequence.stream,
+            group=self.group.name,
+            attempts=attempt,
+            reason=reason,
+            error=error,
+        )
+        subject = wire.dead_letter_subject(self.group.name, msg.subject)
+        for tries in range(1, DEAD_LETTER_TRIES + 1):
+            try:
+                await self._js.publish(subject, msg.data, headers=headers)
+                break
+            except (NatsError, TimeoutError) as exc:
+                log.warning("group %s: dead letter not stored (%r)", self.group.name, exc)
+                if tries == DEAD_LETTER_TRIES:
+                    await msg.nak(delay=self.group.retry_delay(attempt))
+                    return
+                await asyncio.sleep(1.0)
+        await msg.term()
+        self.stats.dead_lettered += 1
+        log.warning(
+            "group %s: %s seq %d dead-lettered (%s: %s)",
+            *(self.group.name, msg.subject, meta.sequence.stream, reason, error),
+        )
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until `event` is set or `seconds` passed (a timer, not a task: this runs per event)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
