@@ -37,7 +37,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from consumers import deadletter
 from consumers.delivery import Delivery, Reject
@@ -136,22 +136,30 @@ class Worker:
         self._wake.set()
 
     async def _setup(self) -> bool:
+        """Create or update the group's consumer (and the DLQ stream); False: try later."""
+        group = self.group
         try:
             await deadletter.ensure_stream(self._js)
-            await self._js.add_consumer(self.group.stream, self.group.consumer_config())
+            stream = await self._js.stream_info(group.stream)
+            subjects = stream.config.subjects or []
+            for wanted in group.filter_subjects:
+                if not any(wire.subject_filter_covers(s, wanted) for s in subjects):
+                    raise GroupConfigError(
+                        f"group {group.name!r}: filter {wanted!r} matches no subject of "
+                        f"stream {group.stream} ({', '.join(subjects)})"
+                    )
+            await self._js.add_consumer(group.stream, group.consumer_config())
         except NotFoundError as exc:
             if exc.err_code != STREAM_NOT_FOUND:
-                raise GroupConfigError(f"group {self.group.name!r}: {exc.description}") from exc
-            log.warning(
-                "group %s: stream %s does not exist yet", self.group.name, self.group.stream
-            )
+                raise GroupConfigError(f"group {group.name!r}: {exc.description}") from exc
+            log.warning("group %s: no stream %s yet", group.name, group.stream)
             return False
+        except ServiceUnavailableError:
+            return False  # JetStream starting or electing a leader
         except APIError as exc:
-            if exc.code is not None and exc.code < 500:
-                raise GroupConfigError(f"group {self.group.name!r}: {exc.description}") from exc
-            return False
+            raise GroupConfigError(f"group {group.name!r}: {exc.description}") from exc
         except (NatsError, TimeoutError) as exc:
-            log.warning("group %s: JetStream not reachable (%r); retrying", self.group.name, exc)
+            log.warning("group %s: JetStream not reachable (%r); retrying", group.name, exc)
             return False
         self._needs_setup = False
         return True

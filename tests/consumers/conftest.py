@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -54,22 +54,28 @@ async def store(
     return int(ack.seq)
 
 
-async def run_until(
-    worker: Worker, done: Callable[[], bool], timeout: float = 20.0
-) -> WorkerStats:
+async def run_until(worker: Worker, done: Callable[[], bool], within: float = 20.0) -> WorkerStats:
     """Run `worker` until `done()` holds (checked every 50 ms), then drain it."""
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
-        async with asyncio.timeout(timeout):
-            while not done():
-                await asyncio.sleep(0.05)
+        await until(done, within)
     finally:
         stop.set()
     return await asyncio.wait_for(task, 30)
 
 
+async def until(done: Callable[[], bool], within: float = 20.0) -> None:
+    """Wait until `done()` holds (checked every 50 ms); AssertionError after `within` s."""
+    for _ in range(int(within / 0.05)):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not met within {within} s")
+
+
 def group(name: str = "billing", **settings: object) -> ConsumerGroup:
+    """A test group on ORDERS: all subjects, ack_wait 5 s, one short backoff step."""
     defaults: dict[str, object] = {
         "stream": STREAM,
         "filter_subjects": ["orders.>"],
@@ -78,11 +84,3 @@ def group(name: str = "billing", **settings: object) -> ConsumerGroup:
     }
     defaults.update(settings)
     return ConsumerGroup(name, **defaults)  # type: ignore[arg-type]
-
-
-Handler = Callable[[orders_pb2.OrderPlaced, object], Awaitable[None]]
-
-
-@pytest.fixture
-async def nats_js(js: JetStreamContext) -> AsyncIterator[JetStreamContext]:
-    yield js
