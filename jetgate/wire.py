@@ -84,7 +84,7 @@ _PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
 _SUBJECT_TOKEN = re.compile(r"^[^.*>\s]+$")
 _FOLLOW_UP_NAMESPACE = uuid.UUID("5f2d7a0e-4b6c-4d59-9a51-6a8d0c3e1b27")
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_LINE_BREAKS = re.compile(r"[\r\n\x00-\x1f\x7f]+")
+_LINE_BREAKS = re.compile(r"[\s\x00-\x1f\x7f]+")
 
 
 def key_problem(key: str) -> str | None:

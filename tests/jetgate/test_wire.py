@@ -464,3 +464,53 @@ def test_decode_envelope_rejects_a_message_without_ce_id() -> None:
 def test_decode_envelope_rejects_a_plain_nats_message() -> None:
     with pytest.raises(ValueError, match="not a jetgate event"):
         wire.decode_envelope("orders.OrderPlaced.o-42", {"X-Tenant": "acme"})
+
+
+@pytest.mark.parametrize("name", ["Jetgate-Group", "jetgate-origin-stream", "JETGATE-X"])
+def test_jetgate_headers_are_reserved(name: str) -> None:
+    assert wire.is_reserved_header(name)
+    assert "reserved" in (wire.header_problem(name, "v") or "")
+
+
+def test_dead_letter_subjects_and_ids() -> None:
+    assert wire.dead_letter_subject("billing", "orders.OrderPlaced.o-1") == (
+        "dlq.billing.orders.OrderPlaced.o-1"
+    )
+    assert wire.subject_filter_covers(
+        wire.dead_letter_filter("billing"), "dlq.billing.orders.OrderPlaced.o-1"
+    )
+    assert not wire.subject_filter_covers(
+        wire.dead_letter_filter("billing"), "dlq.shipping.orders.OrderPaid.o-1"
+    )
+    assert wire.dead_letter_msg_id("billing", "ORDERS", 7) == "dlq:billing:ORDERS:7"
+    assert wire.redrive_msg_id("e-1", 3) != wire.redrive_msg_id("e-1", 4)
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("billing", True),
+        ("a_b-9", True),
+        ("a.b", False),
+        ("a b", False),
+        ("", False),
+        ("x" * 65, False),
+    ],
+)
+def test_group_names(name: str, ok: bool) -> None:
+    assert (wire.group_problem(name) is None) is ok
+
+
+def test_header_text_is_one_bounded_line() -> None:
+    assert wire.header_text("boom\r\n  at line 3\tx") == "boom at line 3 x"
+    assert wire.header_text("") == "-"
+    long = wire.header_text("x" * 5000, limit=100)
+    assert len(long) == 100
+    assert long.endswith("...")
+
+
+def test_derived_event_ids_are_stable_uuids() -> None:
+    first = wire.derived_event_id("e-1", "OrderPaid")
+    assert first == wire.derived_event_id("e-1", "OrderPaid")
+    assert first != wire.derived_event_id("e-1", "OrderShipped")
+    assert wire.event_id_problem(first) is None
