@@ -1,5 +1,5 @@
-"""`python -m bench`: the publish throughput benchmark (`bench.publish`)."""
+"""`python -m bench`: the publish benchmark (`bench.cli`)."""
 
-from bench.publish import main
+from bench.cli import main
 
 main()

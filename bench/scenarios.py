@@ -1,0 +1,308 @@
+"""The scenarios: publish loops (runners) and the registry SCENARIOS the harness runs.
+
+Baselines (no gateway): `raw-async` and `raw-pipelined` (nats-py JetStream publishing of
+the gateway's messages), `grpc-echo` (a grpc.aio server answering Publish without NATS,
+`bench.echo`) and `natscli-async` (the Go client, `nats bench js pub async`,
+`bench.natscli`). Gateway scenarios: `publish-unary`, `publish-batch-100/500`,
+`publish-stream`. A scenario's ratio is its events/s over its baseline's, next to a target.
+
+Consuming (`bench.consume`): `e2e-latency` (Publish -> handler start at 1,000 events/s),
+`consume-plain` (baseline: nats-py fetch-and-ack) and `consume` (one consumers.Worker).
+
+Adding a scenario:
+1. Write a runner `async def run_x(ctx: Context, tally: Tally, stop: asyncio.Event)` that
+   publishes (or consumes) until `stop` is set, reports every event to `tally` (`tally.ok`,
+   `tally.error()`, `tally.rpc(started)` or `tally.latency(started)` for latencies) and
+   returns once nothing is in flight; `measure_run` does warm-up, window, CPU and the
+   stream check. For anything that is not such a loop (an external program), write a
+   `Measurer` `async (ctx, window) -> Row` instead, like `bench.natscli.measure`.
+2. Register `Scenario(name, description, timed(run_x, ...), needs=..., baseline=...,
+   target=...)` in SCENARIOS (order = table order; baselines first). `needs` names the
+   processes the harness must start for it ("gateway", "echo"); the Context carries their
+   stubs and pids. Extra servers: start them in `bench.servers` / `bench.harness`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from nats.aio.msg import Msg
+
+from bench import consume, natscli
+from bench.events import STREAM
+from bench.measure import (
+    DRAIN_TIMEOUT,
+    MAX_ERRORS,
+    RPC_TIMEOUT,
+    Context,
+    Measurer,
+    Row,
+    Runner,
+    Server,
+    Tally,
+    Window,
+    measure_run,
+)
+from jetgate.v1 import gateway_pb2
+
+UNARY_CONCURRENCY = 64
+BATCH_IN_FLIGHT = 8
+RAW_ASYNC_PENDING = 4000
+RAW_WINDOW = 1000
+PER_RPC = "per RPC"
+PER_MESSAGE = "per message"
+
+
+def rpc_error(exc: grpc.aio.AioRpcError) -> str:
+    return f"{exc.code().name}: {exc.details()}"
+
+
+def run_unary(server: Server, concurrency: int = UNARY_CONCURRENCY) -> Runner:
+    """`Publish`, `concurrency` calls in flight, against the gateway or the echo server."""
+
+    async def run(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
+        stub = ctx.gateway if server == "gateway" else ctx.echo
+
+        async def worker() -> None:
+            while not stop.is_set() and tally.failed < MAX_ERRORS:
+                request = ctx.events.request("unary")
+                started = time.perf_counter()
+                try:
+                    response = await stub.Publish(request, timeout=RPC_TIMEOUT)
+                except grpc.aio.AioRpcError as exc:
+                    tally.error(rpc_error(exc))
+                    continue
+                tally.ok += 1
+                tally.duplicates += response.duplicate
+                tally.rpc(started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    return run
+
+
+def run_batch(size: int, in_flight: int = BATCH_IN_FLIGHT) -> Runner:
+    """`PublishBatch` of `size` events, `in_flight` calls at a time."""
+
+    async def run(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
+        async def worker() -> None:
+            while not stop.is_set() and tally.failed < MAX_ERRORS:
+                request = ctx.events.batch(f"b{size}", size)
+                started = time.perf_counter()
+                try:
+                    response = await ctx.gateway.PublishBatch(request, timeout=RPC_TIMEOUT)
+                except grpc.aio.AioRpcError as exc:
+                    tally.error(rpc_error(exc), size)
+                    continue
+                tally.results(response.results)
+                tally.rpc(started)
+
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+
+    return run
+
+
+def run_stream(size: int = 100, in_flight: int = BATCH_IN_FLIGHT) -> Runner:
+    """One PublishStream call; at most `in_flight` request messages await their response."""
+
+    async def run(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
+        slots = asyncio.Semaphore(in_flight)
+        sent: collections.deque[float] = collections.deque()
+
+        async def requests() -> AsyncIterator[gateway_pb2.PublishBatchRequest]:
+            while True:
+                await slots.acquire()
+                if stop.is_set() or tally.failed >= MAX_ERRORS:
+                    return
+                request = ctx.events.batch("s", size)
+                sent.append(time.perf_counter())
+                yield request
+
+        call = ctx.gateway.PublishStream(requests(), timeout=None)
+        try:
+            async for response in call:
+                started = sent.popleft()
+                tally.results(response.results)
+                tally.rpc(started)
+                slots.release()
+        except grpc.aio.AioRpcError as exc:
+            tally.error(f"stream: {rpc_error(exc)}", len(sent) * size)
+
+    return run
+
+
+async def run_raw_async(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
+    """nats-py `js.publish_async`, 4000 pending: JetStream without the gateway."""
+    js = ctx.nc.jetstream(publish_async_max_pending=RAW_ASYNC_PENDING)
+
+    def settled(started: float, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            tally.error("cancelled")
+        elif (exc := future.exception()) is not None:
+            tally.error(repr(exc))
+        else:
+            tally.ok += 1
+            tally.duplicates += bool(future.result().duplicate)
+            tally.latency(started)
+
+    while not stop.is_set() and tally.failed < MAX_ERRORS:
+        subject, headers = ctx.events.raw("ra")
+        started = time.perf_counter()
+        future = await js.publish_async(subject, ctx.events.payload, headers=headers)
+        future.add_done_callback(functools.partial(settled, started))
+    try:
+        await asyncio.wait_for(js.publish_async_completed(), DRAIN_TIMEOUT)
+    except TimeoutError:
+        tally.error("no ack within the drain timeout", js.publish_async_pending())
+
+
+async def run_raw_pipelined(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
+    """nc.publish with a reply subject per message under one wildcard inbox subscription."""
+    nc = ctx.nc
+    prefix = nc.new_inbox()
+    slots = asyncio.Semaphore(RAW_WINDOW)
+    waiting: dict[str, float] = {}  # reply subject -> perf_counter() at send
+    drained = asyncio.Event()
+
+    async def on_reply(msg: Msg) -> None:
+        started = waiting.pop(msg.subject, None)
+        if started is None:
+            return
+        slots.release()
+        if msg.headers and msg.headers.get("Status") == "503":
+            tally.error("503 no responders")
+        else:
+            body = json.loads(msg.data)
+            if "error" in body:
+                tally.error(str(body["error"]))
+            else:
+                tally.ok += 1
+                tally.duplicates += bool(body.get("duplicate"))
+                tally.latency(started)
+        if stop.is_set() and not waiting:
+            drained.set()
+
+    sub = await nc.subscribe(f"{prefix}.*", cb=on_reply)
+    try:
+        for n in itertools.count(1):
+            if stop.is_set() or tally.failed >= MAX_ERRORS:
+                break
+            await slots.acquire()
+            subject, headers = ctx.events.raw("rp")
+            token = f"{prefix}.{n}"
+            waiting[token] = time.perf_counter()
+            await nc.publish(subject, ctx.events.payload, reply=token, headers=headers)
+        if waiting:
+            await nc.flush()
+            try:
+                await asyncio.wait_for(drained.wait(), DRAIN_TIMEOUT)
+            except TimeoutError:
+                tally.error("no ack within the drain timeout", len(waiting))
+    finally:
+        await sub.unsubscribe()
+
+
+def timed(
+    run: Runner, *, server: Server | None, stream: str | None = STREAM, latency: str = PER_RPC
+) -> Measurer:
+    """The standard measurement (`measure_run`) of a runner."""
+
+    async def measure(ctx: Context, window: Window) -> Row:
+        return await measure_run(run, ctx, window, server=server, stream=stream, latency=latency)
+
+    return measure
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    measure: Measurer
+    needs: frozenset[str] = frozenset()  # processes besides nats-server: "gateway", "echo"
+    baseline: str | None = None  # ratio = events/s / this scenario's events/s
+    target: float | None = None  # the ratio it should reach
+    nats_bound: bool = True  # False: fsync cannot matter, measured in the first block only
+
+
+GATEWAY = frozenset({"gateway"})
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario(
+            "raw-async",
+            f"nats-py js.publish_async, {RAW_ASYNC_PENDING} pending",
+            timed(run_raw_async, server=None, latency=PER_MESSAGE),
+        ),
+        Scenario(
+            "raw-pipelined",
+            f"nats-py nc.publish + reply inbox, window {RAW_WINDOW}",
+            timed(run_raw_pipelined, server=None, latency=PER_MESSAGE),
+        ),
+        Scenario(
+            "grpc-echo",
+            f"grpc.aio Publish answered without NATS, {UNARY_CONCURRENCY} concurrent",
+            timed(run_unary("echo"), server="echo", stream=None),
+            needs=frozenset({"echo"}),
+            nats_bound=False,
+        ),
+        Scenario("natscli-async", natscli.DESCRIPTION, natscli.measure),
+        Scenario(
+            "publish-unary",
+            f"Publish, {UNARY_CONCURRENCY} concurrent calls",
+            timed(run_unary("gateway"), server="gateway"),
+            needs=GATEWAY,
+            baseline="grpc-echo",
+            target=0.75,
+        ),
+        *(
+            Scenario(
+                f"publish-batch-{size}",
+                f"PublishBatch {size}/call, {BATCH_IN_FLIGHT} in flight",
+                timed(run_batch(size), server="gateway"),
+                needs=GATEWAY,
+                baseline="raw-pipelined",
+                target=0.9,
+            )
+            for size in (100, 500)
+        ),
+        Scenario(
+            "publish-stream",
+            f"PublishStream 100/msg, {BATCH_IN_FLIGHT} in flight",
+            timed(run_stream(), server="gateway"),
+            needs=GATEWAY,
+            baseline="raw-pipelined",
+            target=0.9,
+        ),
+        Scenario(
+            "e2e-latency",
+            f"Publish at {consume.E2E_RATE:,.0f}/s -> handler start (p50<=2, p99<=10 ms)",
+            timed(consume.run_e2e, server="gateway", latency="publish -> handler"),
+            needs=GATEWAY,
+        ),
+        Scenario("consume-plain", "nats-py fetch(100) + ack loop", consume.measure_plain),
+        Scenario(
+            "consume",
+            f"consumers.Worker, concurrency {consume.WORKER_CONCURRENCY}, no-op handler",
+            consume.measure_worker,
+            baseline="consume-plain",
+            target=0.9,
+        ),
+    ]
+}
+
+
+def with_baselines(names: list[str]) -> list[str]:
+    """`names` plus the baselines they are compared to, in registry order."""
+    wanted = set(names)
+    wanted |= {b for n in names if (b := SCENARIOS[n].baseline) is not None}
+    return [name for name in SCENARIOS if name in wanted]

@@ -1,0 +1,138 @@
+"""The processes the benchmark starts besides nats-server (`gateway.embedded.NatsServer`).
+
+- the gateway: `jetgate serve` with the demo config (jetgate.toml, nats_url and listen
+  replaced), optionally under cProfile;
+- the echo server: `python -m bench.echo` (a grpc.aio Publish that never touches NATS).
+
+Both listen on a free 127.0.0.1 port, log to the block's work directory, run in their own
+session (a Ctrl-C meant for the benchmark must not stop them before it does) with a
+parent-death signal (setpriv, when present), and are stopped by pid: SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.embedded import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_PATH = REPO / "jetgate.toml"
+SERVICE = "jetgate.v1.EventGateway"
+START_LIMIT = 30.0  # s until a server must answer health checks with SERVING
+
+
+@dataclass
+class Process:
+    """A started server process: what it is, where it listens, where it logs."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    address: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def die_with_parent() -> list[str]:
+    """A command prefix (util-linux setpriv) that SIGTERMs the child when we die; [] without.
+
+    Popen must then be called from the main thread: the signal follows the thread.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
+
+
+def _start(name: str, argv: list[str], workdir: Path, address: str, env: dict[str, str]) -> Process:
+    log = workdir / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [*die_with_parent(), *argv],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # our Ctrl-C must not stop it before we do
+        )
+    return Process(name=name, proc=proc, address=address, log=log)
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETGATE_")}
+    env["JETGATE_LOG_LEVEL"] = "WARNING"
+    return env
+
+
+def gateway_command(nats_url: str, port: int, profile: Path | None) -> list[str]:
+    script = Path(sys.executable).with_name("jetgate")
+    args = ["serve", "--config", str(CONFIG_PATH), "--listen", f"127.0.0.1:{port}"]
+    args += ["--nats-url", nats_url]
+    if profile is not None:
+        return [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), *args]
+    return [str(script), *args]
+
+
+def start_gateway(nats_url: str, workdir: Path, profile: Path | None = None) -> Process:
+    """`jetgate serve` against `nats_url` on a free loopback port."""
+    port = free_port()
+    argv = gateway_command(nats_url, port, profile)
+    return _start("gateway", argv, workdir, f"127.0.0.1:{port}", _clean_env())
+
+
+def start_echo(workdir: Path) -> Process:
+    """`python -m bench.echo` on a free loopback port (uvloop like the gateway)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.echo", "--port", str(port)]
+    env = _clean_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return _start("echo", argv, workdir, f"127.0.0.1:{port}", env)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
+    """SIGTERM `proc` by pid; SIGKILL when it is still there after `timeout` s."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+    return proc.wait(timeout)
+
+
+def log_tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
+
+
+async def wait_serving(
+    channel: grpc.aio.Channel, process: Process | None, limit: float = START_LIMIT
+) -> None:
+    """Until health says SERVING for the EventGateway service; RuntimeError when the
+    process exits or takes more than `limit` s (`process` None: the in-process gateway)."""
+    health = health_pb2_grpc.HealthStub(channel)
+    name = process.name if process else "gateway"
+    deadline = time.monotonic() + limit
+    while True:
+        if process is not None and process.proc.poll() is not None:
+            code = process.proc.returncode
+            raise RuntimeError(f"{name} exited with {code}:\n{log_tail(process.log)}")
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not SERVING after {limit:.0f}s")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,82 @@
+"""Smoke test of the benchmark harness (`python -m bench`): every scenario runs about a second
+in both durability blocks, and the memory check runs briefly. Numbers are never asserted:
+only that every scenario produced a row with a positive rate and the sanity check passed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import natscli
+from bench.scenarios import SCENARIOS
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT = 120.0  # s; a run takes about 25 s on the 2-core machine
+QUICK = ["--seconds", "1", "--warmup", "0.2"]
+
+
+def run_bench(args: list[str], out: Path, written: str) -> tuple[str, dict[str, Any]]:
+    """Run `python -m bench ARGS --results OUT/latest.json`; its output and OUT/`written`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", *args, "--results", str(out / "latest.json")],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGTERM)  # the harness stops its servers, as on Ctrl-C
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)  # its servers get SIGTERM (parent-death signal)
+            output, _ = proc.communicate()
+        pytest.fail(f"python -m bench {' '.join(args)} took over {TIMEOUT:g}s:\n{output}")
+    assert proc.returncode == 0, output
+    return output, json.loads((out / written).read_text())
+
+
+def test_every_scenario_in_both_blocks(tmp_path: Path) -> None:
+    output, report = run_bench([*QUICK, "--fsync", "both"], tmp_path, "latest.json")
+
+    assert report["consistent"] is True, output
+    assert "sanity: OK" in output
+    rows = {(r["block"], r["scenario"]): r for r in report["results"]}
+    expected = [("default", name) for name in SCENARIOS]
+    expected += [("fsync-always", n) for n, s in SCENARIOS.items() if s.nats_bound]
+    assert sorted(rows) == sorted(expected)
+    for key in expected:
+        row = rows[key]
+        if key[1] == "natscli-async" and natscli.find() is None:
+            assert row["skipped"], row
+            continue
+        assert not row["skipped"], row
+        assert row["events_per_s"] > 0, row
+        assert row["consistent"] is True, row
+        if row["stream"] is not None:
+            assert row["stream_messages"] == row["ok_total"] > 0, row
+        assert key[1] in output
+    assert (tmp_path / "latest-process.json").is_file()
+
+
+def test_memory_check(tmp_path: Path) -> None:
+    output, report = run_bench(
+        ["--memory", "1", "--warmup", "0.2", "--fsync", "default"], tmp_path, "memory.json"
+    )
+
+    memory = report["memory"]
+    assert "memory: publish-stream" in output
+    assert len(memory["samples"]) >= 2
+    assert memory["rss_start_bytes"] > 0
+    assert memory["row"]["consistent"] is True
+    assert memory["row"]["stream_messages"] == memory["row"]["ok_total"] > 0
