@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ from jetgate import wire
 FailureKind = Literal["api", "unavailable", "timeout"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen: one of each is built per event, and a frozen dataclass costs twice as much to
+# build (object.__setattr__ per field). Treat them as immutable all the same.
+@dataclass(slots=True, kw_only=True)
 class OutboundMessage:
     """One message to store: subject, payload and headers (copied before sending)."""
 
@@ -42,7 +45,7 @@ class OutboundMessage:
     headers: dict[str, str]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Stored:
     """JetStream's acknowledgement of one stored message."""
 
@@ -63,6 +66,38 @@ class PublishFailure:
 
 Outcome = Stored | PublishFailure
 
+_CANCELLED = PublishFailure(kind="unavailable", description="cancelled")
+_NOT_CONNECTED = PublishFailure(kind="unavailable", description="not connected to NATS")
+# The usual PubAck, exactly as nats-server writes it; anything else goes through json.
+_PLAIN_ACK = re.compile(rb'\{"stream":"([A-Za-z0-9_-]+)","seq":(\d+)(,"duplicate":true)?\}')
+
+
+class _Call:
+    """The outcomes of one publish call, filled in (by index) as acknowledgements arrive.
+
+    One future per call instead of one per message: a batch of 100 costs one wake-up.
+    """
+
+    __slots__ = ("done", "missing", "outcomes")
+
+    def __init__(self, count: int, done: asyncio.Future[None]) -> None:
+        self.outcomes: list[Outcome | None] = [None] * count
+        self.missing = count
+        self.done = done
+        if not count:
+            done.set_result(None)
+
+    def settle(self, index: int, outcome: Outcome) -> None:
+        """Record the outcome of message `index`; the first one recorded counts."""
+        if self.outcomes[index] is None:
+            self.outcomes[index] = outcome
+            self.missing -= 1
+            if not self.missing and not self.done.done():
+                self.done.set_result(None)
+
+    def results(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o is not None]
+
 
 class Publisher:
     """Publishes to JetStream through one reply-inbox subscription with a bounded window."""
@@ -70,7 +105,9 @@ class Publisher:
     def __init__(self, nc: NATS, *, max_pending: int = 4096) -> None:
         self._nc = nc
         self._window = asyncio.Semaphore(max_pending)
-        self._waiting: dict[str, asyncio.Future[Outcome]] = {}
+        # Reply subject -> the call and index awaiting it. Each entry holds one window slot,
+        # given back exactly when the entry is removed.
+        self._waiting: dict[str, tuple[_Call, int]] = {}
         self._tokens = itertools.count(1)
         self._prefix = ""
         self._sub: Subscription | None = None
@@ -99,16 +136,37 @@ class Publisher:
         """Fail every pending publish as `unavailable` (e.g. the connection was lost)."""
         waiting, self._waiting = self._waiting, {}
         failure = PublishFailure(kind="unavailable", description=reason)
-        for future in waiting.values():
-            if not future.done():
-                future.set_result(failure)
+        for call, index in waiting.values():
+            self._window.release()
+            call.settle(index, failure)
 
     async def publish(
         self, messages: Sequence[OutboundMessage], *, ack_timeout: float
     ) -> list[Outcome]:
         """Publish `messages` pipelined: one outcome each, in order, within `ack_timeout` s."""
-        futures = [await self._send(m) for m in messages]
-        return await self._collect(futures, ack_timeout)
+        call = _Call(len(messages), asyncio.get_running_loop().create_future())
+        tokens: list[str] = []
+        nc = self._nc
+        try:
+            for index, message in enumerate(messages):
+                # `_send`, inlined: this loop runs once per event.
+                if not nc.is_connected:
+                    call.settle(index, _NOT_CONNECTED)
+                    continue
+                await self._window.acquire()
+                token = f"{self._prefix}.{next(self._tokens)}"
+                self._waiting[token] = (call, index)
+                tokens.append(token)
+                try:  # a fresh header dict: nats-py may change the one it is given
+                    await nc.publish(
+                        message.subject, message.payload, reply=token, headers=dict(message.headers)
+                    )
+                except NatsError as exc:
+                    self._unsent(token, call, index, exc)
+            await self._wait(call, tokens, ack_timeout)
+        finally:
+            self._abandon(call, tokens)
+        return call.results()
 
     async def publish_atomic(
         self, messages: Sequence[OutboundMessage], *, ack_timeout: float
@@ -121,28 +179,33 @@ class Publisher:
         """
         batch_id = uuid.uuid4().hex
         last = len(messages) - 1
-        futures: list[asyncio.Future[Outcome]] = []
-        for index, message in enumerate(messages):
-            headers = dict(message.headers)
-            headers[wire.BATCH_ID] = batch_id
-            headers[wire.BATCH_SEQUENCE] = str(index + 1)
-            if index == last:
-                headers[wire.BATCH_COMMIT] = "1"
-            if index in (0, last):
-                framed = OutboundMessage(
-                    subject=message.subject, payload=message.payload, headers=headers
-                )
-                futures.append(await self._send(framed))
-                continue
-            try:  # `headers` is ours alone: nats-py may change it
-                await self._nc.publish(message.subject, message.payload, headers=headers)
-            except NatsError as exc:
-                failure = PublishFailure(
-                    kind="unavailable", description=f"NATS publish failed: {exc!r}"
-                )
-                _resolve(futures, failure)  # the server abandons the incomplete batch
-                return failure
-        outcomes = await self._collect(futures, ack_timeout)
+        # Outcomes of the framing messages: the first (index 0) and the commit (index 1).
+        call = _Call(1 if last == 0 else 2, asyncio.get_running_loop().create_future())
+        tokens: list[str] = []
+        try:
+            for index, message in enumerate(messages):
+                headers = dict(message.headers)
+                headers[wire.BATCH_ID] = batch_id
+                headers[wire.BATCH_SEQUENCE] = str(index + 1)
+                if index == last:
+                    headers[wire.BATCH_COMMIT] = "1"
+                if index in (0, last):
+                    framed = OutboundMessage(
+                        subject=message.subject, payload=message.payload, headers=headers
+                    )
+                    await self._send(framed, call, 0 if index == 0 else 1, tokens)
+                    continue
+                try:  # `headers` is ours alone: nats-py may change it
+                    await self._nc.publish(message.subject, message.payload, headers=headers)
+                except NatsError as exc:
+                    # The server abandons the incomplete batch.
+                    return PublishFailure(
+                        kind="unavailable", description=f"NATS publish failed: {exc!r}"
+                    )
+            await self._wait(call, tokens, ack_timeout)
+        finally:
+            self._abandon(call, tokens)
+        outcomes = call.results()
         for outcome in outcomes:
             if isinstance(outcome, PublishFailure):
                 return outcome
@@ -159,70 +222,75 @@ class Publisher:
             return None
         return msg.seq or 0, (msg.headers or {}).get(wire.MSG_ID, "")
 
-    async def _send(self, message: OutboundMessage) -> asyncio.Future[Outcome]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Outcome] = loop.create_future()
+    async def _send(
+        self, message: OutboundMessage, call: _Call, index: int, tokens: list[str]
+    ) -> None:
+        """Send `message` with its own reply subject; its outcome goes to `call[index]`."""
         if not self._nc.is_connected:
-            future.set_result(
-                PublishFailure(kind="unavailable", description="not connected to NATS")
-            )
-            return future
+            call.settle(index, _NOT_CONNECTED)
+            return
         await self._window.acquire()
         token = f"{self._prefix}.{next(self._tokens)}"
-        self._waiting[token] = future
-        future.add_done_callback(lambda _: self._settled(token))
-        try:
+        self._waiting[token] = (call, index)
+        tokens.append(token)
+        try:  # a fresh header dict: nats-py may change the one it is given
             await self._nc.publish(
                 message.subject, message.payload, reply=token, headers=dict(message.headers)
             )
         except NatsError as exc:
-            self._waiting.pop(token, None)
-            if not future.done():
-                future.set_result(
-                    PublishFailure(kind="unavailable", description=f"NATS publish failed: {exc!r}")
-                )
-        return future
+            self._unsent(token, call, index, exc)
 
-    async def _collect(
-        self, futures: Sequence[asyncio.Future[Outcome]], ack_timeout: float
-    ) -> list[Outcome]:
-        pending = [f for f in futures if not f.done()]
-        if pending:
+    def _unsent(self, token: str, call: _Call, index: int, exc: NatsError) -> None:
+        if self._waiting.pop(token, None) is not None:
+            self._window.release()
+        failure = PublishFailure(kind="unavailable", description=f"NATS publish failed: {exc!r}")
+        call.settle(index, failure)
+
+    async def _wait(self, call: _Call, tokens: Sequence[str], ack_timeout: float) -> None:
+        if call.missing:
             # One timer for the whole call: cheaper than asyncio.wait per publish.
-            loop = asyncio.get_running_loop()
             expiry = PublishFailure(
                 kind="timeout",
                 description=f"JetStream did not acknowledge within {ack_timeout:.3g}s",
             )
-            timer = loop.call_later(ack_timeout, _resolve, pending, expiry)
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(ack_timeout, self._abandon, call, tokens, expiry)
             try:
-                for future in pending:
-                    await future
+                await call.done
             finally:
                 timer.cancel()
-                # Cancelled caller (e.g. the RPC was cancelled): free the window now.
-                _resolve(pending, PublishFailure(kind="unavailable", description="cancelled"))
-        return [f.result() for f in futures]
 
-    def _settled(self, token: str) -> None:
-        self._waiting.pop(token, None)
-        self._window.release()
+    def _abandon(
+        self,
+        call: _Call,
+        tokens: Sequence[str],
+        outcome: Outcome = _CANCELLED,
+    ) -> None:
+        """Give up on what `call` still awaits (timeout, cancelled caller): free the window."""
+        if not call.missing:
+            return
+        for token in tokens:
+            if (entry := self._waiting.pop(token, None)) is not None:
+                self._window.release()
+                call.settle(entry[1], outcome)
+        for index, settled in enumerate(call.outcomes):
+            if settled is None:  # never sent (e.g. cancelled while waiting for the window)
+                call.settle(index, outcome)
 
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject, None)
-        if future is None or future.done():
+        entry = self._waiting.pop(msg.subject, None)
+        if entry is None:
             return  # timed out or failed earlier: the late answer has no one to tell
-        future.set_result(parse_ack(msg))
-
-
-def _resolve(futures: Sequence[asyncio.Future[Outcome]], outcome: Outcome) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_result(outcome)
+        self._window.release()
+        entry[0].settle(entry[1], parse_ack(msg))
 
 
 def parse_ack(msg: Msg) -> Outcome:
     """Turn a JetStream publish reply into an outcome."""
+    if (plain := _PLAIN_ACK.fullmatch(msg.data)) is not None:
+        return Stored(
+            stream=plain[1].decode(), sequence=int(plain[2]), duplicate=plain[3] is not None
+        )
     headers = msg.headers or {}
     status = headers.get("Status")
     if status == "503":

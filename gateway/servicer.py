@@ -119,24 +119,29 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         ]
         if request.atomic:
             results = await self._publish_atomic(prepared, ack_timeout)
-        else:
-            results = await self._publish_each(prepared, ack_timeout)
-        return gateway_pb2.PublishBatchResponse(results=results)
+            return gateway_pb2.PublishBatchResponse(results=results)
+        return await self._publish_each(prepared, ack_timeout)
 
     async def _publish_each(
         self, prepared: Sequence[PreparedEvent | list[FieldViolation]], ack_timeout: float
-    ) -> list[gateway_pb2.PublishResult]:
+    ) -> gateway_pb2.PublishBatchResponse:
         valid = [p for p in prepared if isinstance(p, PreparedEvent)]
         sent = await self._publisher.publish([p.message for p in valid], ack_timeout=ack_timeout)
         outcomes = iter(
-            [await self._settle_conflict(p, o) for p, o in zip(valid, sent, strict=True)]
+            [
+                o if isinstance(o, Stored) else await self._settle_conflict(p, o)
+                for p, o in zip(valid, sent, strict=True)
+            ]
         )
-        return [
-            _result(p, next(outcomes))
-            if isinstance(p, PreparedEvent)
-            else gateway_pb2.PublishResult(error=bad_request(p))
-            for p in prepared
-        ]
+        # Results are filled in place: building each and copying it in costs twice as much.
+        response = gateway_pb2.PublishBatchResponse()
+        add = response.results.add
+        for p in prepared:
+            if isinstance(p, PreparedEvent):
+                _fill(add(), p, next(outcomes))
+            else:
+                add().error.CopyFrom(bad_request(p))
+        return response
 
     async def _publish_atomic(
         self, prepared: Sequence[PreparedEvent | list[FieldViolation]], ack_timeout: float
@@ -203,17 +208,23 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
 
 
 def _result(prepared: PreparedEvent, outcome: Stored | PublishFailure) -> gateway_pb2.PublishResult:
+    result = gateway_pb2.PublishResult()
+    _fill(result, prepared, outcome)
+    return result
+
+
+def _fill(
+    result: gateway_pb2.PublishResult, prepared: PreparedEvent, outcome: Stored | PublishFailure
+) -> None:
     if isinstance(outcome, PublishFailure):
-        return gateway_pb2.PublishResult(error=failure_status(outcome, prepared.conflict))
-    return gateway_pb2.PublishResult(
-        ok=gateway_pb2.PublishResponse(
-            event_id=prepared.event_id,
-            stream=outcome.stream,
-            subject=prepared.message.subject,
-            sequence=outcome.sequence,
-            duplicate=outcome.duplicate,
-        )
-    )
+        result.error.CopyFrom(failure_status(outcome, prepared.conflict))
+        return
+    ok = result.ok
+    ok.event_id = prepared.event_id
+    ok.stream = outcome.stream
+    ok.subject = prepared.message.subject
+    ok.sequence = outcome.sequence
+    ok.duplicate = outcome.duplicate
 
 
 def _all_failed(count: int, status: status_pb2.Status) -> list[gateway_pb2.PublishResult]:

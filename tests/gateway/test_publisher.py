@@ -5,10 +5,18 @@ from __future__ import annotations
 import asyncio
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
 from gateway.embedded import NatsServer
-from gateway.publisher import OutboundMessage, Publisher, PublishFailure, Stored
+from gateway.publisher import (
+    OutboundMessage,
+    Outcome,
+    Publisher,
+    PublishFailure,
+    Stored,
+    parse_ack,
+)
 
 
 def _msg(subject: str, msg_id: str = "", **headers: str) -> OutboundMessage:
@@ -99,3 +107,21 @@ async def test_lost_connection_fails_pending_and_new_publishes_fast(
     (outcome,) = await asyncio.wait_for(publisher.publish([_msg("t.a")], ack_timeout=30), 2)
     assert isinstance(outcome, PublishFailure)
     assert outcome.kind == "unavailable"
+
+
+def test_acks_parse_the_same_with_and_without_the_fast_path() -> None:
+    def ack(data: bytes) -> Outcome:
+        return parse_ack(Msg(Client(), subject="_INBOX.x.1", data=data))
+
+    assert ack(b'{"stream":"T","seq":7}') == Stored(stream="T", sequence=7)
+    assert ack(b'{"stream":"T","seq":7,"duplicate":true}') == Stored(
+        stream="T", sequence=7, duplicate=True
+    )
+    # Not the plain shape: parsed as JSON, same meaning.
+    assert ack(b'{"stream":"T","seq":7,"domain":"hub","duplicate":true}') == Stored(
+        stream="T", sequence=7, duplicate=True
+    )
+    assert ack(b'{"stream":"T.x","seq":7}') == Stored(stream="T.x", sequence=7)
+    failure = ack(b'{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 1"}}')
+    assert isinstance(failure, PublishFailure)
+    assert (failure.kind, failure.err_code) == ("api", 10071)
