@@ -105,17 +105,25 @@ def redrive_headers(dead: DeadLetter) -> dict[str, str]:
 async def dead_letters(
     js: JetStreamContext, group: str, *, stream: str = wire.DEAD_LETTER_STREAM
 ) -> AsyncIterator[DeadLetter]:
-    """Every dead letter of `group`, oldest first."""
+    """Every dead letter of `group` stored when the walk began, oldest first.
+
+    Raises NotFoundError when there is no dead-letter stream (no worker has started).
+    Dead letters stored during the walk are not included: a redriven event that fails
+    again is not redriven twice by one `redrive`.
+    """
+    last = (await js.stream_info(stream)).state.last_seq
     sequence = 1
-    while True:
+    while sequence <= last:
         try:
             raw = await js.get_msg(
                 stream, seq=sequence, subject=wire.dead_letter_filter(group), next=True
             )
         except NotFoundError:
             return
-        headers: dict[str, str] = dict(raw.headers or {})
         assert raw.seq is not None
+        if raw.seq > last:
+            return
+        headers: dict[str, str] = dict(raw.headers or {})
         yield DeadLetter(
             sequence=raw.seq,
             group=headers.get(wire.DEAD_GROUP, group),

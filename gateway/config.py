@@ -129,6 +129,8 @@ class GatewayConfig:
     descriptor_sets: tuple[str, ...] = ()
     # Where `jetgate up` keeps the embedded nats-server's JetStream data.
     data_dir: str = "data"
+    # Consumer groups (`MODULE:GROUP`) `jetgate up` runs one worker process of each.
+    workers: tuple[str, ...] = ()
     streams: tuple[StreamConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
 
@@ -142,6 +144,10 @@ class GatewayConfig:
             raise ConfigError("max_batch_entries must be within 1..1000")
         if self.max_pending < 1 or self.stream_window < 1:
             raise ConfigError("max_pending and stream_window must be at least 1")
+        for target in self.workers:
+            module, _, group = target.partition(":")
+            if not module or not group:
+                raise ConfigError(f"workers: {target!r}: use MODULE:GROUP")
         names = [s.name for s in self.streams]
         if len(set(names)) != len(names):
             raise ConfigError(f"stream names must be unique: {names}")

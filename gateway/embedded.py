@@ -133,7 +133,7 @@ class NatsServer:
         command = self.command()
         if not os.access(command[0], os.X_OK):
             raise NatsServerError(f"cannot run {command[0]}: not an executable file")
-        command = [*_die_with_parent(), *command]
+        command = [*die_with_parent(), *command]
         lock = self._lock_store_dir()
         try:
             with self.log_path.open("ab") as log:
@@ -278,14 +278,16 @@ class NatsServer:
         return ""
 
 
-def _die_with_parent() -> list[str]:
-    """A command prefix that makes the server get SIGTERM when its parent dies (even by kill -9).
+def die_with_parent() -> list[str]:
+    """A command prefix that makes a child get SIGTERM when its parent dies (even by kill -9).
 
-    The server runs in its own session (Ctrl-C must reach the gateway first, so that it can
-    drain), so without this a killed `jetgate up` would leave an orphan holding the port and
-    the store directory. util-linux `setpriv` sets the parent-death signal and execs the
-    server; a Python `preexec_fn` would do the same but is unsafe in a process with threads
-    (gRPC's). Without setpriv (not Linux), no prefix.
+    The server (and `jetgate up`'s workers) run in their own session (Ctrl-C must reach the
+    gateway first, so that it can stop them in order), so without this a killed `jetgate up`
+    would leave orphans, here one holding the port and the store directory. util-linux
+    `setpriv` sets the parent-death signal and execs the command; a Python `preexec_fn` would
+    do the same but is unsafe in a process with threads (gRPC's). The signal follows the
+    thread that spawned the child: spawn from the main thread. Without setpriv (not Linux),
+    no prefix.
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "TERM"] if setpriv else []

@@ -51,6 +51,7 @@ def test_repo_config_loads() -> None:
     assert config.max_batch_entries == 1000
     assert config.type_modules == ("jetgate.examples.orders.v1.orders_pb2",)
     assert config.descriptor_sets == ()
+    assert config.workers == ("consumers.demo:billing", "consumers.demo:shipping")
 
     assert [s.name for s in config.streams] == ["ORDERS"]
     orders = config.stream("ORDERS")
@@ -129,6 +130,17 @@ def test_env_lists_are_comma_separated(tmp_path: Path) -> None:
     )
     assert config.type_modules == ("a.b_pb2", "c.d_pb2")
     assert config.max_batch_entries == 10
+
+
+def test_workers_from_file_env_and_flag(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        'publish_timeout = "3s"\n', 'publish_timeout = "3s"\nworkers = ["a:b"]\n'
+    )
+    path = _write(tmp_path, text)
+    assert load_config(path).workers == ("a:b",)
+    from_env = load_config(path, env={"JETGATE_WORKERS": "m.n:billing, m.n:shipping"})
+    assert from_env.workers == ("m.n:billing", "m.n:shipping")
+    assert load_config(path, overrides={"workers": ""}).workers == ()
 
 
 def test_stream_settings_from_env_and_stream_overrides(tmp_path: Path) -> None:
@@ -379,6 +391,13 @@ def test_max_batch_entries_out_of_range(tmp_path: Path, entries: str) -> None:
 def test_max_batch_entries_bounds_are_inclusive(tmp_path: Path, entries: str) -> None:
     config = load_config(_write(tmp_path, MINIMAL), overrides={"max_batch_entries": entries})
     assert config.max_batch_entries == int(entries)
+
+
+@pytest.mark.parametrize("target", ["consumers.demo", "consumers.demo:", ":billing"])
+def test_worker_needs_module_and_group(tmp_path: Path, target: str) -> None:
+    message = _error(tmp_path, MINIMAL, env={"JETGATE_WORKERS": target})
+    assert "workers" in message
+    assert "MODULE:GROUP" in message
 
 
 def test_non_positive_publish_timeout(tmp_path: Path) -> None:

@@ -69,3 +69,22 @@ async def test_unsafe_stream_change_refuses_to_start_and_changes_nothing(
     assert "storage: file -> memory" in done.stderr
     after = (await nc.jetstream().stream_info("ORDERS")).config
     assert after == before  # not even the safe description change was applied
+
+
+def test_help_lists_the_consumer_commands() -> None:
+    done = _run("--help")
+    assert done.returncode == 0
+    for command in ("serve", "up", "consume", "dlq"):
+        assert command in done.stdout
+
+
+def test_consume_hands_over_to_the_consumers_cli() -> None:
+    done = _run("consume", "no_such_module:billing", "--nats-url", "nats://127.0.0.1:1")
+    assert done.returncode == 2
+    assert "cannot load 'no_such_module:billing'" in done.stderr
+
+
+def test_dlq_hands_over_to_the_consumers_cli(nats_url: str) -> None:
+    done = _run("dlq", "purge", "--group", "billing", "--nats-url", nats_url)
+    assert done.returncode == 0
+    assert "no dead-letter stream yet" in done.stderr

@@ -1,78 +1,144 @@
-"""`jetgate up` (what `make run` runs) as a real process: comes up, publishes, stops cleanly."""
+"""`jetgate up` (what `make run` runs) as a real process: gateway, nats-server and the demo
+workers come up, an OrderPlaced flows through the pipeline, and SIGTERM stops everything."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
+from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import gateway_pb2_grpc
 from tests.integration.conftest import REPO, request
+
+BANNER_END = "jetgate dlq list --group billing"
+WAIT = 30.0  # s, longest wait for any one step
 
 
 def _jetgate() -> str:
     return str(Path(sys.executable).parent / "jetgate")
 
 
-def test_jetgate_up_serves_publishes_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, whose parent has not reaped it, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+async def _banner(out: asyncio.StreamReader) -> str:
+    lines: list[str] = []
+    async with asyncio.timeout(WAIT):
+        while not lines or BANNER_END not in lines[-1]:
+            line = await out.readline()
+            if not line:
+                pytest.fail("jetgate up ended before its banner:\n" + "".join(lines))
+            lines.append(line.decode())
+    return "".join(lines)
+
+
+async def _rest(out: asyncio.StreamReader) -> str:
+    # Read from the start, so that the workers' logs never fill the pipe.
+    return (await out.read()).decode()
+
+
+async def _last(nc: Client, subject: str) -> tuple[int, bytes] | None:
+    try:
+        msg = await nc.jetstream().get_last_msg("ORDERS", subject)
+    except NotFoundError:
+        return None
+    assert msg.seq is not None
+    return msg.seq, msg.data or b""
+
+
+async def _wait_for(nc: Client, subject: str) -> tuple[int, bytes]:
+    async with asyncio.timeout(WAIT):
+        while True:
+            found = await _last(nc, subject)
+            if found is not None:
+                return found
+            await asyncio.sleep(0.05)
+
+
+async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JETGATE_")}
-    proc = subprocess.Popen(
-        [
-            _jetgate(),
-            "up",
-            "--config",
-            str(REPO / "jetgate.toml"),
-            "--nats-port",
-            "0",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
+    env["PYTHONWARNINGS"] = "error"  # in the gateway and the workers it starts
+    proc = await asyncio.create_subprocess_exec(
+        _jetgate(),
+        "up",
+        "--config",
+        str(REPO / "jetgate.toml"),
+        "--nats-port",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(tmp_path / "data"),
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
+    assert proc.stdout is not None
+    rest: asyncio.Task[str] | None = None
     try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any("--last-for" in x for x in lines):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        banner = "".join(lines)
+        banner = await _banner(proc.stdout)
+        rest = asyncio.create_task(_rest(proc.stdout))
         address = re.search(r"listening on (127\.0\.0\.1:\d+)", banner)
-        nats_url = re.search(r"NATS: nats://127\.0\.0\.1:(\d+)", banner)
+        nats_url = re.search(r"NATS: (nats://127\.0\.0\.1:(\d+)) \(embedded, pid (\d+)", banner)
+        workers = dict(re.findall(r"(consumers\.demo:\w+)  pid (\d+)", banner))
         assert address, banner
         assert nats_url, banner
+        assert set(workers) == {"consumers.demo:billing", "consumers.demo:shipping"}, banner
         assert "grpcurl -plaintext" in banner
         assert "stream get ORDERS --last-for orders.OrderPlaced.o-42" in banner
+        assert "consumer info ORDERS billing" in banner
+        assert "stream get ORDERS --last-for orders.OrderShipped.o-42" in banner
 
-        with grpc.insecure_channel(address.group(1)) as channel:
-            reply = gateway_pb2_grpc.EventGatewayStub(channel).Publish(request("o-42"), timeout=10)
+        async with grpc.aio.insecure_channel(address.group(1)) as channel:
+            reply = await gateway_pb2_grpc.EventGatewayStub(channel).Publish(
+                request("o-42"), timeout=10
+            )
         assert reply.subject == "orders.OrderPlaced.o-42"
         assert reply.sequence == 1
         assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
 
+        nc = await nats.connect(nats_url.group(1))
+        try:
+            shipped = await _wait_for(nc, "orders.OrderShipped.o-42")
+            paid = await _wait_for(nc, "orders.OrderPaid.o-42")
+        finally:
+            await nc.close()
+        assert reply.sequence < paid[0] < shipped[0]
+        assert orders_pb2.OrderPaid.FromString(paid[1]).order_id == "o-42"
+        assert orders_pb2.OrderShipped.FromString(shipped[1]).order_id == "o-42"
+
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        # The embedded nats-server went down with it.
+        assert await asyncio.wait_for(proc.wait(), WAIT) == 0
+        log = await asyncio.wait_for(rest, WAIT)
+        # Workers first (drained, exit 0), then the gateway, then the embedded nats-server.
+        gateway_stops = log.index("stopping: no new RPCs")
+        for target, pid in workers.items():
+            assert log.index(f"worker {target} (pid {pid}) stopped with code 0") < gateway_stops
+        for pid in [int(nats_url.group(3)), *map(int, workers.values())]:
+            assert not _alive(pid), pid
         with socket.socket() as probe:
-            assert probe.connect_ex(("127.0.0.1", int(nats_url.group(1)))) != 0
+            assert probe.connect_ex(("127.0.0.1", int(nats_url.group(2)))) != 0
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+            await proc.wait()
+        if rest is not None:
+            await asyncio.wait_for(rest, WAIT)

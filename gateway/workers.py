@@ -1,0 +1,119 @@
+"""The consumer-group workers of `jetgate up` (setting `workers`), run as child processes.
+
+Each `MODULE:GROUP` entry becomes one `python -m consumers consume MODULE:GROUP --nats-url
+URL` process, started with the interpreter that runs the gateway: the gateway never
+imports `consumers` (DESIGN.md section 2), and workers are separate processes in
+production too. Each worker:
+- gets `JETGATE_GATEWAY`, the gateway's address, where the demo handlers publish their
+  follow-up events, and shares the gateway's stdout and stderr;
+- runs in its own session, so a Ctrl-C reaches only `jetgate up`, which stops the workers
+  first (SIGTERM: they finish and acknowledge their in-flight events, whose follow-ups
+  still need the gateway), then the gateway, then the embedded nats-server;
+- gets SIGTERM when `jetgate up` dies, even by kill -9 (`die_with_parent`).
+
+A worker that exits on its own is logged, not restarted: the group's other workers take
+its events, or they wait in the stream for the next worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.embedded import die_with_parent
+
+log = logging.getLogger("jetgate.workers")
+
+
+@dataclass(slots=True)
+class _Worker:
+    target: str
+    proc: subprocess.Popen[bytes]
+    watch: asyncio.Task[None]
+
+
+class WorkerProcesses:
+    """A worker process per target: `start()` once the gateway serves, `stop()` before it stops."""
+
+    def __init__(self, targets: Sequence[str], *, nats_url: str, gateway_address: str) -> None:
+        self.targets = tuple(targets)
+        self.nats_url = nats_url
+        self.gateway_address = client_address(gateway_address)
+        self._workers: list[_Worker] = []
+        self._stopping = False
+
+    @property
+    def pids(self) -> list[tuple[str, int]]:
+        """(target, pid) of every started worker, in start order."""
+        return [(w.target, w.proc.pid) for w in self._workers]
+
+    def command(self, target: str) -> list[str]:
+        """The command line of the worker of `target`."""
+        return [sys.executable, "-m", "consumers", "consume", target, "--nats-url", self.nats_url]
+
+    def start(self) -> None:
+        """Spawn every worker (they connect and subscribe on their own, in the background).
+
+        Call it from the event loop in the main thread: the parent-death signal follows the
+        spawning thread.
+        """
+        env = {**os.environ, "JETGATE_GATEWAY": self.gateway_address}
+        for target in self.targets:
+            # subprocess, not the event loop's: uvloop forks, which gRPC's fork handlers log
+            # about once its threads run; subprocess spawns with vfork.
+            proc = subprocess.Popen(
+                [*die_with_parent(), *self.command(target)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            log.info("worker %s started (pid %d)", target, proc.pid)
+            watch = asyncio.create_task(self._watch(target, proc))
+            self._workers.append(_Worker(target, proc, watch))
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM every worker and wait up to `grace` s for them to drain; SIGKILL the rest.
+
+        A killed worker's unacknowledged events are redelivered to the group after ack_wait.
+        """
+        self._stopping = True
+        for worker in self._workers:
+            if not worker.watch.done():
+                worker.proc.terminate()
+        watches = [w.watch for w in self._workers]
+        if watches:
+            await asyncio.wait(watches, timeout=grace)
+        for worker in self._workers:
+            if not worker.watch.done():
+                log.warning(
+                    "worker %s (pid %d) still draining after %gs; killed",
+                    *(worker.target, worker.proc.pid, grace),
+                )
+                worker.proc.kill()
+            await worker.watch
+
+    async def _watch(self, target: str, proc: subprocess.Popen[bytes]) -> None:
+        # A thread per worker blocks in waitpid(): portable, and there are only a few.
+        code = await asyncio.to_thread(proc.wait)
+        if self._stopping:
+            log.info("worker %s (pid %d) stopped with code %d", target, proc.pid, code)
+        else:
+            log.error(
+                "worker %s (pid %d) exited unexpectedly with code %d; not restarted",
+                *(target, proc.pid, code),
+            )
+
+
+def client_address(listen_address: str) -> str:
+    """Where a local client reaches a server listening on `listen_address` (HOST:PORT)."""
+    host, _, port = listen_address.rpartition(":")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "[::]":
+        host = "[::1]"
+    return f"{host}:{port}"

@@ -1,0 +1,52 @@
+"""`jetgate up`'s worker processes: addresses they get, and a worker that dies on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from gateway.workers import WorkerProcesses, client_address
+
+
+@pytest.mark.parametrize(
+    ("listen", "reachable"),
+    [
+        ("127.0.0.1:50051", "127.0.0.1:50051"),
+        ("0.0.0.0:50051", "127.0.0.1:50051"),
+        ("[::]:50051", "[::1]:50051"),
+        ("[::1]:7000", "[::1]:7000"),
+        ("gw.example:443", "gw.example:443"),
+    ],
+)
+def test_client_address(listen: str, reachable: str) -> None:
+    assert client_address(listen) == reachable
+
+
+def test_worker_command_runs_the_consumers_cli() -> None:
+    workers = WorkerProcesses(
+        ["consumers.demo:billing"], nats_url="nats://127.0.0.1:4222", gateway_address=":1"
+    )
+    assert workers.command("consumers.demo:billing")[1:] == [
+        *("-m", "consumers", "consume", "consumers.demo:billing"),
+        *("--nats-url", "nats://127.0.0.1:4222"),
+    ]
+
+
+async def test_a_worker_that_exits_on_its_own_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    workers = WorkerProcesses(
+        ["no_such_module:group"], nats_url="nats://127.0.0.1:1", gateway_address="127.0.0.1:1"
+    )
+    with caplog.at_level(logging.INFO, logger="jetgate.workers"):
+        workers.start()
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    if any("exited unexpectedly" in r.message for r in caplog.records):
+                        break
+                    await asyncio.sleep(0.05)
+        finally:
+            await workers.stop(grace=10)
+    [(_, pid)] = workers.pids
+    assert f"worker no_such_module:group (pid {pid}) exited unexpectedly with code 2" in caplog.text
