@@ -33,7 +33,7 @@ tools:
 test: venv tools lint
 	$(BIN)/python -m pytest -q
 
-# Publish throughput of the gateway next to raw nats-py JetStream publishing (own servers).
+# Publish, consume and end-to-end figures next to their baselines, on its own servers (about 3 min).
 bench: venv
 	$(BIN)/python -m bench
 
