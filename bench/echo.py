@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from gateway.cli import event_loop_runner
 from jetgate import wire
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -81,18 +81,6 @@ async def serve(port: int, host: str = "127.0.0.1") -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(1.0)
-
-
-def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
-    """uvloop when installed and JETGATE_UVLOOP is not 0 (as `jetgate serve`), else asyncio."""
-    if os.environ.get("JETGATE_UVLOOP", "1") != "0":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.run
-    return asyncio.run
 
 
 def main(argv: list[str] | None = None) -> None:

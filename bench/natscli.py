@@ -23,7 +23,8 @@ from pathlib import Path
 
 from bench.events import PAYLOAD_SIZE
 from bench.measure import Context, Row, Window, proc_cpu, stream_messages
-from bench.servers import die_with_parent, stop_process
+from bench.servers import stop_process
+from gateway.embedded import die_with_parent
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PATH = REPO / ".tools" / "bin" / "nats"

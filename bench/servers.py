@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.embedded import free_port
+from gateway.embedded import die_with_parent, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_PATH = REPO / "jetgate.toml"
@@ -45,15 +44,6 @@ class Process:
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-
-def die_with_parent() -> list[str]:
-    """A command prefix (util-linux setpriv) that SIGTERMs the child when we die; [] without.
-
-    Popen must then be called from the main thread: the signal follows the thread.
-    """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
 
 
 def _start(name: str, argv: list[str], workdir: Path, address: str, env: dict[str, str]) -> Process:
