@@ -112,6 +112,7 @@ class Worker:
         self._waiting: collections.deque[_Running] = collections.deque()
         self._wake = asyncio.Event()
         self._needs_setup = True
+        self._set_up_once = False
         self._stopping = False
         self._tick = min(0.25, group.ack_wait / 4)
 
@@ -124,7 +125,7 @@ class Worker:
         stop_watch = asyncio.create_task(self._wake_on(stop))
         try:
             while not stop.is_set():
-                if self._needs_setup and not await self._setup():
+                if self._needs_setup and not await self._set_up_again():
                     await _wait(stop, SETUP_RETRY)
                     continue
                 self._expire()
@@ -142,6 +143,17 @@ class Worker:
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self._wake.set()
+
+    async def _set_up_again(self) -> bool:
+        """`_setup`; refused settings end `run()` only at start, later they are retried
+        (a consumer an operator deleted and JetStream's recovery should not kill workers)."""
+        try:
+            return await self._setup()
+        except GroupConfigError as exc:
+            if not self._set_up_once:
+                raise
+            log.error("%s; retrying", exc)
+            return False
 
     async def _setup(self) -> bool:
         """Create or update the group's consumer (and the DLQ stream); False: try later."""
@@ -170,6 +182,7 @@ class Worker:
             log.warning("group %s: JetStream not reachable (%r); retrying", group.name, exc)
             return False
         self._needs_setup = False
+        self._set_up_once = True
         return True
 
     async def _on_message(self, msg: Msg) -> None:

@@ -277,3 +277,29 @@ async def test_a_consumer_change_jetstream_refuses_is_a_group_config_error(
     )
     with pytest.raises(GroupConfigError, match="deliver policy"):
         await asyncio.wait_for(Worker(group(), nc).run(asyncio.Event()), 10)
+
+
+async def test_worker_recreates_a_consumer_an_operator_deleted(
+    nc: Client, js: JetStreamContext
+) -> None:
+    await store(js, "o-1")
+    billing = group()
+    handled: list[str] = []
+
+    @billing.handler(orders_pb2.OrderPlaced)
+    async def record(event: orders_pb2.OrderPlaced, delivery: Delivery) -> None:
+        handled.append(event.order_id)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(Worker(billing, nc).run(stop))
+    try:
+        await until(lambda: handled == ["o-1"])
+        await js.delete_consumer(STREAM, "billing")
+        await store(js, "o-2")
+        # Recreated with deliver policy "all": o-1 comes again (at-least-once), then o-2.
+        await until(lambda: "o-2" in handled)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert handled[0] == "o-1"
+    assert (await js.consumer_info(STREAM, "billing")).num_ack_pending == 0
