@@ -143,7 +143,9 @@ async def _dead_letters(action: str, group: str, url: str, *, as_json: bool) -> 
                 print(f"redrove {dead.event_id} to {dead.origin_subject}")
             print(f"redrove {len(done)} dead letters of group {group}")
         else:
+            listed = 0
             async for dead in deadletter.dead_letters(js, group):
+                listed += 1
                 row = {
                     "sequence": dead.sequence,
                     "event_id": dead.event_id,
@@ -158,6 +160,8 @@ async def _dead_letters(action: str, group: str, url: str, *, as_json: bool) -> 
                     print(json.dumps(row))
                 else:
                     print("  ".join(f"{k}={v}" for k, v in row.items()))
+            if not listed:
+                print(f"no dead letters of group {group}", file=sys.stderr)
     except nats.js.errors.NotFoundError:
         print("no dead-letter stream yet (no worker has started)", file=sys.stderr)
     finally:
