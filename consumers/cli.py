@@ -108,15 +108,27 @@ async def _connect(url: str, name: str) -> NATS:
             CONNECT_TIMEOUT,
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
-        _fail(1, f"cannot reach NATS at {url}: {exc!r}")
+        raise ConnectionError(f"cannot reach NATS at {url}: {exc!r}") from None
 
 
 async def _consume(group: ConsumerGroup, url: str) -> None:
-    nc = await _connect(url, f"jetgate-worker-{group.name}")
+    # Signals first: a worker stopped while it is still connecting exits 0 as well.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    connecting = asyncio.ensure_future(_connect(url, f"jetgate-worker-{group.name}"))
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        log.info("group %s: stopped before connecting to NATS", group.name)
+        return
+    try:
+        nc = connecting.result()
+    except ConnectionError as exc:
+        _fail(1, str(exc))
     log.info(
         "group %s: consuming %s %s (concurrency %d, ack_wait %gs)",
         *(group.name, group.stream, ",".join(group.filter_subjects) or "(all subjects)"),
@@ -132,7 +144,10 @@ async def _consume(group: ConsumerGroup, url: str) -> None:
 
 
 async def _dead_letters(action: str, group: str, url: str, *, as_json: bool) -> None:
-    nc = await _connect(url, "jetgate-dlq")
+    try:
+        nc = await _connect(url, "jetgate-dlq")
+    except ConnectionError as exc:
+        _fail(1, str(exc))
     js = nc.jetstream()
     try:
         if action == "purge":
