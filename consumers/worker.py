@@ -42,6 +42,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from consumers import deadletter
@@ -166,13 +167,20 @@ class Worker:
             await deadletter.ensure_stream(self._js)
             stream = await self._js.stream_info(group.stream)
             subjects = stream.config.subjects or []
-            for wanted in group.filter_subjects:
-                if not any(wire.subject_filter_covers(s, wanted) for s in subjects):
+            for subject_filter in group.filter_subjects:
+                if not any(wire.subject_filter_covers(s, subject_filter) for s in subjects):
                     raise GroupConfigError(
-                        f"group {group.name!r}: filter {wanted!r} matches no subject of "
+                        f"group {group.name!r}: filter {subject_filter!r} matches no subject of "
                         f"stream {group.stream} ({', '.join(subjects)})"
                     )
-            await self._js.add_consumer(group.stream, group.consumer_config())
+            wanted = group.consumer_config()
+            with contextlib.suppress(NotFoundError):
+                current = (await self._js.consumer_info(group.stream, group.name)).config
+                if changes := _changes(current, wanted):
+                    # Expected after a deploy; a surprise when two modules share a name.
+                    log.warning("group %s: updating its consumer: %s", group.name, changes)
+            await self._js.add_consumer(group.stream, wanted)
+            log.info("group %s: consumer ready on stream %s", group.name, group.stream)
         except NotFoundError as exc:
             if exc.err_code != STREAM_NOT_FOUND:
                 raise GroupConfigError(f"group {group.name!r}: {exc.description}") from exc
@@ -374,6 +382,20 @@ class Worker:
             "group %s: %s seq %d dead-lettered (%s: %s)",
             *(self.group.name, msg.subject, meta.sequence.stream, reason, error),
         )
+
+
+def _changes(current: ConsumerConfig, wanted: ConsumerConfig) -> str:
+    """What updating consumer `current` to `wanted` changes (the settings a group sets)."""
+    fields = ("filter_subjects", "ack_wait", "max_deliver", "max_ack_pending", "description")
+    changed = [
+        f"{name} {getattr(current, name)!r} -> {getattr(wanted, name)!r}"
+        for name in fields
+        if getattr(current, name) != getattr(wanted, name)
+    ]
+    ours = {k: v for k, v in (current.metadata or {}).items() if k.startswith("jetgate.")}
+    if ours != wanted.metadata:
+        changed.append(f"metadata {ours!r} -> {wanted.metadata!r}")
+    return "; ".join(changed)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

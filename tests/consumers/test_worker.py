@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -303,3 +304,23 @@ async def test_worker_recreates_a_consumer_an_operator_deleted(
         await asyncio.wait_for(task, 30)
     assert handled[0] == "o-1"
     assert (await js.consumer_info(STREAM, "billing")).num_ack_pending == 0
+
+
+async def test_a_changed_group_updates_its_consumer_and_says_what_changed(
+    nc: Client, js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jetgate.consumers")
+    for start, settings in enumerate(
+        ({}, {}, {"ack_wait": 7.0, "filter_subjects": ["orders.OrderPaid.>"]}), start=1
+    ):
+        await run_until(Worker(group(**settings), nc), lambda n=start: ready(caplog) == n)
+    updates = [r.getMessage() for r in caplog.records if "updating its consumer" in r.getMessage()]
+    assert len(updates) == 1  # the identical second start changes nothing
+    assert "ack_wait 5.0 -> 7.0" in updates[0]
+    assert "['orders.>'] -> ['orders.OrderPaid.>']" in updates[0]
+    info = await js.consumer_info(STREAM, "billing")
+    assert (info.config.ack_wait, info.config.filter_subjects) == (7.0, ["orders.OrderPaid.>"])
+
+
+def ready(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("consumer ready" in r.getMessage() for r in caplog.records)
