@@ -8,20 +8,15 @@ contract). Nothing here goes through nats-py.
 from __future__ import annotations
 
 import base64
-import ipaddress
-import json
 import tomllib
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import order_placed, request
-from tests.interop.conftest import peer, run_peer
+from tests.interop.conftest import NatsJson, parse_header_block
 
 pytestmark = pytest.mark.interop
 
@@ -33,61 +28,6 @@ SUBJECT = f"orders.OrderPlaced.{KEY}"
 USER_HEADERS = {"tenant": "acme"}
 
 Stub = gateway_pb2_grpc.EventGatewayStub
-NatsJson = Callable[..., Awaitable[dict[str, Any]]]
-
-
-@pytest.fixture
-def nats_json(nats_url: str, tmp_path: Path) -> NatsJson:
-    """Run `nats <args> --json` against the per-test server and return the parsed output."""
-    _require_loopback(nats_url)
-    nats_cli = peer("nats")
-
-    async def run(*args: str) -> dict[str, Any]:
-        argv = [str(nats_cli), *args, "--json", "--no-context", "--server", nats_url]
-        done = await run_peer(argv, home=tmp_path / "home")
-        if done.returncode != 0:
-            pytest.fail(
-                f"{' '.join(argv)} exited {done.returncode}\n"
-                f"stdout: {done.stdout}\nstderr: {done.stderr}"
-            )
-        try:
-            parsed = json.loads(done.stdout)
-        except json.JSONDecodeError as err:
-            pytest.fail(f"{' '.join(argv)} printed no JSON ({err}): {done.stdout!r}")
-        assert isinstance(parsed, dict), parsed
-        return parsed
-
-    return run
-
-
-def _require_loopback(url: str) -> None:
-    host = urlsplit(url).hostname or ""
-    loopback = host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
-    assert loopback, f"refusing to point the nats CLI at non-loopback {url!r}"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def parse_header_block(block: bytes) -> dict[str, str]:
-    """Parse a raw NATS header block ("NATS/1.0\\r\\nK: V\\r\\n...\\r\\n\\r\\n") into a dict."""
-    text = block.decode("utf-8")
-    assert text.endswith("\r\n\r\n"), f"unterminated header block: {text!r}"
-    status, *lines = text[: -len("\r\n\r\n")].split("\r\n")
-    assert status.strip() == "NATS/1.0", f"unexpected status line: {status!r}"
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        assert sep, f"malformed header line: {line!r}"
-        assert name, f"empty header name: {line!r}"
-        assert name not in headers, f"header {name!r} repeated in {text!r}"
-        headers[name] = value.strip()
-    return headers
 
 
 def test_parse_header_block() -> None:
