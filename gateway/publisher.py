@@ -146,23 +146,9 @@ class Publisher:
         """Publish `messages` pipelined: one outcome each, in order, within `ack_timeout` s."""
         call = _Call(len(messages), asyncio.get_running_loop().create_future())
         tokens: list[str] = []
-        nc = self._nc
         try:
             for index, message in enumerate(messages):
-                # `_send`, inlined: this loop runs once per event.
-                if not nc.is_connected:
-                    call.settle(index, _NOT_CONNECTED)
-                    continue
-                await self._window.acquire()
-                token = f"{self._prefix}.{next(self._tokens)}"
-                self._waiting[token] = (call, index)
-                tokens.append(token)
-                try:  # a fresh header dict: nats-py may change the one it is given
-                    await nc.publish(
-                        message.subject, message.payload, reply=token, headers=dict(message.headers)
-                    )
-                except NatsError as exc:
-                    self._unsent(token, call, index, exc)
+                await self._send(message, call, index, tokens)
             await self._wait(call, tokens, ack_timeout)
         finally:
             self._abandon(call, tokens)
