@@ -102,7 +102,7 @@ class Worker:
         drain_timeout: float | None = None,
     ) -> None:
         self.group = group
-        self.stats = WorkerStats()
+        self._stats = WorkerStats()
         self._nc = nc
         self._js = nc.jetstream()
         self._concurrency = concurrency or group.concurrency
@@ -120,6 +120,12 @@ class Worker:
         self._set_up_once = False
         self._stopping = False
         self._tick = min(0.25, group.ack_wait / 4)
+
+    @property
+    def stats(self) -> WorkerStats:
+        """The counts so far (`in_flight`: handlers running plus prefetched events)."""
+        self._stats.in_flight = len(self._running) + len(self._waiting)
+        return self._stats
 
     async def run(self, stop: asyncio.Event) -> WorkerStats:
         """Handle events until `stop` is set, then drain; returns the stats.
@@ -221,19 +227,16 @@ class Worker:
             self._start(_Running(msg))
         else:
             self._waiting.append(_Running(msg))
-            self.stats.in_flight += 1
 
     def _start(self, running: _Running) -> None:
         task = asyncio.create_task(self._handle(running.msg))
         self._running[task] = running
-        self.stats.in_flight = len(self._running) + len(self._waiting)
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         del self._running[task]
         if self._waiting:
             self._start(self._waiting.popleft())
-        self.stats.in_flight = len(self._running) + len(self._waiting)
         if not task.cancelled() and task.exception() is not None:
             log.error("group %s: worker error", self.group.name, exc_info=task.exception())
         self._wake.set()
@@ -286,7 +289,6 @@ class Worker:
             task.cancel()
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        self.stats.in_flight = 0
         with contextlib.suppress(NatsError, TimeoutError):
             await self._nc.flush(timeout=2)
 
@@ -296,10 +298,10 @@ class Worker:
         attempt = meta.num_delivered
         headers: dict[str, str] = dict(msg.headers or {})
         if attempt > 1:
-            self.stats.redelivered += 1
+            self._stats.redelivered += 1
         redrive_for = headers.get(wire.REDRIVE_GROUP)
         if redrive_for and redrive_for != group.name:
-            self.stats.skipped += 1
+            self._stats.skipped += 1
             await msg.ack()
             return
         try:
@@ -339,7 +341,7 @@ class Worker:
         except Reject as exc:
             return await self._dead_letter(msg, attempt, "reject", exc.reason)
         except Exception as exc:
-            self.stats.failed += 1
+            self._stats.failed += 1
             error = f"{type(exc).__name__}: {exc}"
             if attempt >= group.max_deliver:
                 return await self._dead_letter(msg, attempt, "exhausted", error)
@@ -351,7 +353,7 @@ class Worker:
             await msg.nak(delay=delay)
             return
         await msg.ack()
-        self.stats.processed += 1
+        self._stats.processed += 1
 
     async def _dead_letter(self, msg: Msg, attempt: int, reason: str, error: str) -> None:
         meta = msg.metadata
@@ -377,7 +379,7 @@ class Worker:
                     return
                 await asyncio.sleep(1.0)
         await msg.term()
-        self.stats.dead_lettered += 1
+        self._stats.dead_lettered += 1
         log.warning(
             "group %s: %s seq %d dead-lettered (%s: %s)",
             *(self.group.name, msg.subject, meta.sequence.stream, reason, error),
