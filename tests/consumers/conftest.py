@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +13,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
-from consumers import ConsumerGroup, Worker, WorkerStats
+from consumers import ConsumerGroup, Delivery, Worker, WorkerStats
 from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
 
@@ -56,13 +57,32 @@ async def store(
 
 async def run_until(worker: Worker, done: Callable[[], bool], within: float = 20.0) -> WorkerStats:
     """Run `worker` until `done()` holds (checked every 50 ms), then drain it."""
+    async with running(worker):
+        await until(done, within)
+    return worker.stats
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """`worker` running in a task for the block; stopped and drained (30 s at most) after."""
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
-        await until(done, within)
+        yield worker
     finally:
         stop.set()
-    return await asyncio.wait_for(task, 30)
+        await asyncio.wait_for(task, 30)
+
+
+def recording(billing: ConsumerGroup) -> list[str]:
+    """Give `billing` an OrderPlaced handler; the list it returns fills with their order ids."""
+    handled: list[str] = []
+
+    @billing.handler(orders_pb2.OrderPlaced)
+    async def record(event: orders_pb2.OrderPlaced, delivery: Delivery) -> None:
+        handled.append(event.order_id)
+
+    return handled
 
 
 async def until(done: Callable[[], bool], within: float = 20.0) -> None:

@@ -15,7 +15,7 @@ from consumers import Delivery, GroupConfigError, Reject, Worker, deadletter
 from gateway.embedded import NatsServer
 from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
-from tests.consumers.conftest import STREAM, group, run_until, store, until
+from tests.consumers.conftest import STREAM, group, recording, run_until, running, store, until
 
 
 async def test_typed_handlers_get_each_event_once_with_its_delivery(
@@ -237,15 +237,9 @@ async def test_worker_resumes_after_a_nats_server_restart(
 ) -> None:
     await store(js, "o-before")
     billing = group()
-    handled: list[str] = []
+    handled = recording(billing)
 
-    @billing.handler(orders_pb2.OrderPlaced)
-    async def record(event: orders_pb2.OrderPlaced, delivery: Delivery) -> None:
-        handled.append(event.order_id)
-
-    stop = asyncio.Event()
-    task = asyncio.create_task(Worker(billing, nc).run(stop))
-    try:
+    async with running(Worker(billing, nc)):
         await until(lambda: handled == ["o-before"])
         nats_server.restart()
         await until(lambda: nc.is_connected, within=30)
@@ -256,9 +250,6 @@ async def test_worker_resumes_after_a_nats_server_restart(
             except Exception:
                 await asyncio.sleep(0.1)
         await until(lambda: handled == ["o-before", "o-after"], within=30)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def test_a_filter_outside_the_stream_is_a_group_config_error(
@@ -285,23 +276,14 @@ async def test_worker_recreates_a_consumer_an_operator_deleted(
 ) -> None:
     await store(js, "o-1")
     billing = group()
-    handled: list[str] = []
+    handled = recording(billing)
 
-    @billing.handler(orders_pb2.OrderPlaced)
-    async def record(event: orders_pb2.OrderPlaced, delivery: Delivery) -> None:
-        handled.append(event.order_id)
-
-    stop = asyncio.Event()
-    task = asyncio.create_task(Worker(billing, nc).run(stop))
-    try:
+    async with running(Worker(billing, nc)):
         await until(lambda: handled == ["o-1"])
         await js.delete_consumer(STREAM, "billing")
         await store(js, "o-2")
         # Recreated with deliver policy "all": o-1 comes again (at-least-once), then o-2.
         await until(lambda: "o-2" in handled)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
     assert handled[0] == "o-1"
     assert (await js.consumer_info(STREAM, "billing")).num_ack_pending == 0
 
