@@ -23,6 +23,7 @@ import grpc
 from nats.js.api import AckPolicy, ConsumerConfig, PubAck, StreamConfig
 from nats.js.errors import NotFoundError
 
+from bench.events import EVENT_TYPE, STREAM, SUBJECT_PREFIX
 from bench.measure import MAX_ERRORS, RPC_TIMEOUT, Context, Row, Tally, Window, proc_cpu
 from consumers import ConsumerGroup, Delivery, Worker
 from jetgate import wire
@@ -134,7 +135,7 @@ async def measure_worker(ctx: Context, window: Window) -> Row:
 async def run_e2e(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
     """`e2e-latency`: Publish at E2E_RATE/s; latency = call start -> handler start."""
     group = ConsumerGroup(
-        "e2e", stream="ORDERS", filter_subjects=[f"orders.{wire.type_name(_TYPE)}.>"]
+        "e2e", stream=STREAM, filter_subjects=[f"{SUBJECT_PREFIX}.{wire.type_name(EVENT_TYPE)}.>"]
     )
 
     @group.handler(orders_pb2.OrderPlaced)
@@ -172,7 +173,7 @@ async def run_e2e(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
         await asyncio.gather(*calls)
         for _ in range(int(DRAIN_LIMIT * 10)):  # until the worker has seen every event
-            info = await ctx.nc.jetstream().consumer_info("ORDERS", "e2e")
+            info = await ctx.nc.jetstream().consumer_info(STREAM, "e2e")
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 break
             await asyncio.sleep(0.1)
@@ -180,7 +181,4 @@ async def run_e2e(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
         worker_stop.set()
         await worker
         with contextlib.suppress(NotFoundError):
-            await ctx.nc.jetstream().delete_consumer("ORDERS", "e2e")
-
-
-_TYPE = "jetgate.examples.orders.v1.OrderPlaced"
+            await ctx.nc.jetstream().delete_consumer(STREAM, "e2e")

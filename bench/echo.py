@@ -20,12 +20,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.cli import event_loop_runner
+from gateway.server import MAX_MESSAGE_BYTES
 from jetgate import wire
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 
 SERVICE = "jetgate.v1.EventGateway"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as the gateway
-EVENT_TYPE = "jetgate.examples.orders.v1.OrderPlaced"
 Context = Any  # grpc.aio.ServicerContext; the generated stubs type it for sync and aio
 
 
