@@ -36,6 +36,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -296,7 +297,7 @@ class Worker:
         group = self.group
         meta = msg.metadata
         attempt = meta.num_delivered
-        headers: dict[str, str] = dict(msg.headers or {})
+        headers: Mapping[str, str] = msg.headers or {}
         if attempt > 1:
             self._stats.redelivered += 1
         redrive_for = headers.get(wire.REDRIVE_GROUP)
