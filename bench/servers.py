@@ -70,6 +70,7 @@ def _clean_env() -> dict[str, str]:
 def gateway_command(nats_url: str, port: int, profile: Path | None) -> list[str]:
     script = Path(sys.executable).with_name("jetgate")
     args = ["serve", "--config", str(CONFIG_PATH), "--listen", f"127.0.0.1:{port}"]
+    args += ["--metrics-listen", ""]
     args += ["--nats-url", nats_url]
     if profile is not None:
         return [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), *args]

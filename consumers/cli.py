@@ -7,6 +7,13 @@
 - `jetgate dlq list|redrive|purge --group G [--nats-url URL]`: show the group's dead
   letters, republish them to their origin subjects, or delete them.
 
+Telemetry: `consume` traces with the `OTEL_*` variables (service name: the group's; see
+observability.setup) and installs its providers as OpenTelemetry's global ones, so that
+handler code using the OpenTelemetry API (and instrumented clients, like the demo's gRPC
+channel) joins the event's trace. `--metrics-listen HOST:PORT` serves Prometheus metrics;
+the default, 127.0.0.1:9465, moves on to the next free port when taken (several workers on
+one host); '' turns it off.
+
 The NATS URL defaults to `JETGATE_NATS_URL`, then `nats://127.0.0.1:4222`. Exit codes: 0
 after a clean stop, 2 for a bad MODULE:GROUP or group settings JetStream refuses, 1 when
 NATS is unreachable at start.
@@ -28,13 +35,17 @@ from typing import NoReturn
 
 import nats
 from nats.aio.client import Client as NATS
+from opentelemetry import metrics, trace
 
+import observability
 from consumers import deadletter
 from consumers.group import ConsumerGroup, GroupConfigError
 from consumers.worker import Worker
 
 log = logging.getLogger("jetgate.consumers")
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9465"
+METRICS_PORT_TRIES = 100
 CONNECT_TIMEOUT = 10.0  # s
 
 
@@ -45,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     consume.add_argument("target", metavar="MODULE:GROUP")
     consume.add_argument("--concurrency", type=int, help="events handled at once (per process)")
     consume.add_argument("--ack-wait", type=float, help="seconds (overrides the group's)")
+    consume.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"Prometheus endpoint (default {DEFAULT_METRICS_LISTEN} or next free; '': off)",
+    )
     dlq = commands.add_parser("dlq", help="list, redrive or purge a group's dead letters")
     dlq.add_argument("action", choices=("list", "redrive", "purge"))
     dlq.add_argument("--group", required=True)
@@ -57,10 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `python -m consumers` (and of `jetgate consume|dlq`)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("JETGATE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    observability.configure_logging(os.environ.get("JETGATE_LOG_LEVEL", "INFO"))
     url = args.nats_url or os.environ.get("JETGATE_NATS_URL") or DEFAULT_NATS_URL
     if args.command == "consume":
         group = load_group(args.target)
@@ -68,7 +82,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             group = _replace(group, ack_wait=args.ack_wait)
         if args.concurrency is not None:
             group = _replace(group, concurrency=args.concurrency)
-        asyncio.run(_consume(group, url))
+        telemetry = _telemetry(group.name, args.metrics_listen)
+        try:
+            asyncio.run(_consume(group, url, telemetry))
+        finally:
+            telemetry.shutdown()  # exports the spans still buffered
     else:
         asyncio.run(_dead_letters(args.action, args.group, url, as_json=args.json))
 
@@ -83,6 +101,26 @@ def load_group(target: str) -> ConsumerGroup:
     if not isinstance(group, ConsumerGroup):
         _fail(2, f"{target!r} is a {type(group).__name__}, not a ConsumerGroup")
     return group
+
+
+def _telemetry(service: str, metrics_listen: str | None) -> observability.Telemetry:
+    try:
+        telemetry = observability.configure(
+            service,
+            metrics_listen=DEFAULT_METRICS_LISTEN if metrics_listen is None else metrics_listen,
+            metrics_port_tries=METRICS_PORT_TRIES if metrics_listen is None else 1,
+        )
+    except observability.TelemetryConfigError as exc:
+        _fail(2, f"configuration error: {exc}")
+    except (OSError, ValueError) as exc:
+        _fail(2, f"--metrics-listen {metrics_listen}: {exc}")
+    if telemetry.tracer_provider is not None:
+        trace.set_tracer_provider(telemetry.tracer_provider)
+    if telemetry.meter_provider is not None:
+        metrics.set_meter_provider(telemetry.meter_provider)
+    if telemetry.metrics_server is not None:
+        log.info("group %s: Prometheus metrics at %s", service, telemetry.metrics_server.url)
+    return telemetry
 
 
 def _replace(group: ConsumerGroup, **changes: object) -> ConsumerGroup:
@@ -111,7 +149,7 @@ async def _connect(url: str, name: str) -> NATS:
         raise ConnectionError(f"cannot reach NATS at {url}: {exc!r}") from None
 
 
-async def _consume(group: ConsumerGroup, url: str) -> None:
+async def _consume(group: ConsumerGroup, url: str, telemetry: observability.Telemetry) -> None:
     # Signals first: a worker stopped while it is still connecting exits 0 as well.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,7 +173,13 @@ async def _consume(group: ConsumerGroup, url: str) -> None:
         *(group.concurrency, group.ack_wait),
     )
     try:
-        stats = await Worker(group, nc).run(stop)
+        worker = Worker(
+            group,
+            nc,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.meter_provider,
+        )
+        stats = await worker.run(stop)
     except GroupConfigError as exc:
         _fail(2, str(exc))
     finally:

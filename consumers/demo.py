@@ -12,6 +12,10 @@ OrderPlaced (a worker killed after publishing OrderPaid but before its ack) publ
 same OrderPaid id again, which the stream de-duplicates inside its duplicate window
 (2 minutes in jetgate.toml): one OrderPaid per OrderPlaced. A failed publish raises, so
 the event is retried with the group's backoff.
+
+The channel carries OpenTelemetry's gRPC client instrumentation (global tracer provider,
+which `jetgate consume` sets): each follow-up Publish is a client span inside the
+handler's process span, so OrderPaid and OrderShipped continue the OrderPlaced's trace.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from consumers import ConsumerGroup, Delivery
 from jetgate.examples.orders.v1 import orders_pb2
@@ -49,7 +54,9 @@ def _gateway() -> gateway_pb2_grpc.EventGatewayAsyncStub:
     """One channel per process, made on first use (inside the worker's event loop)."""
     address = os.environ.get("JETGATE_GATEWAY", "127.0.0.1:50051")
     if address not in _stubs:
-        _stubs[address] = gateway_pb2_grpc.EventGatewayStub(grpc.aio.insecure_channel(address))
+        interceptors = aio_client_interceptors()  # type: ignore[no-untyped-call]
+        channel = grpc.aio.insecure_channel(address, interceptors=interceptors)
+        _stubs[address] = gateway_pb2_grpc.EventGatewayStub(channel)
     return _stubs[address]
 
 

@@ -18,6 +18,14 @@ dead letter at once; any other exception -> nak with the group's backoff, or dea
 when it was the last allowed attempt. While a handler runs longer than ack_wait/2, the
 worker sends `in_progress` every ack_wait/2.
 
+Telemetry (providers given, see `observability`): each delivery runs inside a CONSUMER
+span `process <subject>` whose parent is the trace context in the event's headers (plus a
+link to it), so the handler's own spans and the follow-ups it publishes continue the
+event's trace; a redelivery is another process span with its delivery count. A failing
+handler's exception is recorded on the span; dead-lettering is a span event. Metrics:
+deliveries received, processing time by outcome, dead letters, and the consumer's lag and
+ack-pending counts, read from JetStream every `metrics_interval` seconds.
+
 Resilience: a pull request that got no answer by its expiry (plus a second) is written
 off, so after a reconnect or a nats-server restart the worker simply asks again; "no
 responders" or a deleted consumer makes it create the consumer again. `run()` returns
@@ -45,11 +53,17 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
 
 from consumers import deadletter
 from consumers.delivery import Delivery, Reject
 from consumers.group import ConsumerGroup, GroupConfigError
 from jetgate import wire
+from observability import messaging
+from observability import semconv as sc
+from observability.metrics import ConsumeMetrics
 
 log = logging.getLogger("jetgate.consumers")
 
@@ -62,6 +76,8 @@ DEAD_LETTER_TRIES = 3
 # handler, concurrency 16): 1x drains at 0.86-0.93x a plain fetch(100) loop, 2x 0.85-0.92x,
 # 3x 0.98-1.15x with less CPU per event (fewer pull round trips).
 PREFETCH_FACTOR = 3
+ACK, RETRY, DEAD_LETTER, SKIP = "ack", "retry", "dead_letter", "skip"
+Outcome = tuple[str, str]  # (what the worker did, error.type or "")
 
 
 @dataclass(slots=True)
@@ -101,6 +117,9 @@ class Worker:
         prefetch: int | None = None,
         pull_expires: float = 1.0,
         drain_timeout: float | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        metrics_interval: float = 5.0,
     ) -> None:
         self.group = group
         self._stats = WorkerStats()
@@ -121,6 +140,14 @@ class Worker:
         self._set_up_once = False
         self._stopping = False
         self._tick = min(0.25, group.ack_wait / 4)
+        self._tracer = messaging.tracer(tracer_provider)
+        self._pending: tuple[int, int] | None = None
+        self._metrics = ConsumeMetrics(
+            meter_provider, group=group.name, stream=group.stream, pending=lambda: self._pending
+        )
+        self._metrics_interval = metrics_interval
+        self._pending_read: asyncio.Task[None] | None = None
+        self._pending_read_at = 0.0
 
     @property
     def stats(self) -> WorkerStats:
@@ -143,14 +170,33 @@ class Worker:
                 self._expire()
                 await self._request()
                 await self._keep_alive()
+                self._read_pending()
                 self._wake.clear()
                 await _wait(self._wake, self._tick)
             await self._drain()
         finally:
             stop_watch.cancel()
+            if self._pending_read is not None:
+                self._pending_read.cancel()
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
         return self.stats
+
+    def _read_pending(self) -> None:
+        """Refresh the lag gauges in the background every `metrics_interval` s."""
+        now = time.monotonic()
+        if not self._metrics.enabled or now - self._pending_read_at < self._metrics_interval:
+            return
+        if self._pending_read is None or self._pending_read.done():
+            self._pending_read_at = now
+            self._pending_read = asyncio.create_task(self._read_pending_now())
+
+    async def _read_pending_now(self) -> None:
+        try:
+            info = await self._js.consumer_info(self.group.stream, self.group.name)
+        except (NatsError, TimeoutError):
+            return  # the gauges keep their last value; the pull loop reports the trouble
+        self._pending = (info.num_pending or 0, info.num_ack_pending or 0)
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -218,6 +264,7 @@ class Worker:
                 log.warning("group %s: pull ended: %s %s", self.group.name, status, description)
             self._wake.set()
             return
+        self._metrics.received()
         # Events arrive on their own subjects; JetStream fills pull requests oldest first.
         for token, pull in self._pulls.items():
             pull.credits -= 1
@@ -294,17 +341,46 @@ class Worker:
             await self._nc.flush(timeout=2)
 
     async def _handle(self, msg: Msg) -> None:
-        group = self.group
         meta = msg.metadata
-        attempt = meta.num_delivered
         headers: Mapping[str, str] = msg.headers or {}
+        started = time.perf_counter()
+        if self._tracer is None:
+            outcome, error_type = await self._process(msg, meta, headers)
+        else:
+            url = self._nc.connected_url
+            with messaging.process_span(
+                self._tracer,
+                headers,
+                subject=msg.subject,
+                group=self.group.name,
+                stream=meta.stream,
+                sequence=meta.sequence.stream,
+                delivery_count=meta.num_delivered,
+                body_size=len(msg.data),
+                message_id=headers.get(wire.CE_ID, ""),
+                event_type=headers.get(wire.CE_TYPE, ""),
+                key=headers.get(wire.CE_SUBJECT, ""),
+                server=messaging.server_attributes(url.hostname, url.port) if url else {},
+            ) as span:
+                outcome, error_type = await self._process(msg, meta, headers)
+                span.set_attribute(sc.OUTCOME, outcome)
+        self._metrics.processed(
+            time.perf_counter() - started,
+            event_type=headers.get(wire.CE_TYPE, ""),
+            outcome=outcome,
+            error_type=error_type,
+        )
+
+    async def _process(self, msg: Msg, meta: Msg.Metadata, headers: Mapping[str, str]) -> Outcome:
+        group = self.group
+        attempt = meta.num_delivered
         if attempt > 1:
             self._stats.redelivered += 1
         redrive_for = headers.get(wire.REDRIVE_GROUP)
         if redrive_for and redrive_for != group.name:
             self._stats.skipped += 1
             await msg.ack()
-            return
+            return SKIP, ""
         try:
             envelope = wire.decode_envelope(msg.subject, headers)
         except ValueError as exc:
@@ -343,6 +419,7 @@ class Worker:
             return await self._dead_letter(msg, attempt, "reject", exc.reason)
         except Exception as exc:
             self._stats.failed += 1
+            messaging.record_failure(trace.get_current_span(), exc)
             error = f"{type(exc).__name__}: {exc}"
             if attempt >= group.max_deliver:
                 return await self._dead_letter(msg, attempt, "exhausted", error)
@@ -352,11 +429,12 @@ class Worker:
                 *(group.name, msg.subject, delivery.sequence, attempt, error, delay),
             )
             await msg.nak(delay=delay)
-            return
+            return RETRY, type(exc).__qualname__
         await msg.ack()
         self._stats.processed += 1
+        return ACK, ""
 
-    async def _dead_letter(self, msg: Msg, attempt: int, reason: str, error: str) -> None:
+    async def _dead_letter(self, msg: Msg, attempt: int, reason: str, error: str) -> Outcome:
         meta = msg.metadata
         headers = deadletter.dead_letter_headers(
             msg.headers or {},
@@ -377,14 +455,19 @@ class Worker:
                 log.warning("group %s: dead letter not stored (%r)", self.group.name, exc)
                 if tries == DEAD_LETTER_TRIES:
                     await msg.nak(delay=self.group.retry_delay(attempt))
-                    return
+                    return RETRY, "dead_letter_not_stored"
                 await asyncio.sleep(1.0)
         await msg.term()
         self._stats.dead_lettered += 1
+        self._metrics.dead_lettered(reason)
+        messaging.record_dead_letter(
+            trace.get_current_span(), reason=reason, error=error, subject=subject
+        )
         log.warning(
             "group %s: %s seq %d dead-lettered (%s: %s)",
             *(self.group.name, msg.subject, meta.sequence.stream, reason, error),
         )
+        return DEAD_LETTER, reason
 
 
 def _changes(current: ConsumerConfig, wanted: ConsumerConfig) -> str:

@@ -14,6 +14,10 @@
   section 2), and the exec'd process is exactly the worker `jetgate consume` documents, with
   its own arguments, help, signals and exit codes.
 
+Telemetry (observability.configure): traces go to the OTLP endpoint of the standard
+`OTEL_*` variables (none set: tracing off), metrics to a Prometheus endpoint on
+`metrics_listen` (default 127.0.0.1:9464). Log lines carry trace_id and span_id.
+
 Every gateway setting has a flag (`--publish-timeout 2s`, `--type-modules a,b`, ...) that
 beats its `JETGATE_*` variable, which beats the file; `--stream-set ORDERS.replicas=3`
 overrides a stream setting. Exit codes: 0 after a clean stop, 2 for bad configuration,
@@ -34,6 +38,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+import observability
 from gateway.config import GATEWAY_SETTINGS, ConfigError, GatewayConfig, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
@@ -87,10 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv and argv[0] in CONSUMER_COMMANDS:
         os.execv(sys.executable, [sys.executable, "-m", "consumers", *argv])
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("JETGATE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    observability.configure_logging(os.environ.get("JETGATE_LOG_LEVEL", "INFO"))
     path = args.config
     if path is None and Path("jetgate.toml").is_file():
         path = Path("jetgate.toml")
@@ -113,14 +115,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         raise SystemExit(2)
     try:
-        event_loop_runner()(_run(args, config))
+        telemetry = observability.configure(
+            observability.GATEWAY_SERVICE, metrics_listen=config.metrics_listen
+        )
+    except observability.TelemetryConfigError as exc:
+        print(f"jetgate: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:
+        print(f"jetgate: metrics_listen {config.metrics_listen}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    try:
+        event_loop_runner()(_run(args, config, telemetry))
     except Exception as exc:  # start-up failures: report, no traceback soup
         log.debug("start-up failed", exc_info=True)
         print(f"jetgate: {type(exc).__name__}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        telemetry.shutdown()  # exports the spans still buffered
 
 
-async def _run(args: argparse.Namespace, config: GatewayConfig) -> None:
+async def _run(
+    args: argparse.Namespace, config: GatewayConfig, telemetry: observability.Telemetry
+) -> None:
     embedded: NatsServer | None = None
     if args.command == "up" and not config.nats_url:
         port = args.nats_port if args.nats_port is not None else _default_nats_port()
@@ -128,7 +144,11 @@ async def _run(args: argparse.Namespace, config: GatewayConfig) -> None:
         embedded.start()
         config = dataclasses.replace(config, nats_url=embedded.url)
     try:
-        gateway = Gateway(config)
+        gateway = Gateway(
+            config,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.meter_provider,
+        )
         await gateway.start()
         try:
             stop = _stop_on_signals()
@@ -136,10 +156,11 @@ async def _run(args: argparse.Namespace, config: GatewayConfig) -> None:
                 config.workers if args.command == "up" else (),
                 nats_url=config.nats_url,
                 gateway_address=gateway.address,
+                metrics_listen=config.metrics_listen,
             )
             try:
                 workers.start()
-                _announce(gateway, embedded, workers)
+                _announce(gateway, embedded, workers, telemetry)
                 await stop.wait()
             finally:
                 if workers.targets:
@@ -183,12 +204,23 @@ def _default_nats_port() -> int:
     return DEFAULT_NATS_PORT
 
 
-def _announce(gateway: Gateway, embedded: NatsServer | None, workers: WorkerProcesses) -> None:
+def _announce(
+    gateway: Gateway,
+    embedded: NatsServer | None,
+    workers: WorkerProcesses,
+    telemetry: observability.Telemetry,
+) -> None:
     addr, url = gateway.address, gateway.config.nats_url
     where = ""
     if embedded is not None:
         where = f" (embedded, pid {embedded.pid}; JetStream data in {embedded.store_dir})"
     lines = [f"jetgate gateway listening on {addr}", f"NATS: {url}{where}"]
+    if telemetry.metrics_server is not None:
+        lines.append(f"Prometheus metrics: {telemetry.metrics_server.url}")
+    tracing = "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send traces)"
+    if telemetry.tracer_provider is not None:
+        tracing = "on (OTLP, see OTEL_EXPORTER_OTLP_* variables)"
+    lines.append(f"Tracing: {tracing}")
     routed = sorted(n for n in gateway.registry.names() if gateway.router.route(n) is not None)
     if routed:
         name = DEMO_TYPE if DEMO_TYPE in routed else routed[0]

@@ -131,13 +131,16 @@ class GatewayConfig:
     data_dir: str = "data"
     # Consumer groups (`MODULE:GROUP`) `jetgate up` runs one worker process of each.
     workers: tuple[str, ...] = ()
+    # Prometheus scrape endpoint (HOST:PORT; empty: none). `jetgate up` gives its workers
+    # the following ports (port 0: any free port for each).
+    metrics_listen: str = "127.0.0.1:9464"
     streams: tuple[StreamConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
 
     def __post_init__(self) -> None:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"listen {self.listen!r}: use HOST:PORT")
+        _check_address("listen", self.listen)
+        if self.metrics_listen:
+            _check_address("metrics_listen", self.metrics_listen)
         if self.publish_timeout <= 0:
             raise ConfigError("publish_timeout must be positive")
         if not 1 <= self.max_batch_entries <= 1000:
@@ -163,6 +166,12 @@ class GatewayConfig:
 GATEWAY_SETTINGS = tuple(
     f.name for f in dataclasses.fields(GatewayConfig) if f.name not in ("streams", "routes")
 )
+
+
+def _check_address(name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{name} {value!r}: use HOST:PORT")
 
 
 def _check_choice(what: str, value: object, choices: Any) -> None:

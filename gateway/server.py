@@ -18,6 +18,8 @@ import nats
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
 
 from gateway.config import GatewayConfig
 from gateway.publisher import Publisher
@@ -25,8 +27,11 @@ from gateway.registry import TypeRegistry
 from gateway.routing import Router
 from gateway.servicer import EventGatewayServicer
 from gateway.streams import reconcile_streams
+from gateway.telemetry import PublishTelemetry, server_interceptors
 from gateway.validation import Validator
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
+from observability import messaging
+from observability.metrics import PublishMetrics
 
 log = logging.getLogger("jetgate.gateway")
 
@@ -38,15 +43,27 @@ CONNECT_TIMEOUT = 10.0
 
 
 class Gateway:
-    """Owns every resource of one gateway process; `start()` then `stop()`."""
+    """Owns every resource of one gateway process; `start()` then `stop()`.
 
-    def __init__(self, config: GatewayConfig) -> None:
+    Tracing and metrics are off unless providers are given (`observability.configure`
+    makes them from the `OTEL_*` variables; tests pass in-memory ones).
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
         if not config.nats_url:
             raise ValueError("nats_url is required (jetgate up starts an embedded server)")
         self.config = config
         self.registry = TypeRegistry.load(config.type_modules, config.descriptor_sets)
         self.router = Router.build(config.routes, self.registry, config.streams)
         self._health = health.aio.HealthServicer()
+        self._tracer_provider = tracer_provider
+        self._metrics = PublishMetrics(meter_provider)
         self._nc: NATS | None = None
         self._publisher: Publisher | None = None
         self._server: grpc.aio.Server | None = None
@@ -79,13 +96,17 @@ class Gateway:
             max_payload=lambda: nc.max_payload,
         )
         self._server = grpc.aio.server(
+            interceptors=server_interceptors(self._tracer_provider),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ]
+            ],
+        )
+        telemetry = PublishTelemetry(
+            tracer_provider=self._tracer_provider, metrics=self._metrics, server=self._nats_server
         )
         servicer = EventGatewayServicer(
-            config=self.config, validator=validator, publisher=self._publisher
+            config=self.config, validator=validator, publisher=self._publisher, telemetry=telemetry
         )
         gateway_pb2_grpc.add_EventGatewayServicer_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -121,6 +142,10 @@ class Gateway:
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await self._nc.drain()
+
+    def _nats_server(self) -> messaging.Attributes:
+        url = self._nc.connected_url if self._nc is not None else None
+        return messaging.server_attributes(url.hostname, url.port) if url else {}
 
     async def _connect(self) -> NATS:
         return await nats.connect(

@@ -31,7 +31,8 @@ from gateway.errors import (
     failure_status,
     make_status,
 )
-from gateway.publisher import Publisher, PublishFailure, Stored
+from gateway.publisher import Outcome, Publisher, PublishFailure, Stored
+from gateway.telemetry import PublishTelemetry
 from gateway.validation import PreparedEvent, Validator
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -41,10 +42,18 @@ Context = grpc.aio.ServicerContext[object, object]
 class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
     """Validates publish requests and stores them in JetStream through `publisher`."""
 
-    def __init__(self, *, config: GatewayConfig, validator: Validator, publisher: Publisher):
+    def __init__(
+        self,
+        *,
+        config: GatewayConfig,
+        validator: Validator,
+        publisher: Publisher,
+        telemetry: PublishTelemetry,
+    ):
         self._config = config
         self._validator = validator
         self._publisher = publisher
+        self._telemetry = telemetry
 
     async def Publish(
         self, request: gateway_pb2.PublishRequest, context: Context
@@ -52,9 +61,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         prepared = self._validator.prepare(request)
         if isinstance(prepared, list):
             await abort(context, bad_request(prepared))
-        (outcome,) = await self._publisher.publish(
-            [prepared.message], ack_timeout=self._ack_timeout(context)
-        )
+        (outcome,) = await self._publish([prepared], self._ack_timeout(context), context)
         result = _result(prepared, await self._settle_conflict(prepared, outcome))
         if result.HasField("error"):
             await abort(context, result.error)
@@ -64,7 +71,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         self, request: gateway_pb2.PublishBatchRequest, context: Context
     ) -> gateway_pb2.PublishBatchResponse:
         try:
-            return await self._publish_batch(request, self._ack_timeout(context))
+            return await self._publish_batch(request, self._ack_timeout(context), context)
         except RpcAbort as exc:
             await abort(context, exc.status)
 
@@ -83,7 +90,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
                     timeout = self._ack_timeout(context)
                     await slots.acquire()
                     in_flight.put_nowait(
-                        asyncio.ensure_future(self._publish_batch(request, timeout))
+                        asyncio.ensure_future(self._publish_batch(request, timeout, context))
                     )
             finally:
                 in_flight.put_nowait(None)
@@ -104,8 +111,19 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
                 if (task := in_flight.get_nowait()) is not None:
                     task.cancel()
 
+    async def _publish(
+        self, events: Sequence[PreparedEvent], ack_timeout: float, context: Context
+    ) -> Sequence[Outcome]:
+        async def send() -> list[Outcome]:
+            messages = [e.message for e in events]
+            return await self._publisher.publish(messages, ack_timeout=ack_timeout)
+
+        sent = await self._telemetry.publish(events, context, send)
+        assert not isinstance(sent, PublishFailure)
+        return sent
+
     async def _publish_batch(
-        self, request: gateway_pb2.PublishBatchRequest, ack_timeout: float
+        self, request: gateway_pb2.PublishBatchRequest, ack_timeout: float, context: Context
     ) -> gateway_pb2.PublishBatchResponse:
         count = len(request.entries)
         if not 1 <= count <= self._config.max_batch_entries:
@@ -118,15 +136,18 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
             self._validator.prepare(e, f"entries[{i}]") for i, e in enumerate(request.entries)
         ]
         if request.atomic:
-            results = await self._publish_atomic(prepared, ack_timeout)
+            results = await self._publish_atomic(prepared, ack_timeout, context)
             return gateway_pb2.PublishBatchResponse(results=results)
-        return await self._publish_each(prepared, ack_timeout)
+        return await self._publish_each(prepared, ack_timeout, context)
 
     async def _publish_each(
-        self, prepared: Sequence[PreparedEvent | list[FieldViolation]], ack_timeout: float
+        self,
+        prepared: Sequence[PreparedEvent | list[FieldViolation]],
+        ack_timeout: float,
+        context: Context,
     ) -> gateway_pb2.PublishBatchResponse:
         valid = [p for p in prepared if isinstance(p, PreparedEvent)]
-        sent = await self._publisher.publish([p.message for p in valid], ack_timeout=ack_timeout)
+        sent = await self._publish(valid, ack_timeout, context) if valid else []
         outcomes = iter(
             [
                 o if isinstance(o, Stored) else await self._settle_conflict(p, o)
@@ -144,7 +165,10 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         return response
 
     async def _publish_atomic(
-        self, prepared: Sequence[PreparedEvent | list[FieldViolation]], ack_timeout: float
+        self,
+        prepared: Sequence[PreparedEvent | list[FieldViolation]],
+        ack_timeout: float,
+        context: Context,
     ) -> list[gateway_pb2.PublishResult]:
         valid = [p for p in prepared if isinstance(p, PreparedEvent)]
         streams = sorted({p.stream for p in valid})
@@ -173,9 +197,12 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
                     f"stream {streams[0]} does not allow atomic batches (allow_atomic = false)",
                 ),
             )
-        stored = await self._publisher.publish_atomic(
-            [p.message for p in valid], ack_timeout=ack_timeout
-        )
+
+        async def send() -> list[Stored] | PublishFailure:
+            messages = [p.message for p in valid]
+            return await self._publisher.publish_atomic(messages, ack_timeout=ack_timeout)
+
+        stored = await self._telemetry.publish(valid, context, send)
         if isinstance(stored, PublishFailure):
             conflict = next((p.conflict for p in valid if p.conflict is not None), None)
             return _all_failed(len(prepared), failure_status(stored, conflict))

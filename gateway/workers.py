@@ -6,6 +6,9 @@ imports `consumers` (DESIGN.md section 2), and workers are separate processes in
 production too. Each worker:
 - gets `JETGATE_GATEWAY`, the gateway's address, where the demo handlers publish their
   follow-up events, and shares the gateway's stdout and stderr;
+- gets the `OTEL_*` variables of `jetgate up` except `OTEL_SERVICE_NAME` (a worker's
+  service is its group), and its own /metrics port: the ones after the gateway's
+  (`--metrics-listen` N+1, N+2, ...; any free port when the gateway's is 0);
 - runs in its own session, so a Ctrl-C reaches only `jetgate up`, which stops the workers
   first (SIGTERM: they finish and acknowledge their in-flight events, whose follow-ups
   still need the gateway), then the gateway, then the embedded nats-server;
@@ -40,10 +43,18 @@ class _Worker:
 class WorkerProcesses:
     """A worker process per target: `start()` once the gateway serves, `stop()` before it stops."""
 
-    def __init__(self, targets: Sequence[str], *, nats_url: str, gateway_address: str) -> None:
+    def __init__(
+        self,
+        targets: Sequence[str],
+        *,
+        nats_url: str,
+        gateway_address: str,
+        metrics_listen: str = "",
+    ) -> None:
         self.targets = tuple(targets)
         self.nats_url = nats_url
         self.gateway_address = client_address(gateway_address)
+        self.metrics_listen = metrics_listen
         self._workers: list[_Worker] = []
         self._stopping = False
 
@@ -52,9 +63,16 @@ class WorkerProcesses:
         """(target, pid) of every started worker, in start order."""
         return [(w.target, w.proc.pid) for w in self._workers]
 
-    def command(self, target: str) -> list[str]:
-        """The command line of the worker of `target`."""
-        return [sys.executable, "-m", "consumers", "consume", target, "--nats-url", self.nats_url]
+    def command(self, target: str, index: int = 0) -> list[str]:
+        """The command line of worker number `index` (of `target`)."""
+        metrics = ""
+        if self.metrics_listen:
+            host, _, port = self.metrics_listen.rpartition(":")
+            metrics = f"{host}:{int(port) + 1 + index if int(port) else 0}"
+        return [
+            *(sys.executable, "-m", "consumers", "consume", target),
+            *("--nats-url", self.nats_url, "--metrics-listen", metrics),
+        ]
 
     def start(self) -> None:
         """Spawn every worker (they connect and subscribe on their own, in the background).
@@ -62,12 +80,13 @@ class WorkerProcesses:
         Call it from the event loop in the main thread: the parent-death signal follows the
         spawning thread.
         """
-        env = {**os.environ, "JETGATE_GATEWAY": self.gateway_address}
-        for target in self.targets:
+        env = {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"}
+        env["JETGATE_GATEWAY"] = self.gateway_address
+        for index, target in enumerate(self.targets):
             # subprocess, not the event loop's: uvloop forks, which gRPC's fork handlers log
             # about once its threads run; subprocess spawns with vfork.
             proc = subprocess.Popen(
-                [*die_with_parent(), *self.command(target)],
+                [*die_with_parent(), *self.command(target, index)],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,

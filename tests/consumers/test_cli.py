@@ -15,7 +15,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 def consume(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-W", "error", "-m", "consumers", "consume", *args],
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-m",
+            "consumers",
+            "consume",
+            *args,
+            "--metrics-listen",
+            "",
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

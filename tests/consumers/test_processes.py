@@ -93,7 +93,7 @@ class Workers:
         self, *, sleep: float = 0.0, concurrency: int | None = None, ack_wait: float | None = None
     ) -> WorkerProcess:
         command = [sys.executable, "-W", "error", "-m", "consumers", "consume", TARGET]
-        command += ["--nats-url", self.nats_url]
+        command += ["--nats-url", self.nats_url, "--metrics-listen", "127.0.0.1:0"]
         if concurrency is not None:
             command += ["--concurrency", str(concurrency)]
         if ack_wait is not None:

@@ -26,12 +26,21 @@ def test_client_address(listen: str, reachable: str) -> None:
 
 def test_worker_command_runs_the_consumers_cli() -> None:
     workers = WorkerProcesses(
-        ["consumers.demo:billing"], nats_url="nats://127.0.0.1:4222", gateway_address=":1"
+        ["consumers.demo:billing", "consumers.demo:shipping"],
+        nats_url="nats://127.0.0.1:4222",
+        gateway_address=":1",
+        metrics_listen="127.0.0.1:9464",
     )
     assert workers.command("consumers.demo:billing")[1:] == [
         *("-m", "consumers", "consume", "consumers.demo:billing"),
-        *("--nats-url", "nats://127.0.0.1:4222"),
+        *("--nats-url", "nats://127.0.0.1:4222", "--metrics-listen", "127.0.0.1:9465"),
     ]
+    # The next worker gets the next port; with port 0 every worker takes any free port.
+    assert workers.command("consumers.demo:shipping", 1)[-1] == "127.0.0.1:9466"
+    workers.metrics_listen = "127.0.0.1:0"
+    assert workers.command("consumers.demo:shipping", 1)[-1] == "127.0.0.1:0"
+    workers.metrics_listen = ""
+    assert workers.command("consumers.demo:shipping", 1)[-1] == ""
 
 
 async def test_a_worker_that_exits_on_its_own_is_logged(caplog: pytest.LogCaptureFixture) -> None:

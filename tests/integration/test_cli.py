@@ -59,6 +59,8 @@ async def test_unsafe_stream_change_refuses_to_start_and_changes_nothing(
         nats_url,
         "--listen",
         "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
         "--stream-set",
         "ORDERS.storage=memory",
         "--stream-set",

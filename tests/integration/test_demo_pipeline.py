@@ -51,7 +51,7 @@ class Workers:
             proc = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-W", "error", "-m", "consumers", "consume"),
                 f"consumers.demo:{group}",
-                *("--nats-url", self.nats_url, "--ack-wait", "2"),
+                *("--nats-url", self.nats_url, "--ack-wait", "2", "--metrics-listen", ""),
                 env=self.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=fd,

@@ -84,6 +84,8 @@ async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path
         "0",
         "--listen",
         "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
         "--data-dir",
         str(tmp_path / "data"),
         cwd=tmp_path,
