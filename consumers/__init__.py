@@ -13,6 +13,7 @@ Run it with `jetgate consume my.module:group`, or `Worker(group, nc).run(stop)`.
 
 from consumers.delivery import Delivery, Reject
 from consumers.group import ConsumerGroup, GroupConfigError
-from consumers.worker import Worker, WorkerStats
+from consumers.handling import WorkerStats
+from consumers.worker import Worker
 
 __all__ = ["ConsumerGroup", "Delivery", "GroupConfigError", "Reject", "Worker", "WorkerStats"]

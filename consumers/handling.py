@@ -1,0 +1,204 @@
+"""What the worker does with one delivery: decode it, run its handler, settle it.
+
+Outcomes: handler returns -> ack; `Reject`, an unknown type or an undecodable payload ->
+dead letter at once; any other exception -> nak with the group's backoff, or dead letter
+when it was the last allowed attempt; an event redriven for another group -> ack unseen.
+
+Telemetry (a tracer given, see `observability`): the delivery is handled inside a CONSUMER
+span `process <subject>` whose parent is the trace context in the event's headers (plus a
+link to it), so the handler's own spans and the follow-ups it publishes continue the
+event's trace; a redelivery is another process span with its delivery count. A failing
+handler's exception is recorded on the span; dead-lettering is a span event. Metrics:
+each delivery's processing time by outcome, and dead letters by reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from opentelemetry import trace
+
+from consumers import deadletter
+from consumers.delivery import Delivery, Reject
+from consumers.group import ConsumerGroup
+from jetgate import wire
+from observability import messaging
+from observability import semconv as sc
+from observability.metrics import ConsumeMetrics
+
+log = logging.getLogger("jetgate.consumers")
+
+DEAD_LETTER_TRIES = 3
+ACK, RETRY, DEAD_LETTER, SKIP = "ack", "retry", "dead_letter", "skip"
+Outcome = tuple[str, str]  # (what the worker did, error.type or "")
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What one worker did: events handled OK, handler failures, redeliveries seen,
+    dead letters stored, events skipped (redriven for another group), and in flight."""
+
+    processed: int = 0
+    failed: int = 0
+    redelivered: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    in_flight: int = 0
+
+
+class DeliveryHandler:
+    """Handles deliveries of `group` (see module doc), counting into `stats`."""
+
+    def __init__(
+        self,
+        group: ConsumerGroup,
+        nc: NATS,
+        *,
+        stats: WorkerStats,
+        metrics: ConsumeMetrics,
+        tracer: trace.Tracer | None,
+    ) -> None:
+        self.group = group
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._stats = stats
+        self._metrics = metrics
+        self._tracer = tracer
+
+    async def handle(self, msg: Msg) -> None:
+        """Run the handler for `msg` and settle it (ack, nak or dead letter)."""
+        meta = msg.metadata
+        headers: Mapping[str, str] = msg.headers or {}
+        started = time.perf_counter()
+        if self._tracer is None:
+            outcome, error_type = await self._process(msg, meta, headers)
+        else:
+            url = self._nc.connected_url
+            with messaging.process_span(
+                self._tracer,
+                headers,
+                subject=msg.subject,
+                group=self.group.name,
+                stream=meta.stream,
+                sequence=meta.sequence.stream,
+                delivery_count=meta.num_delivered,
+                body_size=len(msg.data),
+                message_id=headers.get(wire.CE_ID, ""),
+                event_type=headers.get(wire.CE_TYPE, ""),
+                key=headers.get(wire.CE_SUBJECT, ""),
+                server=messaging.server_attributes(url.hostname, url.port) if url else {},
+            ) as span:
+                outcome, error_type = await self._process(msg, meta, headers)
+                span.set_attribute(sc.OUTCOME, outcome)
+        self._metrics.processed(
+            time.perf_counter() - started,
+            event_type=headers.get(wire.CE_TYPE, ""),
+            outcome=outcome,
+            error_type=error_type,
+        )
+
+    async def _process(self, msg: Msg, meta: Msg.Metadata, headers: Mapping[str, str]) -> Outcome:
+        group = self.group
+        attempt = meta.num_delivered
+        if attempt > 1:
+            self._stats.redelivered += 1
+        redrive_for = headers.get(wire.REDRIVE_GROUP)
+        if redrive_for and redrive_for != group.name:
+            self._stats.skipped += 1
+            await msg.ack()
+            return SKIP, ""
+        try:
+            envelope = wire.decode_envelope(msg.subject, headers)
+        except ValueError as exc:
+            return await self._dead_letter(msg, attempt, "undecodable", str(exc))
+        entry = group.handlers.get(envelope.type)
+        if entry is None:
+            error = f"group {group.name} has no handler for {envelope.type}"
+            return await self._dead_letter(msg, attempt, "unknown-type", error)
+        message_type, handler = entry
+        try:
+            event = message_type.FromString(msg.data)
+        except DecodeError as exc:
+            error = f"payload is not a valid {envelope.type}: {exc}"
+            return await self._dead_letter(msg, attempt, "undecodable", error)
+        if attempt > group.max_deliver:
+            error = f"attempt {attempt} of {group.max_deliver}: the previous worker stopped"
+            return await self._dead_letter(msg, attempt, "exhausted", error)
+        delivery = Delivery(
+            event_id=envelope.id,
+            event_type=envelope.type,
+            key=envelope.key,
+            source=envelope.source,
+            time=envelope.time,
+            subject=msg.subject,
+            stream=meta.stream,
+            sequence=meta.sequence.stream,
+            attempt=attempt,
+            group=group.name,
+            headers=envelope.headers,
+            raw_headers=headers,
+            message=msg,
+        )
+        try:
+            await handler(event, delivery)
+        except Reject as exc:
+            return await self._dead_letter(msg, attempt, "reject", exc.reason)
+        except Exception as exc:
+            self._stats.failed += 1
+            messaging.record_failure(trace.get_current_span(), exc)
+            error = f"{type(exc).__name__}: {exc}"
+            if attempt >= group.max_deliver:
+                return await self._dead_letter(msg, attempt, "exhausted", error)
+            delay = group.retry_delay(attempt)
+            log.warning(
+                "group %s: %s seq %d attempt %d failed (%s); retry in %gs",
+                *(group.name, msg.subject, delivery.sequence, attempt, error, delay),
+            )
+            await msg.nak(delay=delay)
+            return RETRY, type(exc).__qualname__
+        await msg.ack()
+        self._stats.processed += 1
+        return ACK, ""
+
+    async def _dead_letter(self, msg: Msg, attempt: int, reason: str, error: str) -> Outcome:
+        meta = msg.metadata
+        headers = deadletter.dead_letter_headers(
+            msg.headers or {},
+            stream=meta.stream,
+            subject=msg.subject,
+            sequence=meta.sequence.stream,
+            group=self.group.name,
+            attempts=attempt,
+            reason=reason,
+            error=error,
+        )
+        subject = wire.dead_letter_subject(self.group.name, msg.subject)
+        for tries in range(1, DEAD_LETTER_TRIES + 1):
+            try:
+                await self._js.publish(subject, msg.data, headers=headers)
+                break
+            except (NatsError, TimeoutError) as exc:
+                log.warning("group %s: dead letter not stored (%r)", self.group.name, exc)
+                if tries == DEAD_LETTER_TRIES:
+                    await msg.nak(delay=self.group.retry_delay(attempt))
+                    return RETRY, "dead_letter_not_stored"
+                await asyncio.sleep(1.0)
+        await msg.term()
+        self._stats.dead_lettered += 1
+        self._metrics.dead_lettered(reason)
+        messaging.record_dead_letter(
+            trace.get_current_span(), reason=reason, error=error, subject=subject
+        )
+        log.warning(
+            "group %s: %s seq %d dead-lettered (%s: %s)",
+            *(self.group.name, msg.subject, meta.sequence.stream, reason, error),
+        )
+        return DEAD_LETTER, reason
