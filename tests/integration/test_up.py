@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -63,6 +64,12 @@ async def _last(nc: Client, subject: str) -> tuple[int, bytes] | None:
     return msg.seq, msg.data or b""
 
 
+def _scrape(url: str) -> str:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, no proxy
+    with opener.open(url, timeout=10) as reply:
+        return str(reply.read().decode())
+
+
 async def _wait_for(nc: Client, subject: str) -> tuple[int, bytes]:
     async with asyncio.timeout(WAIT):
         while True:
@@ -107,6 +114,9 @@ async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path
         assert "grpcurl -plaintext" in banner
         assert "stream get ORDERS --last-for orders.OrderPlaced.o-42" in banner
         assert "consumer info ORDERS billing" in banner
+        metrics = re.search(r"Prometheus metrics: (http://127\.0\.0\.1:\d+/metrics)", banner)
+        assert metrics, banner
+        assert "Tracing: off" in banner  # no OTEL_EXPORTER_OTLP_ENDPOINT here
         assert "stream get ORDERS --last-for orders.OrderShipped.o-42" in banner
 
         async with grpc.aio.insecure_channel(address.group(1)) as channel:
@@ -126,6 +136,9 @@ async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path
         assert reply.sequence < paid[0] < shipped[0]
         assert orders_pb2.OrderPaid.FromString(paid[1]).order_id == "o-42"
         assert orders_pb2.OrderShipped.FromString(shipped[1]).order_id == "o-42"
+        exposition = await asyncio.to_thread(_scrape, metrics.group(1))
+        assert "messaging_client_sent_messages_total{" in exposition
+        assert 'jetgate_event_type="jetgate.examples.orders.v1.OrderShipped"' in exposition
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), WAIT) == 0
@@ -134,6 +147,8 @@ async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path
         gateway_stops = log.index("stopping: no new RPCs")
         for target, pid in workers.items():
             assert log.index(f"worker {target} (pid {pid}) stopped with code 0") < gateway_stops
+        for group in ("billing", "shipping"):  # each worker serves its own /metrics
+            assert re.search(rf"group {group}: Prometheus metrics at http://127\.0\.0\.1:\d+", log)
         for pid in [int(nats_url.group(3)), *map(int, workers.values())]:
             assert not _alive(pid), pid
         with socket.socket() as probe:
