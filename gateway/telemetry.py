@@ -66,7 +66,12 @@ class PublishTelemetry:
         """Run `send()` for `events` (their messages are ours to add trace headers to)."""
         spans = self._start(events, context)
         started = time.perf_counter()
-        outcomes = await send()
+        try:
+            outcomes = await send()
+        except BaseException as exc:  # cancelled with the RPC: the spans still end
+            for span in spans:
+                messaging.end_publish(span, error_type=type(exc).__qualname__, error=repr(exc))
+            raise
         elapsed = time.perf_counter() - started
         each = [outcomes] * len(events) if isinstance(outcomes, PublishFailure) else outcomes
         if spans:

@@ -25,7 +25,7 @@ from gateway.config import GatewayConfig
 from gateway.server import Gateway
 from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
-from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
+from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from observability import semconv as sc
 from tests.consumers.conftest import until
 from tests.integration.conftest import request
@@ -381,3 +381,22 @@ async def test_with_tracing_off_the_gateway_passes_the_clients_context_on(
     process = spans.one(f"process {subject}")
     assert not [s for s in spans.all() if s.kind in (SpanKind.SERVER, SpanKind.PRODUCER)]
     assert parent_of(process) == span_id(client_span)
+
+
+async def test_a_refused_publish_ends_its_producer_span_with_the_error(
+    traced_gateway: Gateway, spans: Spans
+) -> None:
+    stale = event_pb2.Precondition(expected_last_subject_sequence=7)
+    async with client(traced_gateway.address, None) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Publish(request("o-stale", precondition=stale))
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+    producer = spans.one("publish orders.OrderPlaced.o-stale")
+    assert producer.status.status_code is StatusCode.ERROR
+    assert (producer.attributes or {})[sc.ERROR_TYPE] == "api"
+    assert sc.NATS_SEQUENCE not in (producer.attributes or {})
+    # The server span records the code; a client's mistake is not a server error (semconv).
+    (server,) = (s for s in spans.all() if s.kind is SpanKind.SERVER)
+    code = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert (server.attributes or {})["rpc.grpc.status_code"] == code
