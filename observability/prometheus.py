@@ -30,19 +30,20 @@ class MetricsServer:
         """Serve on `listen` (HOST:PORT, port 0: any free one); with `tries` > 1, when the
         port is taken try the following ports. Raises OSError when none could be bound."""
         host, sep, port_text = listen.rpartition(":")
-        if not sep or not port_text.isdigit():
+        if not sep or not port_text.isdigit() or int(port_text) > 65535:
             raise ValueError(f"metrics address {listen!r}: use HOST:PORT")
         host = host.strip("[]") or "127.0.0.1"
         registry = prometheus_client.CollectorRegistry()
         port = int(port_text)
-        for attempt in range(max(1, tries)):
+        ports = list(range(port, min(port + max(1, tries), 65536))) if port else [0]
+        for candidate in ports:
             try:
                 httpd, thread = prometheus_client.start_http_server(
-                    port + attempt if port else 0, addr=host, registry=registry
+                    candidate, addr=host, registry=registry
                 )
                 break
             except OSError:
-                if attempt + 1 >= max(1, tries) or not port:
+                if candidate == ports[-1]:
                     raise
         reader = PrometheusMetricReader(registry=registry)
         return cls(

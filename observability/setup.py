@@ -77,35 +77,41 @@ class Telemetry:
 
 
 def configure(
-    service_name: str,
-    *,
-    metrics_listen: str = "",
-    metrics_port_tries: int = 1,
-    environ: Mapping[str, str] | None = None,
+    service_name: str, *, metrics_listen: str = "", metrics_port_tries: int = 1
 ) -> Telemetry:
-    """Providers for `service_name` from `environ` (default: os.environ); see module doc.
+    """Providers for `service_name` from the `OTEL_*` environment variables (module doc).
 
     `metrics_port_tries` > 1: when the port of `metrics_listen` is taken, try the next ones
     (workers of one host share a default). Raises TelemetryConfigError for bad settings
-    and OSError when no port could be bound.
+    (before anything starts) and OSError or ValueError when no port could be bound.
     """
-    env = os.environ if environ is None else environ
+    env = os.environ
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return Telemetry()
-    resource = Resource.create({SERVICE_NAME: env.get("OTEL_SERVICE_NAME") or service_name})
-    tracer_provider = None
-    exporters = _span_exporters(env)
-    if exporters:
-        tracer_provider = TracerProvider(resource=resource)
-        for exporter in exporters:
-            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-    readers: list[MetricReader] = []
+    span_exporters = _span_exporters(env)
+    metric_exporter = None
+    if "otlp" in _names(env, "OTEL_METRICS_EXPORTER", ""):
+        metric_exporter = _otlp_metric_exporter(env)
     server = None
     if metrics_listen:
-        server = MetricsServer.start(metrics_listen, tries=metrics_port_tries)
+        try:
+            server = MetricsServer.start(metrics_listen, tries=metrics_port_tries)
+        except BaseException:
+            for exporter in span_exporters:
+                exporter.shutdown()
+            raise
+    # The SDK reads OTEL_RESOURCE_ATTRIBUTES and the sampler variables itself.
+    resource = Resource.create({SERVICE_NAME: env.get("OTEL_SERVICE_NAME") or service_name})
+    tracer_provider = None
+    if span_exporters:
+        tracer_provider = TracerProvider(resource=resource)
+        for exporter in span_exporters:
+            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    readers: list[MetricReader] = []
+    if server is not None:
         readers.append(server.reader)
-    if "otlp" in _names(env, "OTEL_METRICS_EXPORTER", ""):
-        readers.append(PeriodicExportingMetricReader(_otlp_metric_exporter(env)))
+    if metric_exporter is not None:
+        readers.append(PeriodicExportingMetricReader(metric_exporter))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers) if readers else None
     return Telemetry(
         tracer_provider=tracer_provider, meter_provider=meter_provider, metrics_server=server
@@ -118,7 +124,9 @@ def _names(env: Mapping[str, str], variable: str, default: str) -> list[str]:
 
 def _protocol(env: Mapping[str, str], signal: str) -> str:
     variable = f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"
-    protocol = env.get(variable) or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or HTTP_PROTOBUF
+    if not env.get(variable):
+        variable = "OTEL_EXPORTER_OTLP_PROTOCOL"
+    protocol = env.get(variable) or HTTP_PROTOBUF
     if protocol not in (GRPC, HTTP_PROTOBUF):
         raise TelemetryConfigError(f"{variable}: {protocol!r} (use grpc or http/protobuf)")
     return protocol
