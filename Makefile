@@ -24,11 +24,13 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy --strict tools/trace_png.py
 
 # The interop tests run real third-party peers, built from the Go module proxy into .tools/bin.
 tools:
 	bash tools/install-go-tool.sh nats github.com/nats-io/natscli/nats v0.5.0
 	bash tools/install-go-tool.sh grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl v1.9.3
+	bash tools/install-go-tool.sh jaeger github.com/jaegertracing/jaeger/cmd/jaeger v1.76.0
 
 test: venv tools lint
 	$(BIN)/python -m pytest -q

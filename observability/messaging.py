@@ -129,11 +129,13 @@ def process_span(
         **server,
     }
     # From the headers as stored: a delivery that is not a jetgate event lacks them.
-    for name, value in ((sc.MESSAGING_MESSAGE_ID, message_id), (sc.EVENT_TYPE, event_type)):
+    for name, value in (
+        (sc.MESSAGING_MESSAGE_ID, message_id),
+        (sc.EVENT_TYPE, event_type),
+        (sc.EVENT_KEY, key),
+    ):
         if value:
             attributes[name] = value
-    if key:
-        attributes[sc.EVENT_KEY] = key
     # The extracted context becomes current too: its baggage is the handler's.
     token = otel_context.attach(parent)
     try:

@@ -26,7 +26,6 @@ no metrics.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,8 +45,6 @@ from opentelemetry.sdk.trace.export import (
 )
 
 from observability.prometheus import MetricsServer
-
-log = logging.getLogger("jetgate.observability")
 
 GATEWAY_SERVICE = "jetgate-gateway"
 GRPC = "grpc"
