@@ -57,8 +57,10 @@ def table(rows: list[Row], inprocess: bool = False) -> str:
     client = "bench+gw" if inprocess else "client"  # in-process: one number for both
     blocks = list(dict.fromkeys(r.block for r in rows))
     durable = len(blocks) > 1  # the "vs default" column
+    named = max([18, *(len(r.scenario) for r in rows)])  # column widths: the longest name
+    based = max([13, *(len(s.baseline or "") for r in rows if (s := SCENARIOS.get(r.scenario)))])
     columns = (
-        f"{'scenario':<18} {'events/s':>9} {'ratio':>6} {'baseline':<13} {'target':<11} "
+        f"{'scenario':<{named}} {'events/s':>9} {'ratio':>6} {'baseline':<{based}} {'target':<11} "
         f"{client + ' µs/ev':>14} {'server µs/ev':>12} {'nats µs/ev':>10} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'p999 ms':>8}" + (f" {'vs default':>10}" if durable else "")
     )
@@ -67,7 +69,7 @@ def table(rows: list[Row], inprocess: bool = False) -> str:
         lines.append(f"[{block}] {BLOCKS.get(block, '')}")
         for r in (r for r in rows if r.block == block):
             if r.skipped:
-                lines.append(f"{r.scenario:<18} skipped: {r.skipped}")
+                lines.append(f"{r.scenario:<{named}} skipped: {r.skipped}")
                 continue
             scenario = SCENARIOS.get(r.scenario)
             base_name = scenario.baseline if scenario else None
@@ -83,8 +85,8 @@ def table(rows: list[Row], inprocess: bool = False) -> str:
             if default is not None and default.block == "default" and default.events_per_s:
                 vs_default = r.events_per_s / default.events_per_s
             lines.append(
-                f"{r.scenario:<18} {r.events_per_s:>9,.0f} {_times(ratio):>6} "
-                f"{base_name or '-':<13} {verdict:<11} "
+                f"{r.scenario:<{named}} {r.events_per_s:>9,.0f} {_times(ratio):>6} "
+                f"{base_name or '-':<{based}} {verdict:<11} "
                 f"{_fmt(r.client_cpu_us_per_event, '.1f'):>14} "
                 f"{_fmt(r.server_cpu_us_per_event, '.1f'):>12} "
                 f"{_fmt(r.nats_cpu_us_per_event, '.1f'):>10} {_fmt(r.p50_ms, '.2f'):>7} "

@@ -6,6 +6,16 @@ the gateway's messages), `grpc-echo` (a grpc.aio server answering Publish withou
 `bench.natscli`). Gateway scenarios: `publish-unary`, `publish-batch-100/500`,
 `publish-stream`. A scenario's ratio is its events/s over its baseline's, next to a target.
 
+The cost of tracing: `publish-unary-traced` and `publish-batch-100-traced` put the same load
+on a second gateway process with tracing on (`servers.traced_env`: always sampled, OTLP/gRPC
+to a Jaeger the harness starts, `bench.jaeger`); their baselines are the untraced scenarios
+of the same run. The client sends no trace context: every call is a root trace, always
+sampled, the worst case for the gateway. Afterwards the harness checks through Jaeger's API
+that the spans arrived (sanity), and records spans received vs expected, spans the gateway
+dropped (its export queue full) and Jaeger's CPU in the row's `extra`. Measured in the first
+block only. Skipped (with a note) when the jaeger binary is missing or the gateway runs
+in-process.
+
 Consuming (`bench.consume`): `e2e-latency` (Publish -> handler start at 1,000 events/s),
 `consume-plain` (baseline: nats-py fetch-and-ack) and `consume` (one consumers.Worker).
 
@@ -18,8 +28,10 @@ Adding a scenario:
    `Measurer` `async (ctx, window) -> Row` instead, like `bench.natscli.measure`.
 2. Register `Scenario(name, description, timed(run_x, ...), needs=..., baseline=...,
    target=...)` in SCENARIOS (order = table order; baselines first). `needs` names the
-   processes the harness must start for it ("gateway", "echo"); the Context carries their
-   stubs and pids. Extra servers: start them in `bench.servers` / `bench.harness`.
+   processes the harness must start for it ("gateway", "echo", "traced-gateway"); the
+   Context carries their stubs and pids (a "traced-gateway" scenario gets a Context whose
+   `gateway` and `gateway_pid` are the traced gateway's, and sets `traced`). Extra
+   servers: start them in `bench.servers` / `bench.harness`.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import collections
 import functools
 import itertools
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -90,16 +103,28 @@ def run_unary(server: Server, concurrency: int = UNARY_CONCURRENCY) -> Runner:
     return run
 
 
-def run_batch(size: int, in_flight: int = BATCH_IN_FLIGHT) -> Runner:
-    """`PublishBatch` of `size` events, `in_flight` calls at a time."""
+def trace_context(sampled: float) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata of a client that traces every call and samples `sampled` of them: a
+    W3C `traceparent` whose sampled flag is set with that probability."""
+    flags = "01" if random.random() < sampled else "00"
+    trace_id, span_id = random.getrandbits(128) or 1, random.getrandbits(64) or 1
+    return (("traceparent", f"00-{trace_id:032x}-{span_id:016x}-{flags}"),)
+
+
+def run_batch(size: int, in_flight: int = BATCH_IN_FLIGHT, sampled: float | None = None) -> Runner:
+    """`PublishBatch` of `size` events, `in_flight` calls at a time; with `sampled`, each
+    call carries a client's trace context (`trace_context`)."""
 
     async def run(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
         async def worker() -> None:
             while not stop.is_set() and tally.failed < MAX_ERRORS:
                 request = ctx.events.batch(f"b{size}", size)
+                metadata = trace_context(sampled) if sampled is not None else None
                 started = time.perf_counter()
                 try:
-                    response = await ctx.gateway.PublishBatch(request, timeout=RPC_TIMEOUT)
+                    response = await ctx.gateway.PublishBatch(
+                        request, timeout=RPC_TIMEOUT, metadata=metadata
+                    )
                 except grpc.aio.AioRpcError as exc:
                     tally.error(rpc_error(exc), size)
                     continue
@@ -223,17 +248,47 @@ def timed(
 
 
 @dataclass(frozen=True)
+class Traced:
+    """What Jaeger must hold after a scenario against the traced gateway: traces of `method`
+    (the gRPC server span), each with `events_per_call` PRODUCER spans as children."""
+
+    method: str  # the server span's name, e.g. /jetgate.v1.EventGateway/Publish
+    events_per_call: int
+    sampled: float = 1.0  # the share of calls the client samples (the gateway follows it)
+
+    @property
+    def spans_per_event(self) -> float:
+        return 1 + 1 / self.events_per_call  # a server span per call + a producer per event
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
     measure: Measurer
-    needs: frozenset[str] = frozenset()  # processes besides nats-server: "gateway", "echo"
+    needs: frozenset[str] = frozenset()  # besides nats-server: gateway, echo, traced-gateway
     baseline: str | None = None  # ratio = events/s / this scenario's events/s
     target: float | None = None  # the ratio it should reach
     nats_bound: bool = True  # False: fsync cannot matter, measured in the first block only
+    traced: Traced | None = None  # runs against the traced gateway (needs "traced-gateway")
 
 
 GATEWAY = frozenset({"gateway"})
+TRACED_GATEWAY = frozenset({"traced-gateway"})
+TRACED = "traced: always sampled, OTLP/gRPC to Jaeger"
+METHOD = "/jetgate.v1.EventGateway/"
+
+
+def publish_batch(size: int) -> Scenario:
+    return Scenario(
+        f"publish-batch-{size}",
+        f"PublishBatch {size}/call, {BATCH_IN_FLIGHT} in flight",
+        timed(run_batch(size), server="gateway"),
+        needs=GATEWAY,
+        baseline="raw-pipelined",
+        target=0.9,
+    )
+
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -264,17 +319,37 @@ SCENARIOS: dict[str, Scenario] = {
             baseline="grpc-echo",
             target=0.75,
         ),
-        *(
-            Scenario(
-                f"publish-batch-{size}",
-                f"PublishBatch {size}/call, {BATCH_IN_FLIGHT} in flight",
-                timed(run_batch(size), server="gateway"),
-                needs=GATEWAY,
-                baseline="raw-pipelined",
-                target=0.9,
-            )
-            for size in (100, 500)
+        # No target: nothing says what tracing may cost; the ratio is the figure.
+        Scenario(
+            "publish-unary-traced",
+            f"Publish, {UNARY_CONCURRENCY} concurrent calls, {TRACED}",
+            timed(run_unary("gateway"), server="gateway"),
+            needs=TRACED_GATEWAY,
+            baseline="publish-unary",
+            nats_bound=False,
+            traced=Traced(METHOD + "Publish", 1),
         ),
+        publish_batch(100),
+        Scenario(
+            "publish-batch-100-traced",
+            f"PublishBatch 100/call, {BATCH_IN_FLIGHT} in flight, {TRACED}",
+            timed(run_batch(100), server="gateway"),
+            needs=TRACED_GATEWAY,
+            baseline="publish-batch-100",
+            nats_bound=False,
+            traced=Traced(METHOD + "PublishBatch", 100),
+        ),
+        Scenario(
+            "publish-batch-100-traced-1pct",
+            f"PublishBatch 100/call, {BATCH_IN_FLIGHT} in flight, tracing on, the client "
+            "samples 1 % of its calls (traceparent; the gateway follows its parent)",
+            timed(run_batch(100, sampled=0.01), server="gateway"),
+            needs=TRACED_GATEWAY,
+            baseline="publish-batch-100",
+            nats_bound=False,
+            traced=Traced(METHOD + "PublishBatch", 100, sampled=0.01),
+        ),
+        publish_batch(500),
         Scenario(
             "publish-stream",
             f"PublishStream 100/msg, {BATCH_IN_FLIGHT} in flight",
@@ -302,7 +377,11 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def with_baselines(names: list[str]) -> list[str]:
-    """`names` plus the baselines they are compared to, in registry order."""
-    wanted = set(names)
-    wanted |= {b for n in names if (b := SCENARIOS[n].baseline) is not None}
+    """`names` plus the baselines they are compared to (and theirs), in registry order."""
+    wanted: set[str] = set()
+    todo = list(names)
+    while todo:
+        if (name := todo.pop()) not in wanted:
+            wanted.add(name)
+            todo += [b] if (b := SCENARIOS[name].baseline) is not None else []
     return [name for name in SCENARIOS if name in wanted]

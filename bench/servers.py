@@ -1,7 +1,9 @@
 """The processes the benchmark starts besides nats-server (`gateway.embedded.NatsServer`).
 
 - the gateway: `jetgate serve` with the demo config (jetgate.toml, nats_url and listen
-  replaced), optionally under cProfile;
+  replaced), optionally under cProfile; tracing off (no `OTEL_*` variables reach it);
+- the traced gateway: the same, with tracing on (`traced_env`: every call sampled, spans
+  exported over OTLP/gRPC to the Jaeger of `bench.jaeger`, default BatchSpanProcessor);
 - the echo server: `python -m bench.echo` (a grpc.aio Publish that never touches NATS).
 
 Both listen on a free 127.0.0.1 port, log to the block's work directory, run in their own
@@ -62,9 +64,21 @@ def _start(name: str, argv: list[str], workdir: Path, address: str, env: dict[st
 
 
 def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETGATE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JETGATE_", "OTEL_"))}
     env["JETGATE_LOG_LEVEL"] = "WARNING"
     return env
+
+
+def traced_env(otlp_grpc_endpoint: str) -> dict[str, str]:
+    """Tracing on, OTLP over gRPC to `otlp_grpc_endpoint`, BatchSpanProcessor defaults (queue
+    2048, batches of 512, every 5 s; a full queue drops spans, logged as WARNING). The sampler
+    is the default, parent-based always-on: a call without trace context is a sampled root
+    (always sampled), a call with one follows the client's decision (`-traced-1pct`)."""
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_grpc_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+    }
 
 
 def gateway_command(nats_url: str, port: int, profile: Path | None) -> list[str]:
@@ -77,11 +91,19 @@ def gateway_command(nats_url: str, port: int, profile: Path | None) -> list[str]
     return [str(script), *args]
 
 
-def start_gateway(nats_url: str, workdir: Path, profile: Path | None = None) -> Process:
-    """`jetgate serve` against `nats_url` on a free loopback port."""
+def start_gateway(
+    nats_url: str,
+    workdir: Path,
+    profile: Path | None = None,
+    *,
+    name: str = "gateway",
+    env: dict[str, str] | None = None,
+) -> Process:
+    """`jetgate serve` against `nats_url` on a free loopback port, logging to `name`.log;
+    `env`: variables on top of the clean environment (e.g. `traced_env`)."""
     port = free_port()
     argv = gateway_command(nats_url, port, profile)
-    return _start("gateway", argv, workdir, f"127.0.0.1:{port}", _clean_env())
+    return _start(name, argv, workdir, f"127.0.0.1:{port}", {**_clean_env(), **(env or {})})
 
 
 def start_echo(workdir: Path) -> Process:

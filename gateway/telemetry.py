@@ -6,6 +6,10 @@ opentelemetry-instrumentation-grpc; here every event gets a PRODUCER span
 whose context goes into the event's NATS headers. The span ends with JetStream's answer:
 the stream sequence, or the failure as ERROR. A call without trace context starts a trace.
 
+A call the sampler did not sample gets no producer spans (they would not be recorded): its
+events carry the call's context with the sampled flag off, so consumers decide alike. This
+keeps head sampling cheap (`python -m bench --scenario publish-batch-100-traced-1pct`).
+
 Tracing off: no spans, but a trace context the client sent (gRPC metadata) is still copied
 into the events' headers, so consumers continue the client's trace.
 
@@ -20,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
@@ -88,7 +93,12 @@ class PublishTelemetry:
 
     def _start(self, events: Sequence[PreparedEvent], context: Context) -> list[trace.Span]:
         if self._tracer is None:
-            _pass_through(events, context)
+            _copy_context(events, _client_context(context))
+            return []
+        if not trace.get_current_span().is_recording():
+            # Not sampled: producer spans would not be recorded either; the events carry
+            # the call's (unsampled) context, so consumers follow the same decision.
+            _copy_context(events, None)
             return []
         server = self._server()
         spans = []
@@ -123,13 +133,17 @@ class PublishTelemetry:
         self._metrics.operation(elapsed, error_type=failed)
 
 
-def _pass_through(events: Sequence[PreparedEvent], context: Context) -> None:
-    """Copy the client's trace context (if any) into the events' headers, spans or not."""
+def _client_context(context: Context) -> otel_context.Context | None:
+    """The trace context the client sent in its gRPC metadata (None: none)."""
     metadata = context.invocation_metadata()
     if not metadata:
-        return
-    carrier = {k: v for k, v in metadata if isinstance(v, str)}
-    headers = propagation.trace_headers(propagation.extract(carrier))
+        return None
+    return propagation.extract({k: v for k, v in metadata if isinstance(v, str)})
+
+
+def _copy_context(events: Sequence[PreparedEvent], context: otel_context.Context | None) -> None:
+    """Put the trace headers of `context` (None: the current one) on every event."""
+    headers = propagation.trace_headers(context)
     if headers:
         for event in events:
             event.message.headers.update(headers)

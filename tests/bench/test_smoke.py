@@ -1,6 +1,8 @@
 """Smoke test of the benchmark harness (`python -m bench`): every scenario runs about a second
-in both durability blocks, and the memory check runs briefly. Numbers are never asserted:
-only that every scenario produced a row with a positive rate and the sanity check passed."""
+in both durability blocks (those fsync cannot affect, like the traced ones, in the first only),
+and the memory check runs briefly. Numbers are never asserted: only that every scenario
+produced a row with a positive rate and the sanity check passed (for the traced scenarios:
+spans reached Jaeger). Scenarios whose peer is not built (`make tools`) must say so."""
 
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from bench import natscli
+from bench import jaeger, natscli
 from bench.scenarios import SCENARIOS
 
 REPO = Path(__file__).resolve().parents[2]
-TIMEOUT = 120.0  # s; a run takes about 25 s on the 2-core machine
+TIMEOUT = 180.0  # s; a run takes 45-60 s on the 2-core machine (the traced ones wait ~5 s each)
 QUICK = ["--seconds", "1", "--warmup", "0.2"]
 
 
@@ -57,7 +59,10 @@ def test_every_scenario_in_both_blocks(tmp_path: Path) -> None:
     assert sorted(rows) == sorted(expected)
     for key in expected:
         row = rows[key]
-        if key[1] == "natscli-async" and natscli.find() is None:
+        traced = SCENARIOS[key[1]].traced is not None
+        if (key[1] == "natscli-async" and natscli.find() is None) or (
+            traced and jaeger.find() is None
+        ):
             assert row["skipped"], row
             continue
         assert not row["skipped"], row
@@ -66,6 +71,13 @@ def test_every_scenario_in_both_blocks(tmp_path: Path) -> None:
         if row["stream"] is not None:
             assert row["stream_messages"] == row["ok_total"] > 0, row
         assert key[1] in output
+        if traced:
+            extra = row["extra"]
+            assert extra["jaeger_check"] == "ok", row
+            if SCENARIOS[key[1]].traced.sampled == 1.0:  # type: ignore[union-attr]
+                assert 0 < extra["spans_received"] <= extra["spans_expected"], row
+            else:  # a sampled share of 1 s of calls: whole traces of 101 spans, or none
+                assert extra["spans_received"] % 101 == 0, row
     assert (tmp_path / "latest-process.json").is_file()
 
 

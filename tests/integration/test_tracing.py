@@ -18,6 +18,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from consumers import ConsumerGroup, Delivery, Reject, Worker, demo
@@ -400,3 +401,29 @@ async def test_a_refused_publish_ends_its_producer_span_with_the_error(
     (server,) = (s for s in spans.all() if s.kind is SpanKind.SERVER)
     code = grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert (server.attributes or {})["rpc.grpc.status_code"] == code
+
+
+async def test_an_unsampled_call_records_nothing_and_passes_the_decision_on(
+    traced_gateway: Gateway, nc: Client, spans: Spans
+) -> None:
+    # The client traces but samples nothing: its traceparent says "not sampled".
+    unsampled = TracerProvider(sampler=ALWAYS_OFF)
+    seen: list[tuple[str, object]] = []
+    async with (
+        workers(nc, (recording_group(seen), spans.provider("recorder"))),
+        client(traced_gateway.address, unsampled) as stub,
+    ):
+        await stub.PublishBatch(
+            gateway_pb2.PublishBatchRequest(entries=[request("o-u1"), request("o-u2")])
+        )
+        await spans.until(lambda: len(seen) == 2)
+
+    assert spans.all() == []  # gateway and worker follow the parent: nothing recorded
+    stored_headers = (
+        await nc.jetstream().get_last_msg("ORDERS", "orders.OrderPlaced.o-u2")
+    ).headers
+    assert stored_headers
+    version, trace_id, _, flags = stored_headers["traceparent"].split("-")
+    assert version == "00"
+    assert int(trace_id, 16) != 0
+    assert not int(flags, 16) & 0x01  # sampled flag off (0x02, "random trace id", may be on)

@@ -1,218 +1,30 @@
 """Jaeger v2 (all-in-one, in-memory) as a test peer, on free loopback ports only.
 
-`make tools` builds `.tools/bin/jaeger` (github.com/jaegertracing/jaeger/cmd/jaeger). Without
-`--config` it would open a dozen listeners on fixed ports (its own Prometheus metrics on
-8888, health check, zpages, expvar, remote sampling, the Jaeger and Zipkin receivers, query
-gRPC on all interfaces); the config below keeps only what the tests use, each pinned to
-127.0.0.1 on a free port: the OTLP receiver (gRPC and HTTP), the query service (HTTP API,
-and its gRPC API, which cannot be turned off) and memory storage. The collector's own
-metrics are off (`level: none`: no listener) and so is the query service's self-tracing
-(it would export to the default OTLP endpoint).
+The launcher (its config pins every listener to 127.0.0.1 on a free port) is
+`bench.jaeger`, shared with the benchmark's traced scenarios; here it runs the binary
+`make tools` built, and a start-up failure fails the test.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from bench.jaeger import Jaeger, JaegerError, run_jaeger
 from tests.interop.conftest import peer
 
-START_TIMEOUT = 30.0  # s, until the query API answers
-STOP_TIMEOUT = 10.0  # s, after SIGTERM before SIGKILL
-START_ATTEMPTS = 3  # a free port taken by someone else between probe and bind: try again
-HOST = "127.0.0.1"
-
-CONFIG = """\
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: info
-
-extensions:
-  jaeger_storage:
-    backends:
-      memstore:
-        memory:
-          max_traces: 10000
-  jaeger_query:
-    storage:
-      traces: memstore
-    enable_tracing: false
-    http:
-      endpoint: {host}:{query_http}
-    grpc:
-      endpoint: {host}:{query_grpc}
-
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: {host}:{otlp_grpc}
-      http:
-        endpoint: {host}:{otlp_http}
-
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-"""
-
-# Loopback only: never through an HTTP proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-@dataclass(frozen=True, slots=True)
-class Jaeger:
-    """A running Jaeger: where to send OTLP and where to query."""
-
-    otlp_grpc_endpoint: str  # http://127.0.0.1:P (OTEL_EXPORTER_OTLP_ENDPOINT, protocol grpc)
-    otlp_http_endpoint: str  # http://127.0.0.1:P (protocol http/protobuf; /v1/traces appended)
-    query_url: str  # http://127.0.0.1:P: /api/services, /api/traces, /api/v3/traces/ID
-    pid: int
-    log: Path
-
-    def api(self, path: str, **params: str | int) -> Any:
-        """GET `path` of the query service with `params`; the decoded JSON body."""
-        return get_json(self.query_url + path, params)
-
-    def services(self) -> list[str]:
-        return list(self.api("/api/services").get("data") or [])
-
-    def traces(self, service: str, *, limit: int = 20) -> list[dict[str, Any]]:
-        """Recent traces containing a span of `service` (Jaeger's v1 JSON, `data`)."""
-        return list(self.api("/api/traces", service=service, limit=limit).get("data") or [])
-
-    def otlp_trace(self, trace_id: str) -> dict[str, Any]:
-        """Trace `trace_id` in OTLP JSON (the v3 API): parent span ids and links as sent."""
-        return dict(self.api(f"/api/v3/traces/{trace_id}")["result"])
-
-
-def get_json(url: str, params: dict[str, str | int] | None = None, timeout: float = 5.0) -> Any:
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    with _OPENER.open(url, timeout=timeout) as reply:
-        return json.load(reply)
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports that were free on 127.0.0.1 a moment ago."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind((HOST, 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
-@contextlib.contextmanager
-def run_jaeger(workdir: Path) -> Iterator[Jaeger]:
-    """Start Jaeger with its config and log in `workdir`; stop it (by pid) on exit."""
-    binary = peer("jaeger")
-    workdir.mkdir(parents=True, exist_ok=True)
-    failures: list[str] = []
-    for attempt in range(1, START_ATTEMPTS + 1):
-        otlp_grpc, otlp_http, query_http, query_grpc = free_ports(4)
-        config = workdir / f"jaeger-{attempt}.yaml"
-        config.write_text(
-            CONFIG.format(
-                host=HOST,
-                otlp_grpc=otlp_grpc,
-                otlp_http=otlp_http,
-                query_http=query_http,
-                query_grpc=query_grpc,
-            )
-        )
-        log = workdir / f"jaeger-{attempt}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [str(binary), "--config", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-            )
-        try:
-            jaeger = Jaeger(
-                otlp_grpc_endpoint=f"http://{HOST}:{otlp_grpc}",
-                otlp_http_endpoint=f"http://{HOST}:{otlp_http}",
-                query_url=f"http://{HOST}:{query_http}",
-                pid=proc.pid,
-                log=log,
-            )
-            if _wait_ready(proc, jaeger):
-                yield jaeger
-                return
-            failures.append(f"attempt {attempt}:\n{_tail(log)}")
-        finally:
-            _stop(proc)
-    pytest.fail("jaeger did not start:\n" + "\n".join(failures), pytrace=False)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], jaeger: Jaeger) -> bool:
-    """Whether, within START_TIMEOUT, the query API answers and both OTLP ports accept
-    (the collector starts its receivers after its extensions)."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        if _otlp_listening(jaeger):
-            try:
-                jaeger.api("/api/services")
-            except (OSError, ValueError):  # refused, reset, timeout, not JSON yet
-                pass
-            else:
-                return True
-        time.sleep(0.1)
-    return False
-
-
-def _otlp_listening(jaeger: Jaeger) -> bool:
-    for endpoint in (jaeger.otlp_grpc_endpoint, jaeger.otlp_http_endpoint):
-        port = urllib.parse.urlsplit(endpoint).port
-        assert port is not None, endpoint
-        with socket.socket() as probe:
-            probe.settimeout(2.0)
-            if probe.connect_ex((HOST, port)) != 0:
-                return False
-    return True
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
-
-
-def _tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
+__all__ = ["Jaeger", "jaeger_fixture"]
 
 
 @pytest.fixture(name="jaeger")
 def jaeger_fixture(tmp_path: Path) -> Iterator[Jaeger]:
     """A fresh Jaeger (in-memory) on free loopback ports; stopped after the test."""
-    with run_jaeger(tmp_path / "jaeger") as running:
-        yield running
+    with contextlib.ExitStack() as stack:
+        try:
+            jaeger = stack.enter_context(run_jaeger(tmp_path / "jaeger", peer("jaeger")))
+        except JaegerError as exc:
+            pytest.fail(f"jaeger did not start: {exc}", pytrace=False)
+        yield jaeger
