@@ -1,9 +1,12 @@
 """The processes the benchmark starts besides nats-server (`gateway.embedded.NatsServer`).
 
 - the gateway: `jetgate serve` with the demo config (jetgate.toml, nats_url and listen
-  replaced), optionally under cProfile; tracing off (no `OTEL_*` variables reach it);
-- the traced gateway: the same, with tracing on (`traced_env`: every call sampled, spans
-  exported over OTLP/gRPC to the Jaeger of `bench.jaeger`, default BatchSpanProcessor);
+  replaced), optionally under cProfile; tracing off (no `OTEL_*` variables reach it),
+  metrics on as by default (a /metrics endpoint on a free port, never scraped: the cost
+  is recording them);
+- the traced gateway: the same, with tracing on (`traced_env`: parent-based always-on, so
+  every call without trace context is sampled; spans exported over OTLP/gRPC to the Jaeger
+  of `bench.jaeger`, default BatchSpanProcessor);
 - the echo server: `python -m bench.echo` (a grpc.aio Publish that never touches NATS).
 
 Both listen on a free 127.0.0.1 port, log to the block's work directory, run in their own
@@ -84,7 +87,7 @@ def traced_env(otlp_grpc_endpoint: str) -> dict[str, str]:
 def gateway_command(nats_url: str, port: int, profile: Path | None) -> list[str]:
     script = Path(sys.executable).with_name("jetgate")
     args = ["serve", "--config", str(CONFIG_PATH), "--listen", f"127.0.0.1:{port}"]
-    args += ["--metrics-listen", ""]
+    args += ["--metrics-listen", "127.0.0.1:0"]
     args += ["--nats-url", nats_url]
     if profile is not None:
         return [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), *args]
