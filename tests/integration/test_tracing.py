@@ -211,32 +211,22 @@ async def test_one_publish_is_one_trace_through_the_demo_pipeline(
     servers = [s for s in everything if s.kind is SpanKind.SERVER]
     assert [s.name for s in servers] == [PUBLISH] * 3
     assert all(service(s) == "jetgate-gateway" for s in servers)
-    first_server = next(s for s in servers if parent_of(s) == span_id(client_span))
-
-    publish_placed = spans.one(f"publish {placed}")
-    assert_publish(publish_placed, placed, first_server)
-    process_placed = spans.one(f"process {placed}")
-    assert_process(process_placed, "billing", publish_placed, attempt=1)
-
-    # billing's follow-up: a client span inside its process span, then the gateway again.
-    billing_call = next(
-        s
-        for s in HANDLER_SPANS.get_finished_spans()
-        if s.kind is SpanKind.CLIENT and parent_of(s) == span_id(process_placed)
-    )
-    second_server = next(s for s in servers if parent_of(s) == span_id(billing_call))
-    publish_paid = spans.one(f"publish {paid}")
-    assert_publish(publish_paid, paid, second_server)
-    process_paid = spans.one(f"process {paid}")
-    assert_process(process_paid, "shipping", publish_paid, attempt=1)
-
-    shipping_call = next(
-        s
-        for s in HANDLER_SPANS.get_finished_spans()
-        if s.kind is SpanKind.CLIENT and parent_of(s) == span_id(process_paid)
-    )
-    third_server = next(s for s in servers if parent_of(s) == span_id(shipping_call))
-    assert_publish(spans.one(f"publish {shipped}"), shipped, third_server)
+    # Each hop: a call (the client's, then each handler's follow-up Publish) -> the gateway's
+    # server span -> its producer span -> the group's process span, which makes the next call.
+    caller = client_span
+    for subject, group in ((placed, "billing"), (paid, "shipping")):
+        server = next(s for s in servers if parent_of(s) == span_id(caller))
+        producer = spans.one(f"publish {subject}")
+        assert_publish(producer, subject, server)
+        process = spans.one(f"process {subject}")
+        assert_process(process, group, producer, attempt=1)
+        caller = next(
+            s
+            for s in HANDLER_SPANS.get_finished_spans()
+            if s.kind is SpanKind.CLIENT and parent_of(s) == span_id(process)
+        )
+    last_server = next(s for s in servers if parent_of(s) == span_id(caller))
+    assert_publish(spans.one(f"publish {shipped}"), shipped, last_server)
     assert all(s.status.status_code is not StatusCode.ERROR for s in everything)
 
 

@@ -8,51 +8,18 @@ import os
 import re
 import signal
 import socket
-import sys
 import urllib.request
 from pathlib import Path
 
 import grpc
 import nats
-import pytest
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import gateway_pb2_grpc
 from tests.integration.conftest import REPO, request
-
-BANNER_END = "jetgate dlq list --group billing"
-WAIT = 30.0  # s, longest wait for any one step
-
-
-def _jetgate() -> str:
-    return str(Path(sys.executable).parent / "jetgate")
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, whose parent has not reaped it, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-async def _banner(out: asyncio.StreamReader) -> str:
-    lines: list[str] = []
-    async with asyncio.timeout(WAIT):
-        while not lines or BANNER_END not in lines[-1]:
-            line = await out.readline()
-            if not line:
-                pytest.fail("jetgate up ended before its banner:\n" + "".join(lines))
-            lines.append(line.decode())
-    return "".join(lines)
-
-
-async def _rest(out: asyncio.StreamReader) -> str:
-    # Read from the start, so that the workers' logs never fill the pipe.
-    return (await out.read()).decode()
+from tests.integration.jetgate_up import WAIT, alive, jetgate, read_banner, read_rest
 
 
 async def _last(nc: Client, subject: str) -> tuple[int, bytes] | None:
@@ -83,7 +50,7 @@ async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith("JETGATE_")}
     env["PYTHONWARNINGS"] = "error"  # in the gateway and the workers it starts
     proc = await asyncio.create_subprocess_exec(
-        _jetgate(),
+        jetgate(),
         "up",
         "--config",
         str(REPO / "jetgate.toml"),
@@ -103,8 +70,8 @@ async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path
     assert proc.stdout is not None
     rest: asyncio.Task[str] | None = None
     try:
-        banner = await _banner(proc.stdout)
-        rest = asyncio.create_task(_rest(proc.stdout))
+        banner = await read_banner(proc.stdout)
+        rest = asyncio.create_task(read_rest(proc.stdout))
         address = re.search(r"listening on (127\.0\.0\.1:\d+)", banner)
         nats_url = re.search(r"NATS: (nats://127\.0\.0\.1:(\d+)) \(embedded, pid (\d+)", banner)
         workers = dict(re.findall(r"(consumers\.demo:\w+)  pid (\d+)", banner))
@@ -150,7 +117,7 @@ async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path
         for group in ("billing", "shipping"):  # each worker serves its own /metrics
             assert re.search(rf"group {group}: Prometheus metrics at http://127\.0\.0\.1:\d+", log)
         for pid in [int(nats_url.group(3)), *map(int, workers.values())]:
-            assert not _alive(pid), pid
+            assert not alive(pid), pid
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", int(nats_url.group(2)))) != 0
     finally:

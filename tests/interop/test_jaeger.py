@@ -16,7 +16,6 @@ import ipaddress
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,12 +36,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from jetgate.v1 import gateway_pb2_grpc
 from tests.integration.conftest import REPO, request
+from tests.integration.jetgate_up import WAIT, alive, jetgate, read_banner, read_rest
 from tests.interop.jaeger import Jaeger, jaeger_fixture  # noqa: F401
 
 pytestmark = pytest.mark.interop
 
-BANNER_END = "jetgate dlq list --group billing"
-WAIT = 30.0  # s, longest wait for any one step
 PUBLISH = "/jetgate.v1.EventGateway/Publish"
 GATEWAY = "jetgate-gateway"
 CLIENT = "interop-client"
@@ -121,7 +119,7 @@ async def test_one_event_is_one_trace_across_gateway_and_workers(
         OTEL_BSP_SCHEDULE_DELAY="200",
     )
     proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "jetgate"),
+        jetgate(),
         "up",
         "--config",
         str(REPO / "jetgate.toml"),
@@ -150,8 +148,8 @@ async def test_one_event_is_one_trace_across_gateway_and_workers(
     )
     banner = ""
     try:
-        banner = await _banner(proc.stdout)
-        rest = asyncio.create_task(_read_all(proc.stdout))
+        banner = await read_banner(proc.stdout)
+        rest = asyncio.create_task(read_rest(proc.stdout))
         address = re.search(r"listening on (127\.0\.0\.1:\d+)", banner)
         nats_url = re.search(r"NATS: (nats://127\.0\.0\.1:\d+) \(embedded, pid (\d+)", banner)
         workers = re.findall(r"consumers\.demo:\w+  pid (\d+)", banner)
@@ -201,7 +199,7 @@ async def test_one_event_is_one_trace_across_gateway_and_workers(
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), WAIT) == 0
         for pid in [int(nats_url.group(2)), *map(int, workers)]:
-            assert not _alive(pid), pid
+            assert not alive(pid), pid
     finally:
         client.shutdown()
         if proc.returncode is None:
@@ -375,29 +373,6 @@ def _address(hex_address: str) -> str:
         return ".".join(str(b) for b in reversed(raw))
     words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]  # IPv6: four host-order words
     return str(ipaddress.IPv6Address(b"".join(words)))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-async def _banner(out: asyncio.StreamReader) -> str:
-    lines: list[str] = []
-    async with asyncio.timeout(WAIT):
-        while not lines or BANNER_END not in lines[-1]:
-            line = await out.readline()
-            if not line:
-                pytest.fail("jetgate up ended before its banner:\n" + "".join(lines))
-            lines.append(line.decode())
-    return "".join(lines)
-
-
-async def _read_all(out: asyncio.StreamReader) -> str:
-    return (await out.read()).decode()
 
 
 async def _wait_stored(nats_url: str, subject: str) -> None:
