@@ -35,7 +35,7 @@ tools:
 test: venv tools lint
 	$(BIN)/python -m pytest -q
 
-# Publish, consume and end-to-end figures next to their baselines, on its own servers (about 3 min).
+# Publish, consume, end-to-end and tracing-cost figures next to their baselines, on its own servers (about 4 min).
 bench: venv
 	$(BIN)/python -m bench
 
