@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
 from consumers import ConsumerGroup, Delivery, Reject, Worker, demo
 from gateway.config import GatewayConfig
@@ -28,6 +28,7 @@ from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from observability import semconv as sc
+from observability.logs import TraceContextFilter
 from tests.consumers.conftest import until
 from tests.integration.conftest import request
 
@@ -247,8 +248,9 @@ def flaky_group(failures: dict[str, int]) -> ConsumerGroup:
 
 
 async def test_a_redelivery_is_a_second_process_span_in_the_same_trace(
-    traced_gateway: Gateway, nc: Client, spans: Spans
+    traced_gateway: Gateway, nc: Client, spans: Spans, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.handler.addFilter(TraceContextFilter())  # what configure_logging's handler has
     subject = "orders.OrderPlaced.o-retry"
     async with (
         workers(nc, (flaky_group({"o-retry": 1}), spans.provider("flaky"))),
@@ -271,6 +273,10 @@ async def test_a_redelivery_is_a_second_process_span_in_the_same_trace(
     assert (first.attributes or {})[sc.OUTCOME] == "retry"
     assert second.status.status_code is StatusCode.UNSET
     assert (second.attributes or {})[sc.OUTCOME] == "ack"
+    # The worker's log line about the failure names the trace and the failed attempt's span.
+    (failed,) = (r for r in caplog.records if "attempt 1 failed" in r.getMessage())
+    assert failed.trace_id == format_trace_id(first.context.trace_id)
+    assert failed.span_id == format_span_id(first.context.span_id)
 
 
 async def test_dead_lettering_is_a_span_event(
