@@ -219,7 +219,7 @@ def _announce(
         lines.append(f"Prometheus metrics: {telemetry.metrics_server.url}")
     tracing = "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send traces)"
     if telemetry.tracer_provider is not None:
-        tracing = "on (OTLP, see OTEL_EXPORTER_OTLP_* variables)"
+        tracing = "on (where the OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_* variables say)"
     lines.append(f"Tracing: {tracing}")
     routed = sorted(n for n in gateway.registry.names() if gateway.router.route(n) is not None)
     if routed:
