@@ -10,7 +10,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from observability import configure_logging
-from observability.logs import LOG_FORMAT, TraceContextFilter
+from observability.logs import LOG_FORMAT, RepeatFilter, TraceContextFilter
 
 
 @pytest.fixture
@@ -97,3 +97,56 @@ def test_configure_logging_installs_a_filtered_stderr_handler(provider: TracerPr
     with provider.get_tracer("test").start_as_current_span("work") as span:
         assert handler.filter(record)
     assert f"trace_id={span.get_span_context().trace_id:032x}" in handler.format(record)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _sdk_record(message: str = "Queue full, dropping %s.") -> logging.LogRecord:
+    name = "opentelemetry.sdk._shared_internal"
+    return logging.LogRecord(name, logging.WARNING, __file__, 1, message, ("span",), None)
+
+
+def test_repeat_filter_passes_an_opentelemetry_message_once_per_interval() -> None:
+    clock = Clock()
+    repeats = RepeatFilter(interval=10.0, clock=clock)
+    assert repeats.filter(_sdk_record())
+    assert not any(repeats.filter(_sdk_record()) for _ in range(500))
+    assert repeats.filter(_sdk_record("Exception while exporting %s."))  # another message
+    clock.now += 10.0
+    record = _sdk_record()
+    assert repeats.filter(record)
+    assert record.getMessage() == "Queue full, dropping span. (500 more like this in 10s)"
+    clock.now += 10.0
+    quiet = _sdk_record()
+    assert repeats.filter(quiet)
+    assert quiet.getMessage() == "Queue full, dropping span."
+
+
+def test_repeat_filter_leaves_other_loggers_alone() -> None:
+    repeats = RepeatFilter(clock=Clock())
+    assert all(repeats.filter(_record()) for _ in range(10))
+
+
+def test_configure_logging_holds_back_a_storm_of_sdk_warnings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers = []
+    try:
+        configure_logging("info")
+        sdk = logging.getLogger("opentelemetry.sdk._shared_internal")
+        for _ in range(1000):
+            sdk.warning("Queue full, dropping %s.", "span")
+    finally:
+        for added in root.handlers:
+            added.close()
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
+    assert capsys.readouterr().err.count("Queue full, dropping span.") == 1
