@@ -14,6 +14,10 @@ channel) joins the event's trace. `--metrics-listen HOST:PORT` serves Prometheus
 the default, 127.0.0.1:9465, moves on to the next free port when taken (several workers on
 one host); '' turns it off.
 
+Readiness: when `JETGATE_READY_FD` names an inherited file descriptor (a pipe), `consume`
+writes `ready` to it once the worker pulls events, and closes it (`jetgate up` waits for
+that before it prints its banner).
+
 The NATS URL defaults to `JETGATE_NATS_URL`, then `nats://127.0.0.1:4222`. Exit codes: 0
 after a clean stop, 2 for a bad MODULE:GROUP or group settings JetStream refuses, 1 when
 NATS is unreachable at start.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -41,6 +46,7 @@ import observability
 from consumers import deadletter
 from consumers.group import ConsumerGroup, GroupConfigError
 from consumers.worker import Worker
+from jetgate import processes
 
 log = logging.getLogger("jetgate.consumers")
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -179,12 +185,31 @@ async def _consume(group: ConsumerGroup, url: str, telemetry: observability.Tele
             tracer_provider=telemetry.tracer_provider,
             meter_provider=telemetry.meter_provider,
         )
-        stats = await worker.run(stop)
+        announce = asyncio.create_task(_announce_ready(worker))
+        try:
+            stats = await worker.run(stop)
+        finally:
+            announce.cancel()
     except GroupConfigError as exc:
         _fail(2, str(exc))
     finally:
         await nc.close()
     log.info("group %s: stopped; %s", group.name, stats)
+
+
+async def _announce_ready(worker: Worker) -> None:
+    """Tell the parent (`JETGATE_READY_FD`) when `worker` is ready; nothing without one."""
+    fd = os.environ.get(processes.READY_FD, "")
+    if not fd.isdigit():
+        return
+    try:
+        await worker.ready.wait()
+        os.write(int(fd), processes.READY)
+    except OSError as exc:  # the parent is gone or closed its end: it no longer waits
+        log.debug("readiness not reported: %r", exc)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(int(fd))
 
 
 async def _dead_letters(action: str, group: str, url: str, *, as_json: bool) -> None:

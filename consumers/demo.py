@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from consumers import ConsumerGroup, Delivery
+from jetgate import processes
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -52,7 +53,7 @@ _stubs: dict[str, gateway_pb2_grpc.EventGatewayAsyncStub] = {}
 
 def _gateway() -> gateway_pb2_grpc.EventGatewayAsyncStub:
     """One channel per process, made on first use (inside the worker's event loop)."""
-    address = os.environ.get("JETGATE_GATEWAY", "127.0.0.1:50051")
+    address = os.environ.get(processes.GATEWAY_ADDRESS, "127.0.0.1:50051")
     if address not in _stubs:
         interceptors = aio_client_interceptors()  # type: ignore[no-untyped-call]
         channel = grpc.aio.insecure_channel(address, interceptors=interceptors)

@@ -80,7 +80,11 @@ class _Running:
 
 
 class Worker:
-    """Runs `group`'s handlers in this process over connection `nc` (owned by the caller)."""
+    """Runs `group`'s handlers in this process over connection `nc` (owned by the caller).
+
+    `ready` is set once the consumer is set up and the first pull request is out: from then
+    on the group's events flow to this worker.
+    """
 
     def __init__(
         self,
@@ -128,6 +132,7 @@ class Worker:
         self._metrics_interval = metrics_interval
         self._pending_read: asyncio.Task[None] | None = None
         self._pending_read_at = 0.0
+        self.ready = asyncio.Event()
 
     @property
     def stats(self) -> WorkerStats:
@@ -293,6 +298,7 @@ class Worker:
             log.warning("group %s: pull request failed: %r", self.group.name, exc)
             return
         self._pulls[token] = _Pull(free, time.monotonic() + self._expires + 1.0)
+        self.ready.set()
 
     async def _keep_alive(self) -> None:
         now = time.monotonic()

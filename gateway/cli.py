@@ -42,7 +42,7 @@ import observability
 from gateway.config import GATEWAY_SETTINGS, ConfigError, GatewayConfig, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
-from gateway.workers import WorkerProcesses
+from gateway.workers import READY_TIMEOUT, WorkerProcesses
 from jetgate import wire
 
 log = logging.getLogger("jetgate")
@@ -160,6 +160,7 @@ async def _run(
             )
             try:
                 workers.start()
+                await workers.wait_ready(READY_TIMEOUT)
                 _announce(gateway, embedded, workers, telemetry)
                 await stop.wait()
             finally:

@@ -12,7 +12,9 @@ production too. Each worker:
 - runs in its own session, so a Ctrl-C reaches only `jetgate up`, which stops the workers
   first (SIGTERM: they finish and acknowledge their in-flight events, whose follow-ups
   still need the gateway), then the gateway, then the embedded nats-server;
-- gets SIGTERM when `jetgate up` dies, even by kill -9 (`die_with_parent`).
+- gets SIGTERM when `jetgate up` dies, even by kill -9 (`die_with_parent`);
+- reports `ready` on a pipe (`JETGATE_READY_FD`) once it pulls events: `wait_ready()` lets
+  `jetgate up` print its banner when the pipeline really runs, not before.
 
 A worker that exits on its own is logged, not restarted: the group's other workers take
 its events, or they wait in the stream for the next worker.
@@ -23,14 +25,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.embedded import die_with_parent
+from jetgate import processes
 
 log = logging.getLogger("jetgate.workers")
+READY_TIMEOUT = 15.0  # s `jetgate up` waits for its workers before the banner
 
 
 @dataclass(slots=True)
@@ -38,6 +43,7 @@ class _Worker:
     target: str
     proc: subprocess.Popen[bytes]
     watch: asyncio.Task[None]
+    ready_fd: int  # the read end of the worker's readiness pipe
 
 
 class WorkerProcesses:
@@ -81,19 +87,40 @@ class WorkerProcesses:
         spawning thread.
         """
         env = {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"}
-        env["JETGATE_GATEWAY"] = self.gateway_address
+        env[processes.GATEWAY_ADDRESS] = self.gateway_address
         for index, target in enumerate(self.targets):
-            # subprocess, not the event loop's: uvloop forks, which gRPC's fork handlers log
-            # about once its threads run; subprocess spawns with vfork.
-            proc = subprocess.Popen(
-                [*die_with_parent(), *self.command(target, index)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            ready_fd, report_fd = os.pipe()
+            try:
+                # subprocess, not the event loop's: uvloop forks, which gRPC's fork handlers
+                # log about once its threads run; subprocess spawns with vfork.
+                proc = subprocess.Popen(
+                    [*die_with_parent(), *self.command(target, index)],
+                    env={**env, processes.READY_FD: str(report_fd)},
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    pass_fds=(report_fd,),
+                )
+            except BaseException:
+                os.close(ready_fd)
+                raise
+            finally:
+                os.close(report_fd)  # the worker holds it now
             log.info("worker %s started (pid %d)", target, proc.pid)
             watch = asyncio.create_task(self._watch(target, proc))
-            self._workers.append(_Worker(target, proc, watch))
+            self._workers.append(_Worker(target, proc, watch, ready_fd))
+
+    async def wait_ready(self, within: float) -> list[str]:
+        """Wait up to `within` s for every worker to report ready; the targets that did not
+        (exited, or still starting: logged, they may yet come up)."""
+        waiting = [asyncio.to_thread(_read_ready, w.ready_fd, within) for w in self._workers]
+        late = [
+            w.target
+            for w, ready in zip(self._workers, await asyncio.gather(*waiting), strict=True)
+            if not ready
+        ]
+        for target in late:
+            log.warning("worker %s did not report ready within %gs", target, within)
+        return late
 
     async def stop(self, grace: float) -> None:
         """SIGTERM every worker and wait up to `grace` s for them to drain; SIGKILL the rest.
@@ -126,6 +153,15 @@ class WorkerProcesses:
                 "worker %s (pid %d) exited unexpectedly with code %d; not restarted",
                 *(target, proc.pid, code),
             )
+
+
+def _read_ready(fd: int, timeout: float) -> bool:
+    """Whether `ready` arrives on pipe `fd` within `timeout` s; closes `fd` either way."""
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        return bool(readable) and os.read(fd, 64) == processes.READY
+    finally:
+        os.close(fd)
 
 
 def client_address(listen_address: str) -> str:

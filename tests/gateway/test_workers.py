@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import pytest
+from nats.aio.client import Client
 
 from gateway.workers import WorkerProcesses, client_address
 
@@ -59,3 +60,36 @@ async def test_a_worker_that_exits_on_its_own_is_logged(caplog: pytest.LogCaptur
             await workers.stop(grace=10)
     [(_, pid)] = workers.pids
     assert f"worker no_such_module:group (pid {pid}) exited unexpectedly with code 2" in caplog.text
+
+
+async def test_wait_ready_names_the_workers_that_never_pulled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A worker that cannot even load its group exits at once: its pipe ends without "ready".
+    workers = WorkerProcesses(
+        ["no_such_module:group"], nats_url="nats://127.0.0.1:1", gateway_address="127.0.0.1:1"
+    )
+    workers.start()
+    try:
+        assert await workers.wait_ready(30) == ["no_such_module:group"]
+    finally:
+        await workers.stop(grace=10)
+    assert "worker no_such_module:group did not report ready within 30s" in caplog.text
+
+
+async def test_wait_ready_returns_once_each_worker_pulls(nats_url: str, nc: Client) -> None:
+    await nc.jetstream().add_stream(name="ORDERS", subjects=["orders.>"])
+    workers = WorkerProcesses(
+        ["consumers.demo:billing", "consumers.demo:shipping"],
+        nats_url=nats_url,
+        gateway_address="127.0.0.1:1",
+    )
+    workers.start()
+    try:
+        assert await workers.wait_ready(30) == []
+        # Ready means pulling: each group's consumer has a pull request waiting.
+        for group in ("billing", "shipping"):
+            info = await nc.jetstream().consumer_info("ORDERS", group)
+            assert info.num_waiting >= 1, info
+    finally:
+        await workers.stop(grace=10)

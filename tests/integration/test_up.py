@@ -84,6 +84,9 @@ async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path
         metrics = re.search(r"Prometheus metrics: (http://127\.0\.0\.1:\d+/metrics)", banner)
         assert metrics, banner
         assert "Tracing: off" in banner  # no OTEL_EXPORTER_OTLP_ENDPOINT here
+        # The banner waits for the workers: both pull events before it is printed.
+        assert "group billing: consumer ready" in banner
+        assert "group shipping: consumer ready" in banner
         assert "stream get ORDERS --last-for orders.OrderShipped.o-42" in banner
 
         async with grpc.aio.insecure_channel(address.group(1)) as channel:
@@ -115,7 +118,9 @@ async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path
         for target, pid in workers.items():
             assert log.index(f"worker {target} (pid {pid}) stopped with code 0") < gateway_stops
         for group in ("billing", "shipping"):  # each worker serves its own /metrics
-            assert re.search(rf"group {group}: Prometheus metrics at http://127\.0\.0\.1:\d+", log)
+            assert re.search(
+                rf"group {group}: Prometheus metrics at http://127\.0\.0\.1:\d+", banner
+            )
         for pid in [int(nats_url.group(3)), *map(int, workers.values())]:
             assert not alive(pid), pid
         with socket.socket() as probe:
