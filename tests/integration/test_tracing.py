@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
-from consumers import ConsumerGroup, Delivery, Reject, Worker, demo
+from consumers import ConsumerGroup, Delivery, Reject, Worker, deadletter, demo
 from gateway.config import GatewayConfig
 from gateway.server import Gateway
 from jetgate import wire
@@ -303,8 +303,8 @@ async def test_dead_lettering_is_a_span_event(
     assert parent_of(spans.one(f"publish {subject}")) == span_id(server)
 
 
-def recording_group(seen: list[tuple[str, object]]) -> ConsumerGroup:
-    group = ConsumerGroup("recorder", stream="ORDERS", filter_subjects=["orders.OrderPlaced.>"])
+def recording_group(seen: list[tuple[str, object]], name: str = "recorder") -> ConsumerGroup:
+    group = ConsumerGroup(name, stream="ORDERS", filter_subjects=["orders.OrderPlaced.>"])
 
     @group.handler(orders_pb2.OrderPlaced)
     async def handle(event: orders_pb2.OrderPlaced, delivery: Delivery) -> None:
@@ -423,3 +423,27 @@ async def test_an_unsampled_call_records_nothing_and_passes_the_decision_on(
     assert version == "00"
     assert int(trace_id, 16) != 0
     assert not int(flags, 16) & 0x01  # sampled flag off (0x02, "random trace id", may be on)
+
+
+async def test_a_redriven_dead_letter_continues_the_events_trace(
+    traced_gateway: Gateway, nc: Client, spans: Spans
+) -> None:
+    subject = "orders.OrderPlaced.o-reject"
+    async with client(traced_gateway.address, None) as stub:
+        async with workers(nc, (flaky_group({}), spans.provider("flaky"))):
+            await stub.Publish(request("o-reject"))
+            await spans.until(lambda: len(spans.named(f"process {subject}")) == 1)
+        # The dead letter keeps the event's headers, trace context included; once the handler
+        # is fixed (here: a group of the same name that accepts it), redrive hands it back.
+        (redriven,) = await deadletter.redrive(nc.jetstream(), "flaky")
+        assert redriven.origin_subject == subject
+        seen: list[tuple[str, object]] = []
+        fixed = recording_group(seen, name="flaky")
+        async with workers(nc, (fixed, spans.provider("flaky"))):
+            await spans.until(lambda: len(seen) == 1)
+
+    producer = spans.one(f"publish {subject}")
+    first, second = sorted(spans.named(f"process {subject}"), key=lambda s: s.start_time or 0)
+    assert (first.attributes or {})[sc.OUTCOME] == "dead_letter"
+    assert (second.attributes or {})[sc.OUTCOME] == "ack"
+    assert parent_of(first) == parent_of(second) == span_id(producer)
