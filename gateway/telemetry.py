@@ -20,6 +20,7 @@ each publish call.
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -34,6 +35,7 @@ from jetgate import wire
 from observability import messaging, propagation
 from observability.metrics import PublishMetrics
 
+log = logging.getLogger("jetgate.gateway")
 Context = grpc.aio.ServicerContext[object, object]
 Send = Callable[[], Awaitable[Sequence[Outcome] | PublishFailure]]
 # Health checks and reflection would drown the traces of events.
@@ -104,18 +106,17 @@ class PublishTelemetry:
         spans = []
         for event in events:
             message = event.message
-            headers = message.headers
             span = messaging.start_publish(
                 self._tracer,
                 subject=message.subject,
                 stream=event.stream,
                 message_id=event.event_id,
                 body_size=len(message.payload),
-                event_type=headers.get(wire.CE_TYPE, ""),
-                key=headers.get(wire.CE_SUBJECT, ""),
+                event_type=message.headers.get(wire.CE_TYPE, ""),
+                key=message.headers.get(wire.CE_SUBJECT, ""),
                 server=server,
             )
-            messaging.inject_span(span, headers)
+            _add_trace_headers(event, messaging.span_headers(span))
             spans.append(span)
         return spans
 
@@ -146,4 +147,20 @@ def _copy_context(events: Sequence[PreparedEvent], context: otel_context.Context
     headers = propagation.trace_headers(context)
     if headers:
         for event in events:
-            event.message.headers.update(headers)
+            _add_trace_headers(event, headers)
+
+
+def _add_trace_headers(event: PreparedEvent, headers: dict[str, str]) -> None:
+    """Add `headers` to `event` when they fit under its size limit; else it goes untraced.
+
+    Validation checked the event's size without them; a message over nats-server's
+    max_payload would make the server close the connection, and tracing must never be
+    why a publish fails. (A client's large tracestate or baggage is what could exceed it.)
+    """
+    if wire.encoded_headers_size(headers) - wire.EMPTY_HEADERS_SIZE <= event.room:
+        event.message.headers.update(headers)
+    else:
+        log.warning(
+            "event %s: trace headers left out (%d bytes left under the size limit)",
+            *(event.event_id, event.room),
+        )

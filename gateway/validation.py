@@ -34,6 +34,8 @@ class PreparedEvent:
     message: OutboundMessage
     # The precondition it carries, as a conflict skeleton (None: no precondition).
     conflict: event_pb2.SequenceConflict | None
+    # Bytes left under the message size limit: room for trace headers (gateway.telemetry).
+    room: int = 0
 
 
 class Validator:
@@ -158,6 +160,7 @@ class Validator:
             stream=route.stream,
             message=OutboundMessage(subject=subject, payload=data, headers=headers),
             conflict=conflict,
+            room=limit - size,
         )
 
 

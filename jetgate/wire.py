@@ -305,9 +305,13 @@ def encode_headers(
     return headers
 
 
+# The header block without any header: `NATS/1.0\r\n\r\n`.
+EMPTY_HEADERS_SIZE: Final = len(b"NATS/1.0\r\n\r\n")
+
+
 def encoded_headers_size(headers: Mapping[str, str]) -> int:
     """Bytes the header block takes on the wire (`NATS/1.0\\r\\n`, `k: v\\r\\n`..., `\\r\\n`)."""
-    size = len(b"NATS/1.0\r\n\r\n")
+    size = EMPTY_HEADERS_SIZE
     for name, value in headers.items():
         # ASCII (nearly always): characters are bytes, no need to encode.
         size += len(name) if name.isascii() else len(name.encode())

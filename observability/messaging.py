@@ -9,7 +9,7 @@ its `messaging.nats.delivery_count`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
@@ -69,9 +69,9 @@ def start_publish(
     )
 
 
-def inject_span(span: Span, headers: MutableMapping[str, str]) -> None:
-    """Write `span`'s context (and the current baggage) into the NATS `headers`."""
-    propagation.inject(headers, trace.set_span_in_context(span))
+def span_headers(span: Span) -> dict[str, str]:
+    """The trace headers of `span`'s context (and the current baggage), a fresh dict."""
+    return propagation.trace_headers(trace.set_span_in_context(span))
 
 
 def end_publish(

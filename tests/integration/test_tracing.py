@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
@@ -447,3 +448,33 @@ async def test_a_redriven_dead_letter_continues_the_events_trace(
     assert (first.attributes or {})[sc.OUTCOME] == "dead_letter"
     assert (second.attributes or {})[sc.OUTCOME] == "ack"
     assert parent_of(first) == parent_of(second) == span_id(producer)
+
+
+async def test_trace_headers_that_would_exceed_the_size_limit_are_left_out(
+    gateway_config: GatewayConfig, nc: Client, spans: Spans, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Validation checks the event's size without trace headers; a client's huge baggage must
+    # not push the message over the limit (nats-server would close the connection).
+    streams = tuple(
+        dataclasses.replace(s, max_msg_size=4096) if s.name == "ORDERS" else s
+        for s in gateway_config.streams
+    )
+    config = dataclasses.replace(gateway_config, streams=streams)
+    server = Gateway(config, tracer_provider=spans.provider("jetgate-gateway"))
+    await server.start()
+    try:
+        async with client(server.address, spans.provider("client")) as stub:
+            token = context.attach(baggage.set_baggage("blob", "x" * 4000))
+            try:
+                big = await stub.Publish(request("o-big"))
+            finally:
+                context.detach(token)
+            small = await stub.Publish(request("o-small"))
+    finally:
+        await server.stop(grace=1.0)
+
+    big_headers = (await nc.jetstream().get_msg("ORDERS", big.sequence)).headers or {}
+    small_headers = (await nc.jetstream().get_msg("ORDERS", small.sequence)).headers or {}
+    assert not set(big_headers) & {"traceparent", "baggage"}, big_headers
+    assert "traceparent" in small_headers
+    assert f"event {big.event_id}: trace headers left out" in caplog.text
