@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 BANNER_END = "jetgate dlq list --group billing"
 WAIT = 30.0  # s, longest wait for any one step
 
@@ -41,3 +44,23 @@ async def read_banner(out: asyncio.StreamReader) -> str:
 async def read_rest(out: asyncio.StreamReader) -> str:
     """Everything after the banner; start it at once, so that logs never fill the pipe."""
     return (await out.read()).decode()
+
+
+async def start_up(
+    workdir: Path, env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """`jetgate up` with the demo config on free loopback ports, data in `workdir`, warnings
+    as errors, no `JETGATE_*`/`OTEL_*` from this environment but `env`; output piped."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("JETGATE_", "OTEL_"))}
+    clean["PYTHONWARNINGS"] = "error"  # in the gateway and the workers it starts
+    proc = await asyncio.create_subprocess_exec(
+        *(jetgate(), "up", "--config", str(REPO / "jetgate.toml"), "--nats-port", "0"),
+        *("--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"),
+        *("--data-dir", str(workdir / "data")),
+        cwd=workdir,
+        env={**clean, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    return proc

@@ -4,7 +4,6 @@ workers come up, an OrderPlaced flows through the pipeline, and SIGTERM stops ev
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import socket
@@ -18,8 +17,8 @@ from nats.js.errors import NotFoundError
 
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import gateway_pb2_grpc
-from tests.integration.conftest import REPO, request
-from tests.integration.jetgate_up import WAIT, alive, jetgate, read_banner, read_rest
+from tests.integration.conftest import request
+from tests.integration.jetgate_up import WAIT, alive, read_banner, read_rest, start_up
 
 
 async def _last(nc: Client, subject: str) -> tuple[int, bytes] | None:
@@ -47,26 +46,7 @@ async def _wait_for(nc: Client, subject: str) -> tuple[int, bytes]:
 
 
 async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETGATE_")}
-    env["PYTHONWARNINGS"] = "error"  # in the gateway and the workers it starts
-    proc = await asyncio.create_subprocess_exec(
-        jetgate(),
-        "up",
-        "--config",
-        str(REPO / "jetgate.toml"),
-        "--nats-port",
-        "0",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        str(tmp_path / "data"),
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await start_up(tmp_path)
     assert proc.stdout is not None
     rest: asyncio.Task[str] | None = None
     try:

@@ -35,8 +35,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from jetgate.v1 import gateway_pb2_grpc
-from tests.integration.conftest import REPO, request
-from tests.integration.jetgate_up import WAIT, alive, jetgate, read_banner, read_rest
+from tests.integration.conftest import request
+from tests.integration.jetgate_up import WAIT, alive, read_banner, read_rest, start_up
 from tests.interop.jaeger import Jaeger, jaeger_fixture  # noqa: F401
 
 pytestmark = pytest.mark.interop
@@ -111,31 +111,12 @@ async def test_one_event_is_one_trace_across_gateway_and_workers(
     jaeger: Jaeger, tmp_path: Path
 ) -> None:
     key = "o-7"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JETGATE_", "OTEL_"))}
-    env.update(
-        PYTHONWARNINGS="error",
-        OTEL_EXPORTER_OTLP_ENDPOINT=jaeger.otlp_grpc_endpoint,
-        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
-        OTEL_BSP_SCHEDULE_DELAY="200",
-    )
-    proc = await asyncio.create_subprocess_exec(
-        jetgate(),
-        "up",
-        "--config",
-        str(REPO / "jetgate.toml"),
-        "--nats-port",
-        "0",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        str(tmp_path / "data"),
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_grpc_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+    proc = await start_up(tmp_path, env)
     assert proc.stdout is not None
     rest: asyncio.Task[str] | None = None
     client_spans = InMemorySpanExporter()
