@@ -227,6 +227,9 @@ async def run_raw_pipelined(ctx: Context, tally: Tally, stop: asyncio.Event) -> 
             waiting[token] = time.perf_counter()
             await nc.publish(subject, ctx.events.payload, reply=token, headers=headers)
         if waiting:
+            # A reply may have emptied `waiting` after `stop` (setting `drained`) before the
+            # last send: forget that, or the last acks would go uncounted.
+            drained.clear()
             await nc.flush()
             try:
                 await asyncio.wait_for(drained.wait(), DRAIN_TIMEOUT)
