@@ -87,9 +87,15 @@ async def test_wait_ready_returns_once_each_worker_pulls(nats_url: str, nc: Clie
     workers.start()
     try:
         assert await workers.wait_ready(30) == []
-        # Ready means pulling: each group's consumer has a pull request waiting.
+        # Ready means pulling: each group's consumer has pull requests waiting (each expires
+        # after 1 s and is renewed, so look a few times).
         for group in ("billing", "shipping"):
-            info = await nc.jetstream().consumer_info("ORDERS", group)
-            assert info.num_waiting >= 1, info
+            waiting = []
+            for _ in range(20):
+                waiting.append((await nc.jetstream().consumer_info("ORDERS", group)).num_waiting)
+                if waiting[-1]:
+                    break
+                await asyncio.sleep(0.1)
+            assert waiting[-1] >= 1, (group, waiting)
     finally:
         await workers.stop(grace=10)
