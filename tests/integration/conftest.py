@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -26,14 +28,22 @@ def gateway_config(nats_url: str) -> GatewayConfig:
     return dataclasses.replace(config, nats_url=nats_url, listen="127.0.0.1:0", publish_timeout=3.0)
 
 
-@pytest.fixture
-async def gateway(gateway_config: GatewayConfig) -> AsyncIterator[Gateway]:
-    server = Gateway(gateway_config)
+@contextlib.asynccontextmanager
+async def serving(config: GatewayConfig, **providers: Any) -> AsyncIterator[Gateway]:
+    """An in-process gateway for `config` (and tracer/meter `providers`), started; stopped
+    on exit."""
+    server = Gateway(config, **providers)
     await server.start()
     try:
         yield server
     finally:
         await server.stop(grace=1.0)
+
+
+@pytest.fixture
+async def gateway(gateway_config: GatewayConfig) -> AsyncIterator[Gateway]:
+    async with serving(gateway_config) as server:
+        yield server
 
 
 @pytest.fixture

@@ -11,10 +11,9 @@ from google.protobuf import any_pb2
 from nats.aio.client import Client
 
 from gateway.config import GatewayConfig, RouteConfig, StreamConfig
-from gateway.server import Gateway
 from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.gateway.test_registry import BILLING_PROTO, protoc
-from tests.integration.conftest import field_violations, rich_status
+from tests.integration.conftest import field_violations, rich_status, serving
 
 
 async def test_publish_a_type_from_a_descriptor_set(
@@ -33,9 +32,7 @@ async def test_publish_a_type_from_a_descriptor_set(
             RouteConfig(match="acme.billing.v1.*", stream="BILLING", subject_prefix="billing"),
         ),
     )
-    gateway = Gateway(config)
-    await gateway.start()
-    try:
+    async with serving(config) as gateway:
         async with grpc.aio.insecure_channel(gateway.address) as channel:
             stub = gateway_pb2_grpc.EventGatewayStub(channel)
             # InvoiceIssued{invoice_id: "inv-1", amount_cents: 1250}, encoded by hand: this
@@ -59,5 +56,3 @@ async def test_publish_a_type_from_a_descriptor_set(
         assert (
             "acme.billing.v1.InvoiceIssued" in (info.config.metadata or {})["jetgate.event_types"]
         )
-    finally:
-        await gateway.stop(grace=1.0)

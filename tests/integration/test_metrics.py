@@ -16,13 +16,12 @@ from prometheus_client.samples import Sample
 
 from consumers import Delivery, Reject, Worker
 from gateway.config import GatewayConfig
-from gateway.server import Gateway
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from observability import GATEWAY_SERVICE, Telemetry, configure
 from observability.metrics import DURATION_BUCKETS
 from tests.consumers.conftest import group, running, until
-from tests.integration.conftest import request
+from tests.integration.conftest import request, serving
 
 ORDER_PLACED = "jetgate.examples.orders.v1.OrderPlaced"
 KEYS = ("o-1", "o-2", "o-bad")
@@ -50,13 +49,11 @@ async def worker_telemetry() -> AsyncIterator[Telemetry]:
 async def metered_stub(
     gateway_config: GatewayConfig, gateway_telemetry: Telemetry
 ) -> AsyncIterator[gateway_pb2_grpc.EventGatewayStub]:
-    gateway = Gateway(gateway_config, meter_provider=gateway_telemetry.meter_provider)
-    await gateway.start()
-    try:
-        async with grpc.aio.insecure_channel(gateway.address) as channel:
-            yield gateway_pb2_grpc.EventGatewayStub(channel)
-    finally:
-        await gateway.stop(grace=1.0)
+    async with (
+        serving(gateway_config, meter_provider=gateway_telemetry.meter_provider) as gateway,
+        grpc.aio.insecure_channel(gateway.address) as channel,
+    ):
+        yield gateway_pb2_grpc.EventGatewayStub(channel)
 
 
 async def _scrape(telemetry: Telemetry) -> tuple[str, list[Sample]]:

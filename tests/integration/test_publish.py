@@ -12,11 +12,10 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from gateway.config import GatewayConfig
-from gateway.server import Gateway
 from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import event_pb2, gateway_pb2_grpc
-from tests.integration.conftest import detail, order_placed, request, rich_status
+from tests.integration.conftest import detail, order_placed, request, rich_status, serving
 
 Stub = gateway_pb2_grpc.EventGatewayStub
 
@@ -166,14 +165,12 @@ async def test_ttl_is_stored_as_nats_ttl_on_a_ttl_stream(
     gateway_config: GatewayConfig, nc: Client
 ) -> None:
     streams = tuple(dataclasses.replace(s, allow_msg_ttl=True) for s in gateway_config.streams)
-    gateway = Gateway(dataclasses.replace(gateway_config, streams=streams))
-    await gateway.start()
-    try:
-        async with grpc.aio.insecure_channel(gateway.address) as channel:
-            req = request("t-1")
-            req.event.ttl.FromSeconds(60)
-            reply = await gateway_pb2_grpc.EventGatewayStub(channel).Publish(req)
-        stored = await nc.jetstream().get_last_msg("ORDERS", reply.subject)
-        assert (stored.headers or {})["Nats-TTL"] == "60"
-    finally:
-        await gateway.stop(grace=1.0)
+    async with (
+        serving(dataclasses.replace(gateway_config, streams=streams)) as gateway,
+        grpc.aio.insecure_channel(gateway.address) as channel,
+    ):
+        req = request("t-1")
+        req.event.ttl.FromSeconds(60)
+        reply = await gateway_pb2_grpc.EventGatewayStub(channel).Publish(req)
+    stored = await nc.jetstream().get_last_msg("ORDERS", reply.subject)
+    assert (stored.headers or {})["Nats-TTL"] == "60"

@@ -31,7 +31,7 @@ from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from observability import semconv as sc
 from observability.logs import TraceContextFilter
 from tests.consumers.conftest import until
-from tests.integration.conftest import request
+from tests.integration.conftest import request, serving
 
 WAIT = 20.0  # s
 Stub = gateway_pb2_grpc.EventGatewayStub
@@ -84,12 +84,9 @@ def spans() -> Spans:
 
 @pytest.fixture
 async def traced_gateway(gateway_config: GatewayConfig, spans: Spans) -> AsyncIterator[Gateway]:
-    server = Gateway(gateway_config, tracer_provider=spans.provider("jetgate-gateway"))
-    await server.start()
-    try:
+    provider = spans.provider("jetgate-gateway")
+    async with serving(gateway_config, tracer_provider=provider) as server:
         yield server
-    finally:
-        await server.stop(grace=1.0)
 
 
 @contextlib.asynccontextmanager
@@ -462,18 +459,17 @@ async def test_trace_headers_that_would_exceed_the_size_limit_are_left_out(
         for s in gateway_config.streams
     )
     config = dataclasses.replace(gateway_config, streams=streams)
-    server = Gateway(config, tracer_provider=spans.provider("jetgate-gateway"))
-    await server.start()
-    try:
-        async with client(server.address, spans.provider("client")) as stub:
-            token = context.attach(baggage.set_baggage("blob", "x" * 4000))
-            try:
-                big = await stub.Publish(request("o-big"))
-            finally:
-                context.detach(token)
-            small = await stub.Publish(request("o-small"))
-    finally:
-        await server.stop(grace=1.0)
+    provider = spans.provider("jetgate-gateway")
+    async with (
+        serving(config, tracer_provider=provider) as server,
+        client(server.address, spans.provider("client")) as stub,
+    ):
+        token = context.attach(baggage.set_baggage("blob", "x" * 4000))
+        try:
+            big = await stub.Publish(request("o-big"))
+        finally:
+            context.detach(token)
+        small = await stub.Publish(request("o-small"))
 
     big_headers = (await nc.jetstream().get_msg("ORDERS", big.sequence)).headers or {}
     small_headers = (await nc.jetstream().get_msg("ORDERS", small.sequence)).headers or {}
