@@ -134,6 +134,8 @@ class ConsumeMetrics:
         self, seconds: float, *, event_type: str, outcome: str, error_type: str = ""
     ) -> None:
         """One delivery was handled in `seconds` with `outcome`."""
+        if not self.enabled:
+            return  # runs per delivery: skip building the attributes for a no-op
         attributes = {
             **self._base,
             sc.MESSAGING_OPERATION_NAME: sc.PROCESS,

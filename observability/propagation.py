@@ -26,5 +26,5 @@ def extract(headers: Mapping[str, str] | None) -> Context:
 def trace_headers(context: Context | None = None) -> dict[str, str]:
     """A fresh dict with just the trace headers of `context` (default: the current one)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=context)
+    inject(carrier, context)
     return carrier
