@@ -1,0 +1,1 @@
+"""Test support shared by every test package: polling (`eventually`), nothing else imports tests."""
