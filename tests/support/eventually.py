@@ -43,7 +43,7 @@ async def eventually(
             if inspect.isawaitable(result):
                 result = await result
             if result is not False:
-                return result  # type: ignore[return-value]
+                return result
         except retry_on as exc:
             last = exc
         if time.monotonic() >= deadline:
