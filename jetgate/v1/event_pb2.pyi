@@ -84,8 +84,8 @@ class Event(_message.Message):
 
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """User headers. Reserved names are refused: Nats-*, ce-*, traceparent, tracestate,
-        baggage, content-type.
+        """User headers. Reserved names are refused (case-insensitive): Nats-*, ce-*, Jetgate-*,
+        traceparent, tracestate, baggage, content-type, status, description.
         """
 
     @_builtins.property
