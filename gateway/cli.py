@@ -10,8 +10,8 @@
   drain), then the gateway, then nats-server.
 - `jetgate consume ...` and `jetgate dlq ...`: the consumer-group commands of the
   `consumers` package. `jetgate` replaces itself with `python -m consumers ...` (os.execv)
-  instead of importing it: `gateway` and `consumers` never import each other (DESIGN.md
-  section 2), and the exec'd process is exactly the worker `jetgate consume` documents, with
+  instead of importing it: `gateway` and `consumers` never import each other (docs/design.md
+  section 1), and the exec'd process is exactly the worker `jetgate consume` documents, with
   its own arguments, help, signals and exit codes.
 
 Telemetry (observability.configure): traces go to the OTLP endpoint of the standard

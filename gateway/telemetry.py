@@ -1,4 +1,4 @@
-"""The gateway's share of a trace and its publish metrics (DESIGN.md section 6).
+"""The gateway's share of a trace and its publish metrics (docs/design.md section 9).
 
 Tracing on (a tracer provider given): the gRPC server span comes from
 opentelemetry-instrumentation-grpc; here every event gets a PRODUCER span

@@ -2,7 +2,7 @@
 
 Each `MODULE:GROUP` entry becomes one `python -m consumers consume MODULE:GROUP --nats-url
 URL` process, started with the interpreter that runs the gateway: the gateway never
-imports `consumers` (DESIGN.md section 2), and workers are separate processes in
+imports `consumers` (docs/design.md section 1), and workers are separate processes in
 production too. Each worker:
 - gets `JETGATE_GATEWAY`, the gateway's address, where the demo handlers publish their
   follow-up events, and shares the gateway's stdout and stderr;

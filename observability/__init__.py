@@ -1,4 +1,4 @@
-"""OpenTelemetry for jetgate (DESIGN.md section 6): one trace per event, metrics, log context.
+"""OpenTelemetry for jetgate (docs/design.md section 9): one trace per event, metrics, log context.
 
 - `setup.configure(service)`: tracer and meter providers from the `OTEL_*` variables, and
   the Prometheus endpoint; `gateway` and `consumers` take the providers as arguments.

@@ -1,4 +1,4 @@
-"""The spans of one event's trip (DESIGN.md section 6): PRODUCER `publish <subject>` in the
+"""The spans of one event's trip (docs/design.md section 9): PRODUCER `publish <subject>` in the
 gateway, CONSUMER `process <subject>` in every worker that handles it.
 
 The producer span's context travels in the NATS headers (`propagation`); a process span's

@@ -1,4 +1,4 @@
-"""One trace per event (DESIGN.md section 6), through a real gateway, real workers and a real
+"""One trace per event (docs/design.md section 9), through a real gateway, real workers and a real
 nats-server, recorded by in-memory exporters: client -> gateway server span -> PRODUCER
 `publish <subject>` -> CONSUMER `process <subject>` in each group -> the follow-ups."""
 

@@ -191,7 +191,7 @@ async def test_one_event_is_one_trace_across_gateway_and_workers(
 
 
 def _check_pipeline(jaeger: Jaeger, found: dict[str, Any], key: str) -> None:
-    """The shape of DESIGN.md section 6, hop by hop, in the v1 and the v3 API."""
+    """The shape of docs/design.md section 9, hop by hop, in the v1 and the v3 API."""
     spans = _spans(found)
     by_name: dict[tuple[str, str], list[Span]] = {}
     for span in spans.values():
