@@ -140,22 +140,20 @@ class Publisher:
             self._window.release()
             call.settle(index, failure)
 
-    async def publish(
-        self, messages: Sequence[OutboundMessage], *, ack_timeout: float
-    ) -> list[Outcome]:
-        """Publish `messages` pipelined: one outcome each, in order, within `ack_timeout` s."""
+    async def publish(self, messages: Sequence[OutboundMessage], *, within: float) -> list[Outcome]:
+        """Publish `messages` pipelined: one outcome each, in order, within `within` s."""
         call = _Call(len(messages), asyncio.get_running_loop().create_future())
         tokens: list[str] = []
         try:
             for index, message in enumerate(messages):
                 await self._send(message, call, index, tokens)
-            await self._wait(call, tokens, ack_timeout)
+            await self._wait(call, tokens, within)
         finally:
             self._abandon(call, tokens)
         return call.results()
 
     async def publish_atomic(
-        self, messages: Sequence[OutboundMessage], *, ack_timeout: float
+        self, messages: Sequence[OutboundMessage], *, within: float
     ) -> list[Stored] | PublishFailure:
         """Store all of `messages` or none (JetStream atomic batch, stream `allow_atomic`).
 
@@ -188,7 +186,7 @@ class Publisher:
                     return PublishFailure(
                         kind="unavailable", description=f"NATS publish failed: {exc!r}"
                     )
-            await self._wait(call, tokens, ack_timeout)
+            await self._wait(call, tokens, within)
         finally:
             self._abandon(call, tokens)
         outcomes = call.results()
@@ -232,15 +230,15 @@ class Publisher:
         failure = PublishFailure(kind="unavailable", description=f"NATS publish failed: {exc!r}")
         call.settle(index, failure)
 
-    async def _wait(self, call: _Call, tokens: Sequence[str], ack_timeout: float) -> None:
+    async def _wait(self, call: _Call, tokens: Sequence[str], within: float) -> None:
         if call.missing:
             # One timer for the whole call: cheaper than asyncio.wait per publish.
             expiry = PublishFailure(
                 kind="timeout",
-                description=f"JetStream did not acknowledge within {ack_timeout:.3g}s",
+                description=f"JetStream did not acknowledge within {within:.3g}s",
             )
             loop = asyncio.get_running_loop()
-            timer = loop.call_later(ack_timeout, self._abandon, call, tokens, expiry)
+            timer = loop.call_later(within, self._abandon, call, tokens, expiry)
             try:
                 await call.done
             finally:

@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.publisher import Outcome, Publisher, PublishFailure, Stored
 from gateway.telemetry import PublishTelemetry
-from gateway.validation import PreparedEvent, Validator
+from gateway.validation import PreparedEvent, Validator, outbound
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -61,7 +61,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         prepared = self._validator.prepare(request)
         if isinstance(prepared, list):
             await abort(context, bad_request(prepared))
-        (outcome,) = await self._publish([prepared], self._ack_timeout(context), context)
+        (outcome,) = await self._publish([prepared], self._publish_within(context), context)
         result = _result(prepared, await self._settle_conflict(prepared, outcome))
         if result.HasField("error"):
             await abort(context, result.error)
@@ -71,7 +71,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         self, request: gateway_pb2.PublishBatchRequest, context: Context
     ) -> gateway_pb2.PublishBatchResponse:
         try:
-            return await self._publish_batch(request, self._ack_timeout(context), context)
+            return await self._publish_batch(request, self._publish_within(context), context)
         except RpcAbort as exc:
             await abort(context, exc.status)
 
@@ -87,7 +87,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    timeout = self._ack_timeout(context)
+                    timeout = self._publish_within(context)
                     await slots.acquire()
                     in_flight.put_nowait(
                         asyncio.ensure_future(self._publish_batch(request, timeout, context))
@@ -112,18 +112,35 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
                     task.cancel()
 
     async def _publish(
-        self, events: Sequence[PreparedEvent], ack_timeout: float, context: Context
-    ) -> Sequence[Outcome]:
-        async def send() -> list[Outcome]:
-            messages = [e.message for e in events]
-            return await self._publisher.publish(messages, ack_timeout=ack_timeout)
+        self, events: Sequence[PreparedEvent], within: float, context: Context
+    ) -> list[Outcome]:
+        """Store `events` independently: one outcome each, in order."""
+        trace = self._telemetry.start(events, context)
+        messages = outbound(events, trace.headers)
+        try:
+            outcomes = await self._publisher.publish(messages, within=within)
+        except BaseException as exc:  # cancelled with the RPC: the spans still end
+            trace.fail(exc)
+            raise
+        trace.end(outcomes)
+        return outcomes
 
-        sent = await self._telemetry.publish(events, context, send)
-        assert not isinstance(sent, PublishFailure)
-        return sent
+    async def _publish_all(
+        self, events: Sequence[PreparedEvent], within: float, context: Context
+    ) -> list[Stored] | PublishFailure:
+        """Store all of `events` as one atomic batch, or none."""
+        trace = self._telemetry.start(events, context)
+        messages = outbound(events, trace.headers)
+        try:
+            stored = await self._publisher.publish_atomic(messages, within=within)
+        except BaseException as exc:
+            trace.fail(exc)
+            raise
+        trace.end(stored)
+        return stored
 
     async def _publish_batch(
-        self, request: gateway_pb2.PublishBatchRequest, ack_timeout: float, context: Context
+        self, request: gateway_pb2.PublishBatchRequest, within: float, context: Context
     ) -> gateway_pb2.PublishBatchResponse:
         count = len(request.entries)
         if not 1 <= count <= self._config.max_batch_entries:
@@ -132,22 +149,24 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
                     [("entries", f"{count} entries; send 1 to {self._config.max_batch_entries}")]
                 )
             )
+        atomic = request.atomic
         prepared = [
-            self._validator.prepare(e, f"entries[{i}]") for i, e in enumerate(request.entries)
+            self._validator.prepare(e, f"entries[{i}]", atomic=atomic)
+            for i, e in enumerate(request.entries)
         ]
-        if request.atomic:
-            results = await self._publish_atomic(prepared, ack_timeout, context)
+        if atomic:
+            results = await self._publish_atomic(prepared, within, context)
             return gateway_pb2.PublishBatchResponse(results=results)
-        return await self._publish_each(prepared, ack_timeout, context)
+        return await self._publish_each(prepared, within, context)
 
     async def _publish_each(
         self,
         prepared: Sequence[PreparedEvent | list[FieldViolation]],
-        ack_timeout: float,
+        within: float,
         context: Context,
     ) -> gateway_pb2.PublishBatchResponse:
         valid = [p for p in prepared if isinstance(p, PreparedEvent)]
-        sent = await self._publish(valid, ack_timeout, context) if valid else []
+        sent = await self._publish(valid, within, context) if valid else []
         outcomes = iter(
             [
                 o if isinstance(o, Stored) else await self._settle_conflict(p, o)
@@ -167,7 +186,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
     async def _publish_atomic(
         self,
         prepared: Sequence[PreparedEvent | list[FieldViolation]],
-        ack_timeout: float,
+        within: float,
         context: Context,
     ) -> list[gateway_pb2.PublishResult]:
         valid = [p for p in prepared if isinstance(p, PreparedEvent)]
@@ -198,11 +217,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
                 ),
             )
 
-        async def send() -> list[Stored] | PublishFailure:
-            messages = [p.message for p in valid]
-            return await self._publisher.publish_atomic(messages, ack_timeout=ack_timeout)
-
-        stored = await self._telemetry.publish(valid, context, send)
+        stored = await self._publish_all(valid, within, context)
         if isinstance(stored, PublishFailure):
             conflict = next((p.conflict for p in valid if p.conflict is not None), None)
             return _all_failed(len(prepared), failure_status(stored, conflict))
@@ -223,12 +238,13 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
             or not prepared.client_id
         ):
             return outcome
-        last = await self._publisher.last_stored_id(prepared.stream, prepared.message.subject)
+        last = await self._publisher.last_stored_id(prepared.stream, prepared.subject)
         if last is None or last[1] != prepared.event_id:
             return outcome
         return Stored(stream=prepared.stream, sequence=last[0], duplicate=True)
 
-    def _ack_timeout(self, context: Context) -> float:
+    def _publish_within(self, context: Context) -> float:
+        """Seconds a publish may take: publish_timeout, or less when the call's deadline is."""
         remaining = context.time_remaining()
         timeout = self._config.publish_timeout
         return timeout if remaining is None else max(0.0, min(timeout, remaining))
@@ -249,7 +265,7 @@ def _fill(
     ok = result.ok
     ok.event_id = prepared.event_id
     ok.stream = outcome.stream
-    ok.subject = prepared.message.subject
+    ok.subject = prepared.subject
     ok.sequence = outcome.sequence
     ok.duplicate = outcome.duplicate
 
