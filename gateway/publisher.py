@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import json
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -161,18 +160,17 @@ class Publisher:
         subject, the ones between travel without one (one round trip per batch). JetStream
         acknowledges the commit with the last sequence and the count.
         """
-        batch_id = uuid.uuid4().hex
+        batch_id = wire.new_batch_id()
         last = len(messages) - 1
         # Outcomes of the framing messages: the first (index 0) and the commit (index 1).
         call = _Call(1 if last == 0 else 2, asyncio.get_running_loop().create_future())
         tokens: list[str] = []
         try:
             for index, message in enumerate(messages):
-                headers = dict(message.headers)
-                headers[wire.BATCH_ID] = batch_id
-                headers[wire.BATCH_SEQUENCE] = str(index + 1)
-                if index == last:
-                    headers[wire.BATCH_COMMIT] = "1"
+                headers = {
+                    **message.headers,
+                    **wire.batch_headers(batch_id, index + 1, commit=index == last),
+                }
                 if index in (0, last):
                     framed = OutboundMessage(
                         subject=message.subject, payload=message.payload, headers=headers
@@ -276,11 +274,10 @@ def parse_ack(msg: Msg) -> Outcome:
             stream=plain[1].decode(), sequence=int(plain[2]), duplicate=plain[3] is not None
         )
     headers = msg.headers or {}
-    status = headers.get("Status")
-    if status == "503":
+    if headers.get(wire.STATUS) == wire.STATUS_NO_RESPONDERS:
         return PublishFailure(
             kind="unavailable",
-            code=503,
+            code=int(wire.STATUS_NO_RESPONDERS),
             description="no JetStream stream answered (JetStream down, or stream leader election)",
         )
     if not msg.data:

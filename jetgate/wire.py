@@ -76,9 +76,10 @@ JS_MESSAGE_TTL_INVALID: Final = 10165
 JS_ATOMIC_UNSUPPORTED_HEADER: Final = 10177
 JS_ATOMIC_DUPLICATE_MSG_ID: Final = 10201
 
-# Stream metadata jetgate writes: the full proto names of the event types routed to a
-# stream, comma-separated (so `nats stream info` explains what a stream holds).
-STREAM_METADATA_EVENT_TYPES: Final = "jetgate.event_types"
+# The metadata key jetgate writes on streams (the event types routed to the stream) and on
+# consumer groups' consumers (the types the group handles): full proto names, comma-joined,
+# so `nats stream info` / `nats consumer info` explain themselves.
+EVENT_TYPES_METADATA: Final = "jetgate.event_types"
 
 # CloudEvents attributes (binary mode: one header each).
 CE_SPECVERSION: Final = "ce-specversion"
