@@ -146,8 +146,8 @@ class Validator:
         if problem := wire.event_id_problem(event.id):
             bad.append((f"{at}event.id", problem))
         source = event.source or self._default_source
-        if len(source) > MAX_SOURCE_LENGTH or "\r" in source or "\n" in source:
-            bad.append((f"{at}event.source", f"at most {MAX_SOURCE_LENGTH} chars, no CR/LF"))
+        if problem := wire.header_value_problem("source", source, MAX_SOURCE_LENGTH):
+            bad.append((f"{at}event.source", problem))
         user_headers = event.headers
         for name, value in sorted(user_headers.items()) if user_headers else ():
             if problem := wire.header_problem(name, value):
@@ -162,8 +162,8 @@ class Validator:
         stream = self._streams[route.stream] if route else None
         if event.HasField("ttl"):
             ttl = event.ttl.seconds
-            if event.ttl.nanos or ttl < 1:
-                bad.append((f"{at}event.ttl", "ttl must be whole seconds, at least 1s"))
+            if problem := wire.ttl_problem(ttl, event.ttl.nanos):
+                bad.append((f"{at}event.ttl", problem))
             elif stream is not None and not stream.allow_msg_ttl:
                 bad.append(
                     (f"{at}event.ttl", f"stream {stream.name} does not allow per-message TTL")
