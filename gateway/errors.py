@@ -2,8 +2,10 @@
 
 Bad input is INVALID_ARGUMENT with a `google.rpc.BadRequest` naming each field; a violated
 precondition is FAILED_PRECONDITION with a `jetgate.v1.SequenceConflict` (expected and
-actual) plus a standard `google.rpc.PreconditionFailure`; an unacknowledged publish is
-UNAVAILABLE or DEADLINE_EXCEEDED, both safe to retry with the same event id.
+actual) plus a standard `google.rpc.PreconditionFailure`; a full stream or storage is
+RESOURCE_EXHAUSTED (nothing stored; retrying helps only once space is freed); an
+unacknowledged publish is UNAVAILABLE or DEADLINE_EXCEEDED, both safe to retry with the
+same event id.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ PRECONDITION_ERRORS = frozenset(
 )
 _STREAM_LIMITS = frozenset(
     {wire.JS_MAXIMUM_STREAMS, wire.JS_MEMORY_RESOURCES, wire.JS_STREAM_STORE_FAILED}
+)
+# Refusals of the message itself (validation should have caught them first).
+_BAD_MESSAGE = frozenset(
+    {
+        wire.JS_MESSAGE_EXCEEDS_MAXIMUM,
+        wire.JS_HEADER_EXCEEDS_MAXIMUM,
+        wire.JS_MESSAGE_TTL_DISABLED,
+        wire.JS_MESSAGE_TTL_INVALID,
+        wire.JS_ATOMIC_UNSUPPORTED_HEADER,
+    }
 )
 _ACTUAL = re.compile(r":\s*(.*)$")
 
@@ -129,9 +141,16 @@ def failure_status(
             f"{text}: an event id of this atomic batch is already stored (an earlier attempt "
             "committed?); nothing was stored now",
         )
+    if err == wire.JS_INSUFFICIENT_RESOURCES:
+        # A 503 that a retry does not cure: the storage limit stays reached until an
+        # operator frees or adds space.
+        return make_status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{text}: JetStream's storage limit is reached; nothing was stored",
+        )
     if err in _STREAM_LIMITS or failure.code == 429:
         return make_status(grpc.StatusCode.RESOURCE_EXHAUSTED, text)
-    if err in (wire.JS_MESSAGE_EXCEEDS_MAXIMUM, wire.JS_MESSAGE_TTL_DISABLED):
+    if err in _BAD_MESSAGE:
         return make_status(grpc.StatusCode.INVALID_ARGUMENT, text)
     if failure.code >= 500:
         return make_status(grpc.StatusCode.UNAVAILABLE, f"{text}; retry with the same event id")

@@ -33,6 +33,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.js.errors import NotFoundError
 
 from jetgate import wire
 
@@ -222,6 +223,19 @@ class Publisher:
         except (TimeoutError, NatsError):
             return None
         return msg.seq or 0, (msg.headers or {}).get(wire.MSG_ID, "")
+
+    async def last_sequence(self, stream: str, subject_filter: str = "") -> int | None:
+        """The last sequence of `stream` (on `subject_filter` when given, wildcards allowed;
+        0: nothing stored there), None when JetStream does not answer."""
+        js = self._nc.jetstream()
+        try:
+            if not subject_filter:
+                return int((await js.stream_info(stream)).state.last_seq)
+            return (await js.get_last_msg(stream, subject_filter)).seq or 0
+        except NotFoundError:
+            return 0 if subject_filter else None
+        except (TimeoutError, NatsError):
+            return None
 
     async def _send(
         self, message: OutboundMessage, call: _Call, index: int, tokens: list[str]

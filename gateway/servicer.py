@@ -8,8 +8,18 @@ concurrent RPCs share the connection's pipeline (see `gateway.publisher`). Resul
   INVALID_ARGUMENT and stores nothing.
 - atomic = true: all entries stored or none. Entries that fail validation carry their
   error and the others ABORTED; a batch JetStream refuses gives every entry that error.
-  Preconditions in an atomic batch are checked against the stream as it was before the
-  batch. All entries must route to one stream with allow_atomic.
+  All entries must route to one stream with allow_atomic.
+
+Preconditions in an atomic batch (JetStream's rule, jetstream_batching.go) are checked
+against the stream as it was before the batch, not as the batch is applied. So a batch
+cannot expect a sequence of a subject it writes itself: an entry whose
+`expected_last_subject_sequence` names a subject an earlier entry writes, an
+`expected_last_sequence` on any but the first entry, and `expected_last_event_id` (not
+supported in batches) are INVALID_ARGUMENT naming the entries, as are two entries with one
+event id; nothing is sent. `expected_last_key_sequence` of several entries of one key all
+expect the key's sequence before the batch. A precondition that does not hold is
+FAILED_PRECONDITION for every entry, its SequenceConflict describing the first entry whose
+precondition does not hold, with the actual sequence read after the refusal.
 """
 
 from __future__ import annotations
@@ -33,10 +43,13 @@ from gateway.errors import (
 )
 from gateway.publisher import Outcome, Publisher, PublishFailure, Stored
 from gateway.telemetry import PublishTelemetry
-from gateway.validation import PreparedEvent, Validator, outbound
-from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.validation import PreparedEvent, Validator, atomic_batch_problems, outbound
+from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]
+# Reads of actual sequences to explain one refused atomic batch (bounds the cost of a
+# batch of many entries with preconditions).
+MAX_CONFLICT_LOOKUPS = 32
 
 
 class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
@@ -190,6 +203,9 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         context: Context,
     ) -> list[gateway_pb2.PublishResult]:
         valid = [p for p in prepared if isinstance(p, PreparedEvent)]
+        if len(valid) == len(prepared) and (clashes := atomic_batch_problems(valid)):
+            prepared = [clashes.get(i, p) for i, p in enumerate(valid)]
+            valid = []
         streams = sorted({p.stream for p in valid})
         if len(valid) < len(prepared):
             cause = next(i for i, p in enumerate(prepared) if isinstance(p, list))
@@ -220,8 +236,34 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         stored = await self._publish_all(valid, within, context)
         if isinstance(stored, PublishFailure):
             conflict = next((p.conflict for p in valid if p.conflict is not None), None)
+            if stored.err_code in PRECONDITION_ERRORS:
+                conflict = await self._failed_precondition(valid) or conflict
             return _all_failed(len(prepared), failure_status(stored, conflict))
         return [_result(p, s) for p, s in zip(valid, stored, strict=True)]
+
+    async def _failed_precondition(
+        self, events: Sequence[PreparedEvent]
+    ) -> event_pb2.SequenceConflict | None:
+        """The first precondition of an atomic batch that does not hold, with its actual value.
+
+        JetStream's refusal names no entry, and for some conflicts no actual sequence: read
+        each precondition's actual value in entry order (at most MAX_CONFLICT_LOOKUPS).
+        None when every one holds now (the stream changed since).
+        """
+        lookups = 0
+        for event in events:
+            conflict = event.conflict
+            if conflict is None or conflict.condition == "expected_last_event_id":
+                continue
+            if (lookups := lookups + 1) > MAX_CONFLICT_LOOKUPS:
+                break
+            actual = await self._publisher.last_sequence(event.stream, conflict.subject)
+            if actual is not None and actual != conflict.expected_sequence:
+                found = event_pb2.SequenceConflict()
+                found.CopyFrom(conflict)
+                found.actual_sequence = actual
+                return found
+        return None
 
     async def _settle_conflict(
         self, prepared: PreparedEvent, outcome: Stored | PublishFailure

@@ -264,3 +264,49 @@ def _precondition(
         return [(f"{at}precondition.expected_last_event_id", problem)], None
     conflict.expected_event_id = expected_id
     return {wire.EXPECTED_LAST_MSG_ID: expected_id}, conflict
+
+
+def atomic_batch_problems(events: Sequence[PreparedEvent]) -> dict[int, list[FieldViolation]]:
+    """Why entries of one atomic batch (valid each, in request order) cannot go together.
+
+    Entry index -> its violations. JetStream refuses such a batch with an error that does not
+    say which entries clash (and for a repeated id one that reads "already stored"):
+    - two entries with one event id;
+    - `expected_last_subject_sequence` on a subject an earlier entry of the batch writes
+      (preconditions are checked against the stream as it was before the batch: JetStream
+      cannot check one on a subject the batch itself has written);
+    - `expected_last_sequence` on any entry but the first (the same reason, stream-wide);
+    - `expected_last_event_id` (JetStream does not support it in a batch).
+    """
+    bad: dict[int, list[FieldViolation]] = {}
+    first_with_id: dict[str, int] = {}
+    first_on_subject: dict[str, int] = {}
+    for index, event in enumerate(events):
+        at = f"entries[{index}]"
+        if (earlier := first_with_id.setdefault(event.event_id, index)) != index:
+            why = f"entries[{earlier}] and {at} have the same id {event.event_id!r}"
+            bad.setdefault(earlier, []).append((f"entries[{earlier}].event.id", why))
+            bad.setdefault(index, []).append((f"{at}.event.id", why))
+        condition = event.conflict.condition if event.conflict is not None else ""
+        field = f"{at}.precondition.{condition}"
+        if condition == "expected_last_subject_sequence":
+            if (earlier := first_on_subject.get(event.subject, index)) != index:
+                bad.setdefault(index, []).append(
+                    (
+                        field,
+                        f"entries[{earlier}] of this atomic batch writes {event.subject} before "
+                        f"{at}: preconditions in an atomic batch are checked against the stream "
+                        "as it was before the batch, so none may name a subject written earlier "
+                        "in it",
+                    )
+                )
+        elif condition == "expected_last_sequence" and index > 0:
+            bad.setdefault(index, []).append(
+                (field, "only the first entry of an atomic batch may expect a stream sequence")
+            )
+        elif condition == "expected_last_event_id":
+            bad.setdefault(index, []).append(
+                (field, "not supported in an atomic batch (JetStream does not check it there)")
+            )
+        first_on_subject.setdefault(event.subject, index)
+    return bad
