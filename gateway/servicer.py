@@ -1,5 +1,13 @@
 """The jetgate.v1.EventGateway servicer: Publish, PublishBatch, PublishStream.
 
+One publish reads top to bottom (`_publish`, `_publish_all`): validate every entry
+(`gateway.validation`: sizes counted with every header the gateway adds), start telemetry
+(spans started, trace headers decided), build each NATS message once with all its headers
+(`validation.outbound`), publish, end telemetry with JetStream's answer. No message changes
+after it is built. The publish, all of it (window room, handing messages to NATS, the
+acknowledgement), takes at most `publish_timeout` or the call's remaining deadline; past it
+the entries are DEADLINE_EXCEEDED (they may be stored: retry with the same event id).
+
 Publishing is pipelined: a batch is sent as one pipelined JetStream operation and
 concurrent RPCs share the connection's pipeline (see `gateway.publisher`). Results:
 - Publish: the PublishResponse, or the RPC fails with the event's status.
