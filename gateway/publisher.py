@@ -296,7 +296,7 @@ class Publisher:
 
 def _expired(within: float) -> PublishFailure:
     return PublishFailure(
-        kind="timeout", description=f"JetStream did not acknowledge within {within:.3g}s"
+        kind="timeout", description=f"not sent and acknowledged within {within:.3g}s"
     )
 
 
