@@ -126,6 +126,6 @@ class ConsumerGroup:
             metadata={
                 "jetgate.max_deliver": str(self.max_deliver),
                 "jetgate.backoff": ",".join(f"{b:g}s" for b in self.backoff) or "-",
-                "jetgate.event_types": types,
+                wire.EVENT_TYPES_METADATA: types,
             },
         )

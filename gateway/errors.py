@@ -2,8 +2,10 @@
 
 Bad input is INVALID_ARGUMENT with a `google.rpc.BadRequest` naming each field; a violated
 precondition is FAILED_PRECONDITION with a `jetgate.v1.SequenceConflict` (expected and
-actual) plus a standard `google.rpc.PreconditionFailure`; an unacknowledged publish is
-UNAVAILABLE or DEADLINE_EXCEEDED, both safe to retry with the same event id.
+actual) plus a standard `google.rpc.PreconditionFailure`; a full stream or storage is
+RESOURCE_EXHAUSTED (nothing stored; retrying helps only once space is freed); an
+unacknowledged publish is UNAVAILABLE or DEADLINE_EXCEEDED, both safe to retry with the
+same event id.
 """
 
 from __future__ import annotations
@@ -18,19 +20,27 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway.publisher import PublishFailure
+from jetgate import wire
 from jetgate.v1 import event_pb2
 
-# JetStream API error codes (nats-server's errors.json) that the gateway maps precisely.
-JS_WRONG_LAST_MSG_ID = 10070
-JS_WRONG_LAST_SEQUENCE = 10071
-JS_BATCH_WRONG_LAST_SEQUENCE = 10164
-JS_BATCH_DUPLICATE_MSG_ID = 10201
-JS_MESSAGE_TTL_DISABLED = 10166
-JS_MAX_PAYLOAD = 10054
+# JetStream API error codes are named in jetgate.wire (the server's protocol, which the
+# consumers side needs too); here is only how the gateway maps them.
 PRECONDITION_ERRORS = frozenset(
-    {JS_WRONG_LAST_MSG_ID, JS_WRONG_LAST_SEQUENCE, JS_BATCH_WRONG_LAST_SEQUENCE}
+    {wire.JS_WRONG_LAST_MSG_ID, wire.JS_WRONG_LAST_SEQUENCE, wire.JS_WRONG_LAST_SEQUENCE_CONSTANT}
 )
-_STREAM_LIMITS = {10027, 10028, 10077}  # max bytes / max messages (discard new), store full
+_STREAM_LIMITS = frozenset(
+    {wire.JS_MAXIMUM_STREAMS, wire.JS_MEMORY_RESOURCES, wire.JS_STREAM_STORE_FAILED}
+)
+# Refusals of the message itself (validation should have caught them first).
+_BAD_MESSAGE = frozenset(
+    {
+        wire.JS_MESSAGE_EXCEEDS_MAXIMUM,
+        wire.JS_HEADER_EXCEEDS_MAXIMUM,
+        wire.JS_MESSAGE_TTL_DISABLED,
+        wire.JS_MESSAGE_TTL_INVALID,
+        wire.JS_ATOMIC_UNSUPPORTED_HEADER,
+    }
+)
 _ACTUAL = re.compile(r":\s*(.*)$")
 
 FieldViolation = tuple[str, str]
@@ -111,7 +121,7 @@ def failure_status(
             detail.CopyFrom(conflict)
         actual = _ACTUAL.search(failure.description)
         if actual and actual.group(1):
-            if err == JS_WRONG_LAST_MSG_ID:
+            if err == wire.JS_WRONG_LAST_MSG_ID:
                 detail.actual_event_id = actual.group(1)
             elif actual.group(1).isdigit():
                 detail.actual_sequence = int(actual.group(1))
@@ -125,15 +135,22 @@ def failure_status(
             ]
         )
         return make_status(grpc.StatusCode.FAILED_PRECONDITION, text, detail, standard)
-    if err == JS_BATCH_DUPLICATE_MSG_ID:
+    if err == wire.JS_ATOMIC_DUPLICATE_MSG_ID:
         return make_status(
             grpc.StatusCode.ALREADY_EXISTS,
             f"{text}: an event id of this atomic batch is already stored (an earlier attempt "
             "committed?); nothing was stored now",
         )
+    if err == wire.JS_INSUFFICIENT_RESOURCES:
+        # A 503 that a retry does not cure: the storage limit stays reached until an
+        # operator frees or adds space.
+        return make_status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{text}: JetStream's storage limit is reached; nothing was stored",
+        )
     if err in _STREAM_LIMITS or failure.code == 429:
         return make_status(grpc.StatusCode.RESOURCE_EXHAUSTED, text)
-    if err in (JS_MAX_PAYLOAD, JS_MESSAGE_TTL_DISABLED):
+    if err in _BAD_MESSAGE:
         return make_status(grpc.StatusCode.INVALID_ARGUMENT, text)
     if failure.code >= 500:
         return make_status(grpc.StatusCode.UNAVAILABLE, f"{text}; retry with the same event id")

@@ -8,8 +8,14 @@ await an acknowledgement at once (the window); further publishes wait for room.
 A publish ends in exactly one of: `Stored` (JetStream acknowledged storage, possibly as a
 duplicate), or `PublishFailure`: JetStream's API error, `unavailable` (no connection or no
 stream answered; the event may or may not be stored, a retry with the same event id is
-safe), or `timeout` (no acknowledgement in time; same retry rule). Nothing is dropped
+safe), or `timeout` (not acknowledged in time; same retry rule). Nothing is dropped
 silently: a lost connection fails every pending publish at once.
+
+The time limit of a publish (`within`) covers all of it: waiting for room in the window,
+handing each message to nats-py (whose publish waits while its outgoing buffer is full,
+e.g. while nats-server stalls) and the acknowledgements. nats-py swallows a cancellation
+that arrives while it waits to flush, so after each message the publisher checks the
+limit itself and sends no more once it has expired.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import contextlib
 import itertools
 import json
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +33,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.js.errors import NotFoundError
 
 from jetgate import wire
 
@@ -140,57 +146,67 @@ class Publisher:
             self._window.release()
             call.settle(index, failure)
 
-    async def publish(
-        self, messages: Sequence[OutboundMessage], *, ack_timeout: float
-    ) -> list[Outcome]:
-        """Publish `messages` pipelined: one outcome each, in order, within `ack_timeout` s."""
+    async def publish(self, messages: Sequence[OutboundMessage], *, within: float) -> list[Outcome]:
+        """Publish `messages` pipelined: one outcome each, in order, all within `within` s."""
         call = _Call(len(messages), asyncio.get_running_loop().create_future())
         tokens: list[str] = []
         try:
-            for index, message in enumerate(messages):
-                await self._send(message, call, index, tokens)
-            await self._wait(call, tokens, ack_timeout)
-        finally:
+            async with asyncio.timeout(within) as limit:
+                for index, message in enumerate(messages):
+                    await self._send(message, call, index, tokens)
+                    if limit.expired():
+                        break
+                else:
+                    await call.done
+        except TimeoutError:
+            pass
+        except BaseException:  # the caller was cancelled
             self._abandon(call, tokens)
+            raise
+        self._abandon(call, tokens, _expired(within))
         return call.results()
 
     async def publish_atomic(
-        self, messages: Sequence[OutboundMessage], *, ack_timeout: float
+        self, messages: Sequence[OutboundMessage], *, within: float
     ) -> list[Stored] | PublishFailure:
         """Store all of `messages` or none (JetStream atomic batch, stream `allow_atomic`).
 
         The first message starts the batch and the last commits it; both carry a reply
         subject, the ones between travel without one (one round trip per batch). JetStream
-        acknowledges the commit with the last sequence and the count.
+        acknowledges the commit with the last sequence and the count. A batch cut short (a
+        failed send, the time limit) is never committed: the server abandons it.
         """
-        batch_id = uuid.uuid4().hex
+        batch_id = wire.new_batch_id()
         last = len(messages) - 1
         # Outcomes of the framing messages: the first (index 0) and the commit (index 1).
         call = _Call(1 if last == 0 else 2, asyncio.get_running_loop().create_future())
         tokens: list[str] = []
         try:
-            for index, message in enumerate(messages):
-                headers = dict(message.headers)
-                headers[wire.BATCH_ID] = batch_id
-                headers[wire.BATCH_SEQUENCE] = str(index + 1)
-                if index == last:
-                    headers[wire.BATCH_COMMIT] = "1"
-                if index in (0, last):
+            async with asyncio.timeout(within) as limit:
+                for index, message in enumerate(messages):
+                    # A fresh dict per message: nats-py may change the one it is given.
+                    headers = {
+                        **message.headers,
+                        **wire.batch_headers(batch_id, index + 1, commit=index == last),
+                    }
                     framed = OutboundMessage(
                         subject=message.subject, payload=message.payload, headers=headers
                     )
-                    await self._send(framed, call, 0 if index == 0 else 1, tokens)
-                    continue
-                try:  # `headers` is ours alone: nats-py may change it
-                    await self._nc.publish(message.subject, message.payload, headers=headers)
-                except NatsError as exc:
-                    # The server abandons the incomplete batch.
-                    return PublishFailure(
-                        kind="unavailable", description=f"NATS publish failed: {exc!r}"
-                    )
-            await self._wait(call, tokens, ack_timeout)
-        finally:
+                    if index in (0, last):
+                        await self._send(framed, call, 0 if index == 0 else 1, tokens)
+                    elif (failure := await self._send_unanswered(framed)) is not None:
+                        self._abandon(call, tokens, failure)
+                        return failure
+                    if limit.expired():
+                        break
+                else:
+                    await call.done
+        except TimeoutError:
+            pass
+        except BaseException:
             self._abandon(call, tokens)
+            raise
+        self._abandon(call, tokens, _expired(within))
         outcomes = call.results()
         for outcome in outcomes:
             if isinstance(outcome, PublishFailure):
@@ -207,6 +223,19 @@ class Publisher:
         except (TimeoutError, NatsError):
             return None
         return msg.seq or 0, (msg.headers or {}).get(wire.MSG_ID, "")
+
+    async def last_sequence(self, stream: str, subject_filter: str = "") -> int | None:
+        """The last sequence of `stream` (on `subject_filter` when given, wildcards allowed;
+        0: nothing stored there), None when JetStream does not answer."""
+        js = self._nc.jetstream()
+        try:
+            if not subject_filter:
+                return int((await js.stream_info(stream)).state.last_seq)
+            return (await js.get_last_msg(stream, subject_filter)).seq or 0
+        except NotFoundError:
+            return 0 if subject_filter else None
+        except (TimeoutError, NatsError):
+            return None
 
     async def _send(
         self, message: OutboundMessage, call: _Call, index: int, tokens: list[str]
@@ -226,25 +255,19 @@ class Publisher:
         except NatsError as exc:
             self._unsent(token, call, index, exc)
 
+    async def _send_unanswered(self, message: OutboundMessage) -> PublishFailure | None:
+        """Send `message` (its headers ours alone) without a reply subject."""
+        try:
+            await self._nc.publish(message.subject, message.payload, headers=message.headers)
+        except NatsError as exc:
+            return PublishFailure(kind="unavailable", description=f"NATS publish failed: {exc!r}")
+        return None
+
     def _unsent(self, token: str, call: _Call, index: int, exc: NatsError) -> None:
         if self._waiting.pop(token, None) is not None:
             self._window.release()
         failure = PublishFailure(kind="unavailable", description=f"NATS publish failed: {exc!r}")
         call.settle(index, failure)
-
-    async def _wait(self, call: _Call, tokens: Sequence[str], ack_timeout: float) -> None:
-        if call.missing:
-            # One timer for the whole call: cheaper than asyncio.wait per publish.
-            expiry = PublishFailure(
-                kind="timeout",
-                description=f"JetStream did not acknowledge within {ack_timeout:.3g}s",
-            )
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(ack_timeout, self._abandon, call, tokens, expiry)
-            try:
-                await call.done
-            finally:
-                timer.cancel()
 
     def _abandon(
         self,
@@ -271,6 +294,12 @@ class Publisher:
         entry[0].settle(entry[1], parse_ack(msg))
 
 
+def _expired(within: float) -> PublishFailure:
+    return PublishFailure(
+        kind="timeout", description=f"not sent and acknowledged within {within:.3g}s"
+    )
+
+
 def parse_ack(msg: Msg) -> Outcome:
     """Turn a JetStream publish reply into an outcome."""
     if (plain := _PLAIN_ACK.fullmatch(msg.data)) is not None:
@@ -278,11 +307,10 @@ def parse_ack(msg: Msg) -> Outcome:
             stream=plain[1].decode(), sequence=int(plain[2]), duplicate=plain[3] is not None
         )
     headers = msg.headers or {}
-    status = headers.get("Status")
-    if status == "503":
+    if headers.get(wire.STATUS) == wire.STATUS_NO_RESPONDERS:
         return PublishFailure(
             kind="unavailable",
-            code=503,
+            code=int(wire.STATUS_NO_RESPONDERS),
             description="no JetStream stream answered (JetStream down, or stream leader election)",
         )
     if not msg.data:

@@ -1,5 +1,13 @@
 """The jetgate.v1.EventGateway servicer: Publish, PublishBatch, PublishStream.
 
+One publish reads top to bottom (`_publish`, `_publish_all`): validate every entry
+(`gateway.validation`: sizes counted with every header the gateway adds), start telemetry
+(spans started, trace headers decided), build each NATS message once with all its headers
+(`validation.outbound`), publish, end telemetry with JetStream's answer. No message changes
+after it is built. The publish, all of it (window room, handing messages to NATS, the
+acknowledgement), takes at most `publish_timeout` or the call's remaining deadline; past it
+the entries are DEADLINE_EXCEEDED (they may be stored: retry with the same event id).
+
 Publishing is pipelined: a batch is sent as one pipelined JetStream operation and
 concurrent RPCs share the connection's pipeline (see `gateway.publisher`). Results:
 - Publish: the PublishResponse, or the RPC fails with the event's status.
@@ -8,8 +16,18 @@ concurrent RPCs share the connection's pipeline (see `gateway.publisher`). Resul
   INVALID_ARGUMENT and stores nothing.
 - atomic = true: all entries stored or none. Entries that fail validation carry their
   error and the others ABORTED; a batch JetStream refuses gives every entry that error.
-  Preconditions in an atomic batch are checked against the stream as it was before the
-  batch. All entries must route to one stream with allow_atomic.
+  All entries must route to one stream with allow_atomic.
+
+Preconditions in an atomic batch (JetStream's rule, jetstream_batching.go) are checked
+against the stream as it was before the batch, not as the batch is applied. So a batch
+cannot expect a sequence of a subject it writes itself: an entry whose
+`expected_last_subject_sequence` names a subject an earlier entry writes, an
+`expected_last_sequence` on any but the first entry, and `expected_last_event_id` (not
+supported in batches) are INVALID_ARGUMENT naming the entries, as are two entries with one
+event id; nothing is sent. `expected_last_key_sequence` of several entries of one key all
+expect the key's sequence before the batch. A precondition that does not hold is
+FAILED_PRECONDITION for every entry, its SequenceConflict describing the first entry whose
+precondition does not hold, with the actual sequence read after the refusal.
 """
 
 from __future__ import annotations
@@ -33,10 +51,13 @@ from gateway.errors import (
 )
 from gateway.publisher import Outcome, Publisher, PublishFailure, Stored
 from gateway.telemetry import PublishTelemetry
-from gateway.validation import PreparedEvent, Validator
-from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.validation import PreparedEvent, Validator, atomic_batch_problems, outbound
+from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]
+# Reads of actual sequences to explain one refused atomic batch (bounds the cost of a
+# batch of many entries with preconditions).
+MAX_CONFLICT_LOOKUPS = 32
 
 
 class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
@@ -61,7 +82,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         prepared = self._validator.prepare(request)
         if isinstance(prepared, list):
             await abort(context, bad_request(prepared))
-        (outcome,) = await self._publish([prepared], self._ack_timeout(context), context)
+        (outcome,) = await self._publish([prepared], self._publish_within(context), context)
         result = _result(prepared, await self._settle_conflict(prepared, outcome))
         if result.HasField("error"):
             await abort(context, result.error)
@@ -71,7 +92,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         self, request: gateway_pb2.PublishBatchRequest, context: Context
     ) -> gateway_pb2.PublishBatchResponse:
         try:
-            return await self._publish_batch(request, self._ack_timeout(context), context)
+            return await self._publish_batch(request, self._publish_within(context), context)
         except RpcAbort as exc:
             await abort(context, exc.status)
 
@@ -87,7 +108,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    timeout = self._ack_timeout(context)
+                    timeout = self._publish_within(context)
                     await slots.acquire()
                     in_flight.put_nowait(
                         asyncio.ensure_future(self._publish_batch(request, timeout, context))
@@ -112,18 +133,35 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
                     task.cancel()
 
     async def _publish(
-        self, events: Sequence[PreparedEvent], ack_timeout: float, context: Context
-    ) -> Sequence[Outcome]:
-        async def send() -> list[Outcome]:
-            messages = [e.message for e in events]
-            return await self._publisher.publish(messages, ack_timeout=ack_timeout)
+        self, events: Sequence[PreparedEvent], within: float, context: Context
+    ) -> list[Outcome]:
+        """Store `events` independently: one outcome each, in order."""
+        trace = self._telemetry.start(events, context)
+        messages = outbound(events, trace.headers)
+        try:
+            outcomes = await self._publisher.publish(messages, within=within)
+        except BaseException as exc:  # cancelled with the RPC: the spans still end
+            trace.fail(exc)
+            raise
+        trace.end(outcomes)
+        return outcomes
 
-        sent = await self._telemetry.publish(events, context, send)
-        assert not isinstance(sent, PublishFailure)
-        return sent
+    async def _publish_all(
+        self, events: Sequence[PreparedEvent], within: float, context: Context
+    ) -> list[Stored] | PublishFailure:
+        """Store all of `events` as one atomic batch, or none."""
+        trace = self._telemetry.start(events, context)
+        messages = outbound(events, trace.headers)
+        try:
+            stored = await self._publisher.publish_atomic(messages, within=within)
+        except BaseException as exc:
+            trace.fail(exc)
+            raise
+        trace.end(stored)
+        return stored
 
     async def _publish_batch(
-        self, request: gateway_pb2.PublishBatchRequest, ack_timeout: float, context: Context
+        self, request: gateway_pb2.PublishBatchRequest, within: float, context: Context
     ) -> gateway_pb2.PublishBatchResponse:
         count = len(request.entries)
         if not 1 <= count <= self._config.max_batch_entries:
@@ -132,22 +170,24 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
                     [("entries", f"{count} entries; send 1 to {self._config.max_batch_entries}")]
                 )
             )
+        atomic = request.atomic
         prepared = [
-            self._validator.prepare(e, f"entries[{i}]") for i, e in enumerate(request.entries)
+            self._validator.prepare(e, f"entries[{i}]", atomic=atomic)
+            for i, e in enumerate(request.entries)
         ]
-        if request.atomic:
-            results = await self._publish_atomic(prepared, ack_timeout, context)
+        if atomic:
+            results = await self._publish_atomic(prepared, within, context)
             return gateway_pb2.PublishBatchResponse(results=results)
-        return await self._publish_each(prepared, ack_timeout, context)
+        return await self._publish_each(prepared, within, context)
 
     async def _publish_each(
         self,
         prepared: Sequence[PreparedEvent | list[FieldViolation]],
-        ack_timeout: float,
+        within: float,
         context: Context,
     ) -> gateway_pb2.PublishBatchResponse:
         valid = [p for p in prepared if isinstance(p, PreparedEvent)]
-        sent = await self._publish(valid, ack_timeout, context) if valid else []
+        sent = await self._publish(valid, within, context) if valid else []
         outcomes = iter(
             [
                 o if isinstance(o, Stored) else await self._settle_conflict(p, o)
@@ -167,10 +207,13 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
     async def _publish_atomic(
         self,
         prepared: Sequence[PreparedEvent | list[FieldViolation]],
-        ack_timeout: float,
+        within: float,
         context: Context,
     ) -> list[gateway_pb2.PublishResult]:
         valid = [p for p in prepared if isinstance(p, PreparedEvent)]
+        if len(valid) == len(prepared) and (clashes := atomic_batch_problems(valid)):
+            prepared = [clashes.get(i, p) for i, p in enumerate(valid)]
+            valid = []
         streams = sorted({p.stream for p in valid})
         if len(valid) < len(prepared):
             cause = next(i for i, p in enumerate(prepared) if isinstance(p, list))
@@ -198,15 +241,37 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
                 ),
             )
 
-        async def send() -> list[Stored] | PublishFailure:
-            messages = [p.message for p in valid]
-            return await self._publisher.publish_atomic(messages, ack_timeout=ack_timeout)
-
-        stored = await self._telemetry.publish(valid, context, send)
+        stored = await self._publish_all(valid, within, context)
         if isinstance(stored, PublishFailure):
             conflict = next((p.conflict for p in valid if p.conflict is not None), None)
+            if stored.err_code in PRECONDITION_ERRORS:
+                conflict = await self._failed_precondition(valid) or conflict
             return _all_failed(len(prepared), failure_status(stored, conflict))
         return [_result(p, s) for p, s in zip(valid, stored, strict=True)]
+
+    async def _failed_precondition(
+        self, events: Sequence[PreparedEvent]
+    ) -> event_pb2.SequenceConflict | None:
+        """The first precondition of an atomic batch that does not hold, with its actual value.
+
+        JetStream's refusal names no entry, and for some conflicts no actual sequence: read
+        each precondition's actual value in entry order (at most MAX_CONFLICT_LOOKUPS).
+        None when every one holds now (the stream changed since).
+        """
+        lookups = 0
+        for event in events:
+            conflict = event.conflict
+            if conflict is None or conflict.condition == "expected_last_event_id":
+                continue
+            if (lookups := lookups + 1) > MAX_CONFLICT_LOOKUPS:
+                break
+            actual = await self._publisher.last_sequence(event.stream, conflict.subject)
+            if actual is not None and actual != conflict.expected_sequence:
+                found = event_pb2.SequenceConflict()
+                found.CopyFrom(conflict)
+                found.actual_sequence = actual
+                return found
+        return None
 
     async def _settle_conflict(
         self, prepared: PreparedEvent, outcome: Stored | PublishFailure
@@ -223,12 +288,13 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
             or not prepared.client_id
         ):
             return outcome
-        last = await self._publisher.last_stored_id(prepared.stream, prepared.message.subject)
+        last = await self._publisher.last_stored_id(prepared.stream, prepared.subject)
         if last is None or last[1] != prepared.event_id:
             return outcome
         return Stored(stream=prepared.stream, sequence=last[0], duplicate=True)
 
-    def _ack_timeout(self, context: Context) -> float:
+    def _publish_within(self, context: Context) -> float:
+        """Seconds a publish may take: publish_timeout, or less when the call's deadline is."""
         remaining = context.time_remaining()
         timeout = self._config.publish_timeout
         return timeout if remaining is None else max(0.0, min(timeout, remaining))
@@ -249,7 +315,7 @@ def _fill(
     ok = result.ok
     ok.event_id = prepared.event_id
     ok.stream = outcome.stream
-    ok.subject = prepared.message.subject
+    ok.subject = prepared.subject
     ok.sequence = outcome.sequence
     ok.duplicate = outcome.duplicate
 

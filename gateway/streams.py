@@ -46,8 +46,9 @@ from nats.js import JetStreamManager, api
 from nats.js.errors import APIError, NotFoundError
 
 from gateway.config import StreamConfig
+from jetgate import wire
 
-EVENT_TYPES_KEY: Final = "jetgate.event_types"
+EVENT_TYPES_KEY: Final = wire.EVENT_TYPES_METADATA
 SERVER_METADATA_PREFIX: Final = "_nats."
 
 Action = Literal["created", "updated", "unchanged"]

@@ -15,14 +15,18 @@ into the events' headers, so consumers continue the client's trace.
 
 Metrics (`PublishMetrics`): events sent by stream, type and outcome, and the duration of
 each publish call.
+
+One publish call: `PublishTelemetry.start(events)` starts the spans and decides each
+event's trace headers (`PublishTrace.headers`); the servicer builds the messages with them
+and publishes; `PublishTrace.end(outcomes)` (or `fail(exc)`) ends the spans and counts.
+Nothing here sees or changes a message.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 from opentelemetry import context as otel_context
@@ -31,13 +35,10 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from gateway.publisher import Outcome, PublishFailure, Stored
 from gateway.validation import PreparedEvent
-from jetgate import wire
 from observability import messaging, propagation
 from observability.metrics import PublishMetrics
 
-log = logging.getLogger("jetgate.gateway")
 Context = grpc.aio.ServicerContext[object, object]
-Send = Callable[[], Awaitable[Sequence[Outcome] | PublishFailure]]
 # Health checks and reflection would drown the traces of events.
 UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
 
@@ -54,7 +55,7 @@ def server_interceptors(provider: trace.TracerProvider | None) -> list[grpc.aio.
 
 
 class PublishTelemetry:
-    """Wraps each publish call of the servicer in producer spans and metrics."""
+    """Producer spans and metrics of the servicer's publish calls (see `start`)."""
 
     def __init__(
         self,
@@ -67,22 +68,63 @@ class PublishTelemetry:
         self._metrics = metrics
         self._server = server
 
-    async def publish(
-        self, events: Sequence[PreparedEvent], context: Context, send: Send
-    ) -> Sequence[Outcome] | PublishFailure:
-        """Run `send()` for `events` (their messages are ours to add trace headers to)."""
-        spans = self._start(events, context)
-        started = time.perf_counter()
-        try:
-            outcomes = await send()
-        except BaseException as exc:  # cancelled with the RPC: the spans still end
-            for span in spans:
-                messaging.end_publish(span, error_type=type(exc).__qualname__, error=repr(exc))
-            raise
-        elapsed = time.perf_counter() - started
-        each = [outcomes] * len(events) if isinstance(outcomes, PublishFailure) else outcomes
-        if spans:
-            for span, outcome in zip(spans, each, strict=True):
+    def start(self, events: Sequence[PreparedEvent], context: Context) -> PublishTrace:
+        """Begin the publish of `events`: spans started, each event's trace headers decided.
+
+        End it with `PublishTrace.end` (JetStream's answer) or `PublishTrace.fail`.
+        """
+        spans: list[trace.Span] = []
+        headers: list[dict[str, str]] | None = None
+        if self._tracer is None:
+            headers = _shared(events, propagation.trace_headers(_client_context(context)))
+        elif not trace.get_current_span().is_recording():
+            # Not sampled: producer spans would not be recorded either; the events carry
+            # the call's (unsampled) context, so consumers follow the same decision.
+            headers = _shared(events, propagation.trace_headers(None))
+        else:
+            server = self._server()
+            headers = []
+            for event in events:
+                span = messaging.start_publish(
+                    self._tracer,
+                    subject=event.subject,
+                    stream=event.stream,
+                    message_id=event.event_id,
+                    body_size=len(event.payload),
+                    event_type=event.event_type,
+                    key=event.key,
+                    server=server,
+                )
+                spans.append(span)
+                headers.append(messaging.span_headers(span))
+        return PublishTrace(self._metrics, events, spans, headers)
+
+
+class PublishTrace:
+    """One publish call in flight: its spans, its events' trace headers, its clock."""
+
+    __slots__ = ("_events", "_metrics", "_spans", "_started", "headers")
+
+    def __init__(
+        self,
+        metrics: PublishMetrics,
+        events: Sequence[PreparedEvent],
+        spans: list[trace.Span],
+        headers: list[dict[str, str]] | None,
+    ) -> None:
+        self._metrics = metrics
+        self._events = events
+        self._spans = spans
+        # The trace headers of each event, in order (None: no event gets any).
+        self.headers: Sequence[Mapping[str, str]] | None = headers
+        self._started = time.perf_counter()
+
+    def end(self, outcomes: Sequence[Outcome] | PublishFailure) -> None:
+        """End the spans with JetStream's answer (one outcome per event, or one for all)."""
+        elapsed = time.perf_counter() - self._started
+        each = [outcomes] * len(self._events) if isinstance(outcomes, PublishFailure) else outcomes
+        if self._spans:
+            for span, outcome in zip(self._spans, each, strict=True):
                 if isinstance(outcome, Stored):
                     messaging.end_publish(
                         span, sequence=outcome.sequence, duplicate=outcome.duplicate
@@ -90,48 +132,30 @@ class PublishTelemetry:
                 else:
                     messaging.end_publish(span, error_type=outcome.kind, error=outcome.description)
         if self._metrics.enabled:
-            self._count(events, each, elapsed)
-        return outcomes
+            self._count(each, elapsed)
 
-    def _start(self, events: Sequence[PreparedEvent], context: Context) -> list[trace.Span]:
-        if self._tracer is None:
-            _copy_context(events, _client_context(context))
-            return []
-        if not trace.get_current_span().is_recording():
-            # Not sampled: producer spans would not be recorded either; the events carry
-            # the call's (unsampled) context, so consumers follow the same decision.
-            _copy_context(events, None)
-            return []
-        server = self._server()
-        spans = []
-        for event in events:
-            message = event.message
-            span = messaging.start_publish(
-                self._tracer,
-                subject=message.subject,
-                stream=event.stream,
-                message_id=event.event_id,
-                body_size=len(message.payload),
-                event_type=message.headers.get(wire.CE_TYPE, ""),
-                key=message.headers.get(wire.CE_SUBJECT, ""),
-                server=server,
-            )
-            _add_trace_headers(event, messaging.span_headers(span))
-            spans.append(span)
-        return spans
+    def fail(self, exc: BaseException) -> None:
+        """End the spans of a publish that raised (e.g. cancelled with its RPC)."""
+        for span in self._spans:
+            messaging.end_publish(span, error_type=type(exc).__qualname__, error=repr(exc))
 
-    def _count(
-        self, events: Sequence[PreparedEvent], outcomes: Sequence[Outcome], elapsed: float
-    ) -> None:
+    def _count(self, outcomes: Sequence[Outcome], elapsed: float) -> None:
         counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         failed: str = ""
-        for event, outcome in zip(events, outcomes, strict=True):
+        for event, outcome in zip(self._events, outcomes, strict=True):
             error: str = outcome.kind if isinstance(outcome, PublishFailure) else ""
             failed = failed or error
-            counts[(event.stream, event.message.headers.get(wire.CE_TYPE, ""), error)] += 1
+            counts[(event.stream, event.event_type, error)] += 1
         for (stream, event_type, error), count in counts.items():
             self._metrics.sent(count, stream=stream, event_type=event_type, error_type=error)
         self._metrics.operation(elapsed, error_type=failed)
+
+
+def _shared(
+    events: Sequence[PreparedEvent], headers: dict[str, str]
+) -> list[dict[str, str]] | None:
+    """The same trace headers for every event (None when there are none)."""
+    return [headers] * len(events) if headers else None
 
 
 def _client_context(context: Context) -> otel_context.Context | None:
@@ -140,27 +164,3 @@ def _client_context(context: Context) -> otel_context.Context | None:
     if not metadata:
         return None
     return propagation.extract({k: v for k, v in metadata if isinstance(v, str)})
-
-
-def _copy_context(events: Sequence[PreparedEvent], context: otel_context.Context | None) -> None:
-    """Put the trace headers of `context` (None: the current one) on every event."""
-    headers = propagation.trace_headers(context)
-    if headers:
-        for event in events:
-            _add_trace_headers(event, headers)
-
-
-def _add_trace_headers(event: PreparedEvent, headers: dict[str, str]) -> None:
-    """Add `headers` to `event` when they fit under its size limit; else it goes untraced.
-
-    Validation checked the event's size without them; a message over nats-server's
-    max_payload would make the server close the connection, and tracing must never be
-    why a publish fails. (A client's large tracestate or baggage is what could exceed it.)
-    """
-    if wire.encoded_headers_size(headers) - wire.EMPTY_HEADERS_SIZE <= event.room:
-        event.message.headers.update(headers)
-    else:
-        log.warning(
-            "event %s: trace headers left out (%d bytes left under the size limit)",
-            *(event.event_id, event.room),
-        )

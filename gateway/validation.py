@@ -1,14 +1,22 @@
-"""Turns one PublishRequest into a ready NATS message, or the field violations it has.
+"""Turns one PublishRequest into a validated event, or the field violations it has.
 
 Everything is checked before anything is sent: type registered and routed, payload parses
-as its type, key, id, headers, time, ttl, size against the server's max_payload and the
-stream's max_msg_size, precondition. Output-only Event fields (stream, subject, sequence)
-are ignored on input.
+as its type, key, id, source, headers, time, ttl, precondition, and size. Output-only Event
+fields (stream, subject, sequence) are ignored on input.
+
+Size: nats-server closes the connection of a client that sends a message over its
+max_payload, and JetStream refuses a header block over 64 KiB, so no accepted event may
+grow past either once sent. Every header the gateway adds on the event's path is counted
+when the event is checked: the envelope, `Nats-Msg-Id`, `Nats-TTL` and the precondition's
+expectation headers are encoded here; the atomic batch headers (`prepare(atomic=True)`) are
+reserved at their largest. What is left (`PreparedEvent.room`) is where trace headers may
+go (`outbound`); trace headers that do not fit are left out, never the event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,22 +28,58 @@ from gateway.routing import Route, Router
 from jetgate import wire
 from jetgate.v1 import event_pb2, gateway_pb2
 
+log = logging.getLogger("jetgate.gateway")
+
 MAX_SOURCE_LENGTH = 1024
 
 
 @dataclass(slots=True, kw_only=True)  # not frozen: cheaper to build; never changed
 class PreparedEvent:
-    """A validated event: the NATS message plus what the reply and errors need."""
+    """A validated event: what its NATS message is built from, and what replies need."""
 
     event_id: str
     # Whether the client chose the id (only such an event can be a retry).
     client_id: bool
+    event_type: str
+    key: str
     stream: str
-    message: OutboundMessage
+    subject: str
+    payload: bytes
+    # Every header but the trace headers (never changed: `outbound` copies when it adds).
+    headers: dict[str, str]
     # The precondition it carries, as a conflict skeleton (None: no precondition).
     conflict: event_pb2.SequenceConflict | None
-    # Bytes left under the message size limit: room for trace headers (gateway.telemetry).
+    # Bytes its headers may still grow by under every size limit: room for trace headers.
     room: int = 0
+
+
+def outbound(
+    events: Sequence[PreparedEvent], trace: Sequence[Mapping[str, str]] | None
+) -> list[OutboundMessage]:
+    """The NATS messages of `events`, each with its trace headers (`trace[i]`, None: none).
+
+    Trace headers go only where they fit in the event's room: tracing is never why a
+    publish fails. (A client's large tracestate or baggage is what could exceed it.)
+    """
+    if trace is None:
+        return [
+            OutboundMessage(subject=e.subject, payload=e.payload, headers=e.headers) for e in events
+        ]
+    messages = []
+    for event, extra in zip(events, trace, strict=True):
+        headers = event.headers
+        if extra:
+            if wire.encoded_headers_size(extra) - wire.EMPTY_HEADERS_SIZE <= event.room:
+                headers = {**headers, **extra}
+            else:
+                log.warning(
+                    "event %s: trace headers left out (%d bytes left under the size limits)",
+                    *(event.event_id, event.room),
+                )
+        messages.append(
+            OutboundMessage(subject=event.subject, payload=event.payload, headers=headers)
+        )
+    return messages
 
 
 class Validator:
@@ -62,9 +106,12 @@ class Validator:
         return self._streams[name]
 
     def prepare(
-        self, request: gateway_pb2.PublishRequest, field: str = ""
+        self, request: gateway_pb2.PublishRequest, field: str = "", *, atomic: bool = False
     ) -> PreparedEvent | list[FieldViolation]:
-        """The NATS message for `request`, or its violations (field paths under `field`)."""
+        """The validated event of `request`, or its violations (field paths under `field`).
+
+        `atomic`: the event is an entry of an atomic batch (room for the batch headers).
+        """
         at = f"{field}." if field else ""
         if not request.HasField("event"):
             return [(f"{at}event", "event is required")]
@@ -99,8 +146,8 @@ class Validator:
         if problem := wire.event_id_problem(event.id):
             bad.append((f"{at}event.id", problem))
         source = event.source or self._default_source
-        if len(source) > MAX_SOURCE_LENGTH or "\r" in source or "\n" in source:
-            bad.append((f"{at}event.source", f"at most {MAX_SOURCE_LENGTH} chars, no CR/LF"))
+        if problem := wire.header_value_problem("source", source, MAX_SOURCE_LENGTH):
+            bad.append((f"{at}event.source", problem))
         user_headers = event.headers
         for name, value in sorted(user_headers.items()) if user_headers else ():
             if problem := wire.header_problem(name, value):
@@ -115,8 +162,8 @@ class Validator:
         stream = self._streams[route.stream] if route else None
         if event.HasField("ttl"):
             ttl = event.ttl.seconds
-            if event.ttl.nanos or ttl < 1:
-                bad.append((f"{at}event.ttl", "ttl must be whole seconds, at least 1s"))
+            if problem := wire.ttl_problem(ttl, event.ttl.nanos):
+                bad.append((f"{at}event.ttl", problem))
             elif stream is not None and not stream.allow_msg_ttl:
                 bad.append(
                     (f"{at}event.ttl", f"stream {stream.name} does not allow per-message TTL")
@@ -143,25 +190,45 @@ class Validator:
                 return checked
             expectations = checked
         headers = wire.encode_headers(envelope, expectations=expectations)
-        size = len(data) + wire.encoded_headers_size(headers)
+        header_size = wire.encoded_headers_size(headers)
+        if atomic:
+            header_size += wire.ATOMIC_BATCH_HEADERS_SIZE
+        size = len(data) + header_size
         limit = self._max_payload()
         if stream.max_msg_size > 0:
             limit = min(limit, stream.max_msg_size)
-        if size > limit:
-            return [
-                (
-                    f"{at}event.payload",
-                    f"the event takes {size} bytes with its headers; the limit is {limit}",
-                )
-            ]
+        if size > limit or header_size > wire.MAX_HEADERS_SIZE:
+            return [_size_violation(at, size, limit, header_size, atomic)]
         return PreparedEvent(
             event_id=event_id,
             client_id=bool(event.id),
+            event_type=full_name,
+            key=event.key,
             stream=route.stream,
-            message=OutboundMessage(subject=subject, payload=data, headers=headers),
+            subject=subject,
+            payload=data,
+            headers=headers,
             conflict=conflict,
-            room=limit - size,
+            room=min(limit - size, wire.MAX_HEADERS_SIZE - header_size),
         )
+
+
+def _size_violation(
+    at: str, size: int, limit: int, header_size: int, atomic: bool
+) -> FieldViolation:
+    batch = (
+        f" (with {wire.ATOMIC_BATCH_HEADERS_SIZE} bytes of atomic batch headers)" if atomic else ""
+    )
+    if header_size > wire.MAX_HEADERS_SIZE:
+        return (
+            f"{at}event.headers",
+            f"the event's headers take {header_size} bytes{batch}; "
+            f"JetStream takes at most {wire.MAX_HEADERS_SIZE}",
+        )
+    return (
+        f"{at}event.payload",
+        f"the event takes {size} bytes with its headers{batch}; the limit is {limit}",
+    )
 
 
 def _precondition(
@@ -197,3 +264,49 @@ def _precondition(
         return [(f"{at}precondition.expected_last_event_id", problem)], None
     conflict.expected_event_id = expected_id
     return {wire.EXPECTED_LAST_MSG_ID: expected_id}, conflict
+
+
+def atomic_batch_problems(events: Sequence[PreparedEvent]) -> dict[int, list[FieldViolation]]:
+    """Why entries of one atomic batch (valid each, in request order) cannot go together.
+
+    Entry index -> its violations. JetStream refuses such a batch with an error that does not
+    say which entries clash (and for a repeated id one that reads "already stored"):
+    - two entries with one event id;
+    - `expected_last_subject_sequence` on a subject an earlier entry of the batch writes
+      (preconditions are checked against the stream as it was before the batch: JetStream
+      cannot check one on a subject the batch itself has written);
+    - `expected_last_sequence` on any entry but the first (the same reason, stream-wide);
+    - `expected_last_event_id` (JetStream does not support it in a batch).
+    """
+    bad: dict[int, list[FieldViolation]] = {}
+    first_with_id: dict[str, int] = {}
+    first_on_subject: dict[str, int] = {}
+    for index, event in enumerate(events):
+        at = f"entries[{index}]"
+        if (earlier := first_with_id.setdefault(event.event_id, index)) != index:
+            why = f"entries[{earlier}] and {at} have the same id {event.event_id!r}"
+            bad.setdefault(earlier, []).append((f"entries[{earlier}].event.id", why))
+            bad.setdefault(index, []).append((f"{at}.event.id", why))
+        condition = event.conflict.condition if event.conflict is not None else ""
+        field = f"{at}.precondition.{condition}"
+        if condition == "expected_last_subject_sequence":
+            if (earlier := first_on_subject.get(event.subject, index)) != index:
+                bad.setdefault(index, []).append(
+                    (
+                        field,
+                        f"entries[{earlier}] of this atomic batch writes {event.subject} before "
+                        f"{at}: preconditions in an atomic batch are checked against the stream "
+                        "as it was before the batch, so none may name a subject written earlier "
+                        "in it",
+                    )
+                )
+        elif condition == "expected_last_sequence" and index > 0:
+            bad.setdefault(index, []).append(
+                (field, "only the first entry of an atomic batch may expect a stream sequence")
+            )
+        elif condition == "expected_last_event_id":
+            bad.setdefault(index, []).append(
+                (field, "not supported in an atomic batch (JetStream does not check it there)")
+            )
+        first_on_subject.setdefault(event.subject, index)
+    return bad

@@ -39,6 +39,47 @@ EXPECTED_LAST_MSG_ID: Final = "Nats-Expected-Last-Msg-Id"
 BATCH_ID: Final = "Nats-Batch-Id"
 BATCH_SEQUENCE: Final = "Nats-Batch-Sequence"
 BATCH_COMMIT: Final = "Nats-Batch-Commit"
+# The status line of a reply without a body: `NATS/1.0 503` (no responders: no stream
+# took the publish) arrives as the header `Status` (nats-py).
+STATUS: Final = "Status"
+STATUS_NO_RESPONDERS: Final = "503"
+
+# Size limits nats-server enforces on one message (a message over them is refused or,
+# over max_payload, makes the server close the connection). The header block is at most
+# 64 KiB - 1 (JetStream stores its length in 16 bits; JSStreamHeaderExceedsMaximumErr).
+MAX_HEADERS_SIZE: Final = 0xFFFF
+# `Nats-TTL` in whole seconds. nats-server computes a message's expiry as nanoseconds since
+# 1970 in a signed 64-bit integer (filestore/memstore: ts + ttl * 1s): past year 2262 it
+# overflows and the message is deleted at once, though acknowledged. 100 years keeps every
+# ttl far from that until the 2160s.
+MIN_TTL_SECONDS: Final = 1
+MAX_TTL_SECONDS: Final = 100 * 36525 * 864  # 100 Julian years: 3,155,760,000 s
+# Atomic batches: `Nats-Batch-Id` (see new_batch_id), `Nats-Batch-Sequence` (1-based), and
+# `Nats-Batch-Commit: 1` on the last message. JetStream takes at most 1000 per batch.
+MAX_ATOMIC_BATCH_ENTRIES: Final = 1000
+BATCH_ID_LENGTH: Final = 32
+
+# JetStream API error codes (`err_code` in an API error; nats-server's errors.json). They
+# are the server's protocol, shared by every side that talks to JetStream, so they live here.
+JS_INSUFFICIENT_RESOURCES: Final = 10023  # account or server storage limit reached
+JS_MAXIMUM_STREAMS: Final = 10027  # account limit on the number of streams
+JS_MEMORY_RESOURCES: Final = 10028  # insufficient memory resources
+JS_MESSAGE_EXCEEDS_MAXIMUM: Final = 10054
+JS_STREAM_NOT_FOUND: Final = 10059
+JS_WRONG_LAST_MSG_ID: Final = 10070
+JS_WRONG_LAST_SEQUENCE: Final = 10071
+JS_STREAM_STORE_FAILED: Final = 10077  # e.g. "maximum bytes exceeded" (discard new)
+JS_HEADER_EXCEEDS_MAXIMUM: Final = 10097
+JS_WRONG_LAST_SEQUENCE_CONSTANT: Final = 10164  # in a batch: no actual sequence given
+JS_MESSAGE_TTL_DISABLED: Final = 10166
+JS_MESSAGE_TTL_INVALID: Final = 10165
+JS_ATOMIC_UNSUPPORTED_HEADER: Final = 10177
+JS_ATOMIC_DUPLICATE_MSG_ID: Final = 10201
+
+# The metadata key jetgate writes on streams (the event types routed to the stream) and on
+# consumer groups' consumers (the types the group handles): full proto names, comma-joined,
+# so `nats stream info` / `nats consumer info` explain themselves.
+EVENT_TYPES_METADATA: Final = "jetgate.event_types"
 
 # CloudEvents attributes (binary mode: one header each).
 CE_SPECVERSION: Final = "ce-specversion"
@@ -128,12 +169,32 @@ def header_problem(name: str, value: str) -> str | None:
     if is_reserved_header(name):
         reserved = ", ".join(sorted(RESERVED_HEADER_NAMES))
         return f"header name {name!r} is reserved (Nats-*, ce-*, Jetgate-*, {reserved})"
-    if len(value) > MAX_HEADER_VALUE_LENGTH:
-        return f"header {name!r} value is longer than {MAX_HEADER_VALUE_LENGTH} characters"
+    return header_value_problem(f"header {name!r} value", value)
+
+
+def header_value_problem(what: str, value: str, limit: int = MAX_HEADER_VALUE_LENGTH) -> str | None:
+    """Why `value` cannot be stored as a header value exactly as given, or None.
+
+    One rule for every value a client gives (user headers, `ce-source`): NATS strips a
+    value's surrounding whitespace and a CR or LF would end the header, so both are refused
+    rather than changed. `what` names the value in the message.
+    """
+    if len(value) > limit:
+        return f"{what} is longer than {limit} characters"
     if "\r" in value or "\n" in value:
-        return f"header {name!r} value must not contain CR or LF"
+        return f"{what} must not contain CR or LF"
     if value != value.strip():
-        return f"header {name!r} value must not start or end with whitespace (NATS strips it)"
+        return f"{what} must not start or end with whitespace (NATS strips it)"
+    return None
+
+
+def ttl_problem(seconds: int, nanos: int = 0) -> str | None:
+    """Why `seconds` (+ `nanos`) cannot be a message's `Nats-TTL`, or None."""
+    if nanos or not MIN_TTL_SECONDS <= seconds <= MAX_TTL_SECONDS:
+        return (
+            f"ttl must be whole seconds from {MIN_TTL_SECONDS}s to {MAX_TTL_SECONDS}s "
+            "(100 years; nats-server cannot keep a longer one)"
+        )
     return None
 
 
@@ -341,3 +402,26 @@ def decode_envelope(subject_: str, headers: Mapping[str, str]) -> Envelope:
         headers=user,
         ttl_seconds=int(ttl) if ttl and ttl.isdigit() else None,
     )
+
+
+def new_batch_id() -> str:
+    """A fresh `Nats-Batch-Id` of BATCH_ID_LENGTH characters."""
+    return uuid.uuid4().hex
+
+
+def batch_headers(batch_id: str, sequence: int, *, commit: bool) -> dict[str, str]:
+    """The headers that frame message `sequence` (1-based) of atomic batch `batch_id`."""
+    headers = {BATCH_ID: batch_id, BATCH_SEQUENCE: str(sequence)}
+    if commit:
+        headers[BATCH_COMMIT] = "1"
+    return headers
+
+
+# The most bytes the atomic batch headers add to a message (the gateway reserves them when
+# it checks an atomic batch entry's size).
+ATOMIC_BATCH_HEADERS_SIZE: Final = (
+    encoded_headers_size(
+        batch_headers("x" * BATCH_ID_LENGTH, MAX_ATOMIC_BATCH_ENTRIES, commit=True)
+    )
+    - EMPTY_HEADERS_SIZE
+)

@@ -34,9 +34,7 @@ async def _publisher(nc: Client, max_pending: int = 64) -> Publisher:
 
 async def test_outcomes_come_back_in_order_through_a_small_window(nc: Client) -> None:
     publisher = await _publisher(nc, max_pending=8)
-    outcomes = await publisher.publish(
-        [_msg(f"t.{i}", f"id-{i}") for i in range(500)], ack_timeout=5
-    )
+    outcomes = await publisher.publish([_msg(f"t.{i}", f"id-{i}") for i in range(500)], within=5)
     assert outcomes == [Stored(stream="T", sequence=i + 1) for i in range(500)]
     assert publisher.pending == 0
     await publisher.close()
@@ -46,8 +44,8 @@ async def test_headers_passed_in_are_not_mutated(nc: Client) -> None:
     publisher = await _publisher(nc)
     message = _msg("t.a", "once")
     before = dict(message.headers)
-    await publisher.publish([message], ack_timeout=5)
-    await publisher.publish_atomic([message, _msg("t.b", "b")], ack_timeout=5)
+    await publisher.publish([message], within=5)
+    await publisher.publish_atomic([message, _msg("t.b", "b")], within=5)
     assert message.headers == before
     await publisher.close()
 
@@ -55,11 +53,11 @@ async def test_headers_passed_in_are_not_mutated(nc: Client) -> None:
 async def test_jetstream_errors_are_failures_with_their_codes(nc: Client) -> None:
     publisher = await _publisher(nc)
     (outcome,) = await publisher.publish(
-        [_msg("t.a", **{"Nats-Expected-Last-Sequence": "5"})], ack_timeout=5
+        [_msg("t.a", **{"Nats-Expected-Last-Sequence": "5"})], within=5
     )
     assert isinstance(outcome, PublishFailure)
     assert (outcome.kind, outcome.err_code) == ("api", 10071)
-    (outcome,) = await publisher.publish([_msg("nostream.a")], ack_timeout=5)
+    (outcome,) = await publisher.publish([_msg("nostream.a")], within=5)
     assert isinstance(outcome, PublishFailure)
     assert outcome.kind == "unavailable"
     await publisher.close()
@@ -68,12 +66,12 @@ async def test_jetstream_errors_are_failures_with_their_codes(nc: Client) -> Non
 async def test_no_acknowledgement_is_a_timeout_and_frees_the_window(nc: Client) -> None:
     publisher = await _publisher(nc, max_pending=2)
     silent = await nc.subscribe("quiet.>")  # a listener that never answers: no 503 either
-    outcomes = await publisher.publish([_msg("quiet.a"), _msg("quiet.b")], ack_timeout=0.2)
+    outcomes = await publisher.publish([_msg("quiet.a"), _msg("quiet.b")], within=0.2)
     assert [o.kind for o in outcomes if isinstance(o, PublishFailure)] == ["timeout", "timeout"]
     await asyncio.sleep(0)  # settled futures release their slot in a done-callback
     assert publisher.pending == 0
     # The window is free again: the next publishes are not blocked.
-    outcomes = await publisher.publish([_msg("t.a"), _msg("t.b")], ack_timeout=5)
+    outcomes = await publisher.publish([_msg("t.a"), _msg("t.b")], within=5)
     assert all(isinstance(o, Stored) for o in outcomes)
     await silent.unsubscribe()
     await publisher.close()
@@ -81,8 +79,8 @@ async def test_no_acknowledgement_is_a_timeout_and_frees_the_window(nc: Client) 
 
 async def test_atomic_batch_reports_consecutive_sequences(nc: Client) -> None:
     publisher = await _publisher(nc)
-    await publisher.publish([_msg("t.first")], ack_timeout=5)
-    stored = await publisher.publish_atomic([_msg(f"t.{i}") for i in range(10)], ack_timeout=5)
+    await publisher.publish([_msg("t.first")], within=5)
+    stored = await publisher.publish_atomic([_msg(f"t.{i}") for i in range(10)], within=5)
     assert stored == [Stored(stream="T", sequence=i) for i in range(2, 12)]
     await publisher.close()
 
@@ -92,7 +90,7 @@ async def test_lost_connection_fails_pending_and_new_publishes_fast(
 ) -> None:
     publisher = await _publisher(nc)
     silent = await nc.subscribe("quiet.>")
-    waiting = asyncio.ensure_future(publisher.publish([_msg("quiet.a")], ack_timeout=30))
+    waiting = asyncio.ensure_future(publisher.publish([_msg("quiet.a")], within=30))
     await asyncio.sleep(0.1)
     publisher.fail_pending("connection lost")  # what the gateway's disconnect callback does
     (outcome,) = await asyncio.wait_for(waiting, 2)
@@ -104,7 +102,7 @@ async def test_lost_connection_fails_pending_and_new_publishes_fast(
         if not nc.is_connected:
             break
         await asyncio.sleep(0.01)
-    (outcome,) = await asyncio.wait_for(publisher.publish([_msg("t.a")], ack_timeout=30), 2)
+    (outcome,) = await asyncio.wait_for(publisher.publish([_msg("t.a")], within=30), 2)
     assert isinstance(outcome, PublishFailure)
     assert outcome.kind == "unavailable"
 
