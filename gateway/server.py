@@ -16,13 +16,13 @@ import logging
 import grpc
 import nats
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from gateway.config import GatewayConfig
 from gateway.publisher import Publisher
+from gateway.reflection import enable_reflection
 from gateway.registry import TypeRegistry
 from gateway.routing import Router
 from gateway.servicer import EventGatewayServicer
@@ -110,9 +110,8 @@ class Gateway:
         )
         gateway_pb2_grpc.add_EventGatewayServicer_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
-        )
+        served = [gateway_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR]
+        enable_reflection(self._server, [SERVICE_NAME, health.SERVICE_NAME], served, self.registry)
         self.port = self._server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
