@@ -21,6 +21,8 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from gateway.config import GatewayConfig
+from gateway.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported (bench)
+from gateway.limits import server_options
 from gateway.publisher import Publisher
 from gateway.reflection import enable_reflection
 from gateway.registry import TypeRegistry
@@ -36,8 +38,6 @@ from observability.metrics import PublishMetrics
 log = logging.getLogger("jetgate.gateway")
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["EventGateway"].full_name
-# A batch of 1000 events of a few KiB each must fit in one request.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Start-up gives NATS this long to answer; afterwards reconnects go on for ever.
 CONNECT_TIMEOUT = 10.0
 
@@ -97,10 +97,7 @@ class Gateway:
         )
         self._server = grpc.aio.server(
             interceptors=server_interceptors(self._tracer_provider),
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
+            options=server_options(),
         )
         telemetry = PublishTelemetry(
             tracer_provider=self._tracer_provider, metrics=self._metrics, server=self._nats_server
