@@ -22,7 +22,7 @@ from opentelemetry.trace import TracerProvider
 
 from gateway.config import GatewayConfig
 from gateway.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported (bench)
-from gateway.limits import server_options
+from gateway.limits import InFlightBudget, RequestGuard, server_options
 from gateway.publisher import Publisher
 from gateway.reflection import enable_reflection
 from gateway.registry import TypeRegistry
@@ -96,7 +96,10 @@ class Gateway:
             max_payload=lambda: nc.max_payload,
         )
         self._server = grpc.aio.server(
-            interceptors=server_interceptors(self._tracer_provider),
+            interceptors=[
+                *server_interceptors(self._tracer_provider),
+                RequestGuard(InFlightBudget(self.config.max_inflight_request_bytes)),
+            ],
             options=server_options(),
         )
         telemetry = PublishTelemetry(
