@@ -32,6 +32,7 @@ Requests (`RequestGuard`, a server interceptor, innermost so server spans see it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -77,15 +78,19 @@ def server_options() -> list[ServerOption]:
 
 
 class InFlightBudget:
-    """Bytes of requests being processed at once, at most `limit` (all on one event loop)."""
+    """Bytes of requests being processed at once, at most `limit` (all on one event loop).
+
+    Waiters are served first come, first served: a release grants room to the head of the
+    line, and `try_acquire` never jumps ahead of a waiter.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_use = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     def try_acquire(self, size: int) -> bool:
-        """Take `size` bytes if they fit now (and nobody waits before us)."""
+        """Take `size` bytes if they fit now and nobody waits."""
         if self._waiters or self.in_use + size > self.limit:
             return False
         self.in_use += size
@@ -97,28 +102,30 @@ class InFlightBudget:
             raise ValueError(f"{size} bytes exceed the budget of {self.limit}")
         if self.try_acquire(size):
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (size, asyncio.get_running_loop().create_future())
+        self._waiters.append(entry)
         try:
-            while self.in_use + size > self.limit:
-                await waiter
-                waiter = asyncio.get_running_loop().create_future()
-                self._waiters.appendleft(waiter)
-        finally:
-            # Remove our (possibly replaced) future; the next in line may fit now.
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            self._wake()
-        self.in_use += size
+            await entry[1]
+        except asyncio.CancelledError:
+            if entry[1].done() and not entry[1].cancelled():
+                self.release(size)  # granted just as the caller was cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._grant()  # those behind it may fit now
+            raise
 
     def release(self, size: int) -> None:
         """Give back `size` bytes taken before."""
         self.in_use -= size
-        self._wake()
+        self._grant()
 
-    def _wake(self) -> None:
-        if self._waiters and not self._waiters[0].done():
-            self._waiters[0].set_result(None)
+    def _grant(self) -> None:
+        while self._waiters and self.in_use + self._waiters[0][0] <= self.limit:
+            size, grant = self._waiters.popleft()
+            if not grant.done():  # a cancelled waiter is skipped
+                self.in_use += size
+                grant.set_result(None)
 
 
 class _Reservation:
