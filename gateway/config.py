@@ -126,7 +126,7 @@ class GatewayConfig:
     stream_window: int = 8
     # Serialized bytes of requests processed at once, all calls together (gateway/limits.py):
     # a Publish/PublishBatch beyond it is RESOURCE_EXHAUSTED, a PublishStream message waits.
-    max_inflight_request_bytes: int = 256 * 1024 * 1024
+    max_inflight_request_bytes: int = 128 * 1024 * 1024
     # Python modules with generated *_pb2 types to accept, and FileDescriptorSet files.
     type_modules: tuple[str, ...] = ()
     descriptor_sets: tuple[str, ...] = ()

@@ -27,6 +27,12 @@ Requests (`RequestGuard`, a server interceptor, innermost so server spans see it
   the client back, like `stream_window`); its bytes count until its response is sent. One
   request larger than the whole budget is RESOURCE_EXHAUSTED in either case. The budget
   counts serialized bytes; parsing and publishing cost a few times that in process memory.
+  What it cannot bound: gRPC receives a whole message before any handler or interceptor
+  sees it, so every call being received holds its bytes (up to 64 MiB) whatever the budget
+  (grpcio has no server-wide memory quota in Python); `MAX_CONCURRENT_STREAMS` caps that
+  per connection. Measured with `python -m bench.inflight` (8 concurrent PublishBatch of
+  57 MiB, gateway RSS 56 MiB before): peak 1696 MiB when everything is admitted, 810 MiB
+  with the default budget of 128 MiB (4 stored, 4 RESOURCE_EXHAUSTED), 528 MiB with 64 MiB.
 """
 
 from __future__ import annotations
