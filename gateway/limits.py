@@ -156,11 +156,12 @@ class _Reservation:
 class _Parsed:
     """What the guarded deserializer hands to the guarded handler."""
 
-    __slots__ = ("message", "reservation")
+    __slots__ = ("message", "reservation", "size")
 
-    def __init__(self, message: Any, reservation: _Reservation | None) -> None:
+    def __init__(self, message: Any, reservation: _Reservation | None, size: int) -> None:
         self.message = message
         self.reservation = reservation
+        self.size = size
 
 
 class _Refused:
@@ -229,7 +230,7 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                     return _over_budget(budget, len(data))
                 reservation = _Reservation(budget, len(data))
             try:
-                return _Parsed(parse(data), reservation)
+                return _Parsed(parse(data), reservation, len(data))
             except Exception:  # any failure to parse client bytes is the client's fault
                 if reservation is not None:
                     reservation.release()
@@ -273,11 +274,10 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                     if isinstance(request, _Refused):
                         await _refuse(context, method, request)
                     if budget is not None:
-                        size = request.message.ByteSize()
-                        if size > budget.limit:
-                            await _refuse(context, method, _over_budget(budget, size))
-                        await budget.acquire(size)
-                        held.append(size)
+                        if request.size > budget.limit:
+                            await _refuse(context, method, _over_budget(budget, request.size))
+                        await budget.acquire(request.size)
+                        held.append(request.size)
                     yield request.message
 
             try:
