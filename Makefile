@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint proto tools bench clean
+.PHONY: venv run test lint proto tools node-deps bench clean
 
 venv: $(STAMP)
 
@@ -32,7 +32,14 @@ tools:
 	bash tools/install-go-tool.sh grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl v1.9.3
 	bash tools/install-go-tool.sh jaeger github.com/jaegertracing/jaeger/cmd/jaeger v1.76.0
 
-test: venv tools lint
+# The Node client the interop tests run (docs/clients.md's recipe), from the committed lock.
+NODE_CLIENT := tests/interop/node
+node-deps: $(NODE_CLIENT)/node_modules/.package-lock.json
+
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --ignore-scripts
+
+test: venv tools node-deps lint
 	$(BIN)/python -m pytest -q
 
 # Publish, consume, end-to-end and tracing-cost figures next to their baselines, on its own servers (about 4 min).
@@ -40,4 +47,4 @@ bench: venv
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache $(NODE_CLIENT)/node_modules

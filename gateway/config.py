@@ -124,6 +124,9 @@ class GatewayConfig:
     max_pending: int = 4096
     # PublishStream request messages in flight per stream before reading pauses.
     stream_window: int = 8
+    # Serialized bytes of requests processed at once, all calls together (gateway/limits.py):
+    # a Publish/PublishBatch beyond it is RESOURCE_EXHAUSTED, a PublishStream message waits.
+    max_inflight_request_bytes: int = 128 * 1024 * 1024
     # Python modules with generated *_pb2 types to accept, and FileDescriptorSet files.
     type_modules: tuple[str, ...] = ()
     descriptor_sets: tuple[str, ...] = ()
@@ -147,6 +150,8 @@ class GatewayConfig:
             raise ConfigError("max_batch_entries must be within 1..1000")
         if self.max_pending < 1 or self.stream_window < 1:
             raise ConfigError("max_pending and stream_window must be at least 1")
+        if self.max_inflight_request_bytes < 1024 * 1024:
+            raise ConfigError("max_inflight_request_bytes must be at least 1MiB")
         for target in self.workers:
             module, _, group = target.partition(":")
             if not module or not group:
@@ -185,7 +190,7 @@ def _coerce(cls: type[Any], name: str, raw: object, where: str) -> object:
     try:
         if name in {"max_age", "duplicate_window", "publish_timeout"}:
             return parse_duration(raw)
-        if name in {"max_bytes", "max_msg_size"}:
+        if name in {"max_bytes", "max_msg_size", "max_inflight_request_bytes"}:
             return parse_size(raw)
         if kind == "int":
             if isinstance(raw, bool | float):

@@ -16,13 +16,15 @@ import logging
 import grpc
 import nats
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from gateway.config import GatewayConfig
+from gateway.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported (bench)
+from gateway.limits import InFlightBudget, RequestGuard, server_options
 from gateway.publisher import Publisher
+from gateway.reflection import enable_reflection
 from gateway.registry import TypeRegistry
 from gateway.routing import Router
 from gateway.servicer import EventGatewayServicer
@@ -36,8 +38,6 @@ from observability.metrics import PublishMetrics
 log = logging.getLogger("jetgate.gateway")
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["EventGateway"].full_name
-# A batch of 1000 events of a few KiB each must fit in one request.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Start-up gives NATS this long to answer; afterwards reconnects go on for ever.
 CONNECT_TIMEOUT = 10.0
 
@@ -96,11 +96,11 @@ class Gateway:
             max_payload=lambda: nc.max_payload,
         )
         self._server = grpc.aio.server(
-            interceptors=server_interceptors(self._tracer_provider),
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            interceptors=[
+                *server_interceptors(self._tracer_provider),
+                RequestGuard(InFlightBudget(self.config.max_inflight_request_bytes)),
             ],
+            options=server_options(),
         )
         telemetry = PublishTelemetry(
             tracer_provider=self._tracer_provider, metrics=self._metrics, server=self._nats_server
@@ -110,9 +110,8 @@ class Gateway:
         )
         gateway_pb2_grpc.add_EventGatewayServicer_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
-        )
+        served = [gateway_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR]
+        enable_reflection(self._server, [SERVICE_NAME, health.SERVICE_NAME], served, self.registry)
         self.port = self._server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
