@@ -18,9 +18,10 @@ Readiness: when `JETGATE_READY_FD` names an inherited file descriptor (a pipe), 
 writes `ready` to it once the worker pulls events, and closes it (`jetgate up` waits for
 that before it prints its banner).
 
-The NATS URL defaults to `JETGATE_NATS_URL`, then `nats://127.0.0.1:4222`. Exit codes: 0
-after a clean stop, 2 for a bad MODULE:GROUP or group settings JetStream refuses, 1 when
-NATS is unreachable at start.
+The NATS URL defaults to `JETGATE_NATS_URL`, then `nats://127.0.0.1:4222`. Exit codes
+(jetgate/errors.py, mapped in `main()` only): 0 after a clean stop, 2 for a configuration
+error (a bad MODULE:GROUP, group settings JetStream refuses, a bad `--metrics-listen` or
+`OTEL_*` value), 1 when start-up fails (NATS unreachable, the metrics port taken).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ import observability
 from consumers import deadletter
 from consumers.group import ConsumerGroup, GroupConfigError
 from consumers.worker import Worker
-from jetgate import processes
+from jetgate import errors, processes
+from jetgate.errors import ConfigurationError, JetgateError, StartupError
 
 log = logging.getLogger("jetgate.consumers")
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -81,6 +83,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `python -m consumers` (and of `jetgate consume|dlq`)."""
     args = _parser().parse_args(argv)
     observability.configure_logging(os.environ.get("JETGATE_LOG_LEVEL", "INFO"))
+    try:
+        _run(args)
+    except Exception as exc:  # the one place exceptions become exit codes
+        raise SystemExit(_report(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> None:
     url = args.nats_url or os.environ.get("JETGATE_NATS_URL") or DEFAULT_NATS_URL
     if args.command == "consume":
         group = load_group(args.target)
@@ -95,6 +104,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             telemetry.shutdown()  # exports the spans still buffered
     else:
         asyncio.run(_dead_letters(args.action, args.group, url, as_json=args.json))
+
+
+def _report(exc: Exception) -> int:
+    """Print why the command stops (no traceback soup) and return its exit code."""
+    if isinstance(exc, ConfigurationError):
+        message = f"configuration error: {exc}"
+    elif isinstance(exc, JetgateError):
+        message = str(exc)
+    else:
+        log.debug("failed", exc_info=True)
+        message = f"{type(exc).__name__}: {exc}"
+    print(f"jetgate: {message}", file=sys.stderr)
+    return errors.exit_code(exc)
 
 
 def load_group(target: str) -> ConsumerGroup:
@@ -116,10 +138,12 @@ def _telemetry(service: str, metrics_listen: str | None) -> observability.Teleme
             metrics_listen=DEFAULT_METRICS_LISTEN if metrics_listen is None else metrics_listen,
             metrics_port_tries=METRICS_PORT_TRIES if metrics_listen is None else 1,
         )
-    except observability.TelemetryConfigError as exc:
-        _fail(2, f"configuration error: {exc}")
-    except (OSError, ValueError) as exc:
-        _fail(2, f"--metrics-listen {metrics_listen}: {exc}")
+    except ConfigurationError:
+        raise
+    except ValueError as exc:  # not HOST:PORT
+        _fail(2, f"--metrics-listen {metrics_listen!r}: {exc}")
+    except OSError as exc:  # taken
+        _fail(1, f"--metrics-listen {metrics_listen}: {exc}")
     if telemetry.tracer_provider is not None:
         trace.set_tracer_provider(telemetry.tracer_provider)
     if telemetry.meter_provider is not None:
@@ -190,8 +214,6 @@ async def _consume(group: ConsumerGroup, url: str, telemetry: observability.Tele
             stats = await worker.run(stop)
         finally:
             announce.cancel()
-    except GroupConfigError as exc:
-        _fail(2, str(exc))
     finally:
         await nc.close()
     log.info("group %s: stopped; %s", group.name, stats)
@@ -253,5 +275,5 @@ async def _dead_letters(action: str, group: str, url: str, *, as_json: bool) -> 
 
 
 def _fail(code: int, message: str) -> NoReturn:
-    print(f"jetgate: {message}", file=sys.stderr)
-    raise SystemExit(code)
+    """Stop the command with exit `code` (2: configuration, 1: start-up); main() reports it."""
+    raise (ConfigurationError if code == errors.EXIT_CONFIGURATION else StartupError)(message)

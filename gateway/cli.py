@@ -20,8 +20,10 @@ Telemetry (observability.configure): traces go to the OTLP endpoint of the stand
 
 Every gateway setting has a flag (`--publish-timeout 2s`, `--type-modules a,b`, ...) that
 beats its `JETGATE_*` variable, which beats the file; `--stream-set ORDERS.replicas=3`
-overrides a stream setting. Exit codes: 0 after a clean stop, 2 for bad configuration,
-1 when start-up fails (NATS unreachable, unsafe stream change, port taken).
+overrides a stream setting. Exit codes (jetgate/errors.py, mapped in `main()` only): 0
+after a clean stop, 2 for bad configuration (`ConfigurationError`: a setting, a type module,
+a route, an `OTEL_*` variable), 1 when start-up fails (`StartupError`: NATS unreachable,
+unsafe stream change, port taken) or anything else goes wrong.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import observability
-from gateway.config import GATEWAY_SETTINGS, ConfigError, GatewayConfig, load_config
+from gateway.config import GATEWAY_SETTINGS, GatewayConfig, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from gateway.workers import READY_TIMEOUT, WorkerProcesses
-from jetgate import wire
+from jetgate import errors, wire
+from jetgate.errors import ConfigurationError, JetgateError, StartupError
 
 log = logging.getLogger("jetgate")
 DEFAULT_NATS_PORT = 4222
@@ -93,43 +96,48 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.execv(sys.executable, [sys.executable, "-m", "consumers", *argv])
     args = _parser().parse_args(argv)
     observability.configure_logging(os.environ.get("JETGATE_LOG_LEVEL", "INFO"))
+    try:
+        _serve(args)
+    except Exception as exc:  # the one place exceptions become exit codes
+        raise SystemExit(_report(exc)) from None
+
+
+def _report(exc: Exception) -> int:
+    """Print why `jetgate` stops (no traceback soup) and return its exit code."""
+    if isinstance(exc, ConfigurationError):
+        message = f"configuration error: {exc}"
+    elif isinstance(exc, JetgateError):
+        message = str(exc)
+    else:
+        log.debug("start-up failed", exc_info=True)
+        message = f"{type(exc).__name__}: {exc}"
+    print(f"jetgate: {message}", file=sys.stderr)
+    return errors.exit_code(exc)
+
+
+def _serve(args: argparse.Namespace) -> None:
     path = args.config
     if path is None and Path("jetgate.toml").is_file():
         path = Path("jetgate.toml")
-    try:
-        config = load_config(
-            path,
-            env=os.environ,
-            overrides={
-                s: getattr(args, s) for s in GATEWAY_SETTINGS if getattr(args, s) is not None
-            },
-            stream_overrides=args.stream_set,
-        )
-    except ConfigError as exc:
-        print(f"jetgate: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    config = load_config(
+        path,
+        env=os.environ,
+        overrides={s: getattr(args, s) for s in GATEWAY_SETTINGS if getattr(args, s) is not None},
+        stream_overrides=args.stream_set,
+    )
     if args.command == "serve" and not config.nats_url:
-        print(
-            "jetgate serve: set --nats-url or JETGATE_NATS_URL (or use `jetgate up`)",
-            file=sys.stderr,
+        raise ConfigurationError(
+            "`jetgate serve` needs a NATS URL: set --nats-url or JETGATE_NATS_URL "
+            "(or use `jetgate up`)"
         )
-        raise SystemExit(2)
     try:
         telemetry = observability.configure(
             observability.GATEWAY_SERVICE, metrics_listen=config.metrics_listen
         )
-    except observability.TelemetryConfigError as exc:
-        print(f"jetgate: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     except OSError as exc:
-        print(f"jetgate: metrics_listen {config.metrics_listen}: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise StartupError(f"metrics_listen {config.metrics_listen}: {exc}") from exc
     try:
         event_loop_runner()(_run(args, config, telemetry))
-    except Exception as exc:  # start-up failures: report, no traceback soup
-        log.debug("start-up failed", exc_info=True)
-        print(f"jetgate: {type(exc).__name__}: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
     finally:
         telemetry.shutdown()  # exports the spans still buffered
 
@@ -149,8 +157,8 @@ async def _run(
             tracer_provider=telemetry.tracer_provider,
             meter_provider=telemetry.meter_provider,
         )
-        await gateway.start()
         try:
+            await gateway.start()
             stop = _stop_on_signals()
             workers = WorkerProcesses(
                 config.workers if args.command == "up" else (),

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from jetgate.errors import StartupError
+
 LOG_NAME = "nats-server.log"
 LOCK_NAME = "nats-server.lock"
 CONFIG_NAME = "nats-server.conf"
@@ -39,7 +41,7 @@ _LOG_TAIL_LINES = 30
 _MAX_INFO_BYTES = 64 * 1024
 
 
-class NatsServerError(RuntimeError):
+class NatsServerError(StartupError, RuntimeError):
     """The nats-server binary is missing, or the server did not start or stop as asked."""
 
 

@@ -46,6 +46,7 @@ from nats.js import JetStreamManager, api
 from nats.js.errors import APIError, NotFoundError
 
 from gateway.config import StreamConfig
+from jetgate.errors import StartupError
 
 EVENT_TYPES_KEY: Final = "jetgate.event_types"
 SERVER_METADATA_PREFIX: Final = "_nats."
@@ -83,7 +84,7 @@ class StreamChange:
         return f"stream {self.stream}: {self.action}: " + "; ".join(map(str, self.changes))
 
 
-class UnsafeStreamChange(ValueError):
+class UnsafeStreamChange(StartupError, ValueError):
     """Declared stream settings would need unsafe changes; nothing was changed."""
 
     def __init__(self, unsafe: Mapping[str, Sequence[FieldChange]]) -> None:
@@ -102,7 +103,7 @@ class UnsafeStreamChange(ValueError):
         super().__init__("\n".join(lines))
 
 
-class StreamUpdateError(RuntimeError):
+class StreamUpdateError(StartupError, RuntimeError):
     """nats-server refused to create or update a stream; the message quotes it."""
 
 
