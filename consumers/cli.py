@@ -18,7 +18,8 @@ Readiness: when `JETGATE_READY_FD` names an inherited file descriptor (a pipe), 
 writes `ready` to it once the worker pulls events, and closes it (`jetgate up` waits for
 that before it prints its banner).
 
-The NATS URL defaults to `JETGATE_NATS_URL`, then `nats://127.0.0.1:4222`. Exit codes
+The NATS URL defaults to `JETGATE_NATS_URL`, then `nats://127.0.0.1:4222`; its credentials
+are never printed (`jetgate.urls.redact` on every message that could quote it). Exit codes
 (jetgate/errors.py, mapped in `main()` only): 0 after a clean stop, 2 for a configuration
 error (a bad MODULE:GROUP, group settings JetStream refuses, a bad `--metrics-listen` or
 `OTEL_*` value), 1 when start-up fails (NATS unreachable, the metrics port taken).
@@ -49,6 +50,7 @@ from consumers.group import ConsumerGroup, GroupConfigError
 from consumers.worker import Worker
 from jetgate import errors, processes
 from jetgate.errors import ConfigurationError, JetgateError, StartupError
+from jetgate.urls import redact
 
 log = logging.getLogger("jetgate.consumers")
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -90,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    url = args.nats_url or os.environ.get("JETGATE_NATS_URL") or DEFAULT_NATS_URL
+    url = args.nats_url or os.environ.get(processes.NATS_URL) or DEFAULT_NATS_URL
     if args.command == "consume":
         group = load_group(args.target)
         if args.ack_wait is not None:
@@ -115,7 +117,7 @@ def _report(exc: Exception) -> int:
     else:
         log.debug("failed", exc_info=True)
         message = f"{type(exc).__name__}: {exc}"
-    print(f"jetgate: {message}", file=sys.stderr)
+    print(f"jetgate: {redact(message)}", file=sys.stderr)
     return errors.exit_code(exc)
 
 
@@ -162,7 +164,7 @@ def _replace(group: ConsumerGroup, **changes: object) -> ConsumerGroup:
 
 async def _connect(url: str, name: str) -> NATS:
     async def quiet(exc: Exception) -> None:
-        log.warning("NATS: %r", exc)
+        log.warning("NATS: %s", redact(repr(exc)))
 
     try:
         return await asyncio.wait_for(
@@ -176,7 +178,7 @@ async def _connect(url: str, name: str) -> NATS:
             CONNECT_TIMEOUT,
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise ConnectionError(f"cannot reach NATS at {url}: {exc!r}") from None
+        raise ConnectionError(f"cannot reach NATS at {redact(url)}: {exc!r}") from None
 
 
 async def _consume(group: ConsumerGroup, url: str, telemetry: observability.Telemetry) -> None:

@@ -14,6 +14,9 @@
   section 2), and the exec'd process is exactly the worker `jetgate consume` documents, with
   its own arguments, help, signals and exit codes.
 
+No secret is printed: every URL shown (banner, hints, errors) goes through
+`jetgate.urls.redact`, and the workers get the NATS URL in their environment.
+
 Telemetry (observability.configure): traces go to the OTLP endpoint of the standard
 `OTEL_*` variables (none set: tracing off), metrics to a Prometheus endpoint on
 `metrics_listen` (default 127.0.0.1:9464). Log lines carry trace_id and span_id.
@@ -47,6 +50,7 @@ from gateway.server import Gateway
 from gateway.workers import READY_TIMEOUT, WorkerProcesses
 from jetgate import errors, wire
 from jetgate.errors import ConfigurationError, JetgateError, StartupError
+from jetgate.urls import MASK, redact
 
 log = logging.getLogger("jetgate")
 DEFAULT_NATS_PORT = 4222
@@ -111,7 +115,7 @@ def _report(exc: Exception) -> int:
     else:
         log.debug("start-up failed", exc_info=True)
         message = f"{type(exc).__name__}: {exc}"
-    print(f"jetgate: {message}", file=sys.stderr)
+    print(f"jetgate: {redact(message)}", file=sys.stderr)
     return errors.exit_code(exc)
 
 
@@ -219,11 +223,14 @@ def _announce(
     workers: WorkerProcesses,
     telemetry: observability.Telemetry,
 ) -> None:
-    addr, url = gateway.address, gateway.config.nats_url
+    # Credentials never reach the output: the nats CLI hints show the URL redacted too.
+    addr, url = gateway.address, redact(gateway.config.nats_url)
     where = ""
     if embedded is not None:
         where = f" (embedded, pid {embedded.pid}; JetStream data in {embedded.store_dir})"
     lines = [f"jetgate gateway listening on {addr}", f"NATS: {url}{where}"]
+    if url != gateway.config.nats_url:
+        lines.append(f"  (credentials hidden as {MASK}: give them to the nats CLI yourself)")
     if telemetry.metrics_server is not None:
         lines.append(f"Prometheus metrics: {telemetry.metrics_server.url}")
     tracing = "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send traces)"
@@ -253,7 +260,7 @@ def _announce(
 
 
 def _pipeline_lines(gateway: Gateway, stream: str, workers: WorkerProcesses) -> list[str]:
-    url = gateway.config.nats_url
+    url = redact(gateway.config.nats_url)
     # By convention (consumers/demo.py) a group's attribute is named like the group.
     groups = list(dict.fromkeys(target.partition(":")[2] for target in workers.targets))
     lines = ["", "Workers (consumer groups; `jetgate consume MODULE:GROUP` adds one more):"]

@@ -1,9 +1,10 @@
 """The consumer-group workers of `jetgate up` (setting `workers`), run as child processes.
 
-Each `MODULE:GROUP` entry becomes one `python -m consumers consume MODULE:GROUP --nats-url
-URL` process, started with the interpreter that runs the gateway: the gateway never
-imports `consumers` (DESIGN.md section 2), and workers are separate processes in
+Each `MODULE:GROUP` entry becomes one `python -m consumers consume MODULE:GROUP` process,
+started with the interpreter that runs the gateway: workers are separate processes in
 production too. Each worker:
+- gets the NATS URL in `JETGATE_NATS_URL`, not on its command line: a URL may carry a
+  token or password, and any local user can read command lines (`ps`);
 - gets `JETGATE_GATEWAY`, the gateway's address, where the demo handlers publish their
   follow-up events, and shares the gateway's stdout and stderr;
 - gets the `OTEL_*` variables of `jetgate up` except `OTEL_SERVICE_NAME` (a worker's
@@ -77,7 +78,7 @@ class WorkerProcesses:
             metrics = f"{host}:{int(port) + 1 + index if int(port) else 0}"
         return [
             *(sys.executable, "-m", "consumers", "consume", target),
-            *("--nats-url", self.nats_url, "--metrics-listen", metrics),
+            *("--metrics-listen", metrics),
         ]
 
     def start(self) -> None:
@@ -88,6 +89,7 @@ class WorkerProcesses:
         """
         env = {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"}
         env[processes.GATEWAY_ADDRESS] = self.gateway_address
+        env[processes.NATS_URL] = self.nats_url
         for index, target in enumerate(self.targets):
             ready_fd, report_fd = os.pipe()
             try:
