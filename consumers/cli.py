@@ -1,5 +1,9 @@
 """`jetgate consume` and `jetgate dlq` (also `python -m consumers consume|dlq ...`).
 
+`jetgate` (gateway/cli.py) adds these commands to its own parser with `add_commands()` and
+runs them in-process with `run()`: same arguments, help, signals and exit codes as
+`python -m consumers`.
+
 - `jetgate consume MODULE:GROUP [--nats-url URL] [--concurrency N] [--ack-wait S]`: import
   MODULE, run the `ConsumerGroup` named GROUP in it until SIGINT/SIGTERM, drain (finish and
   acknowledge in-flight events), log the counts and exit 0. `--ack-wait` overrides the
@@ -37,7 +41,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import nats
@@ -59,10 +63,15 @@ METRICS_PORT_TRIES = 100
 CONNECT_TIMEOUT = 10.0  # s
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jetgate", description="jetgate consumer groups")
-    commands = parser.add_subparsers(dest="command", required=True)
-    consume = commands.add_parser("consume", help="run a worker of a consumer group")
+# The commands this module runs, for `jetgate` (gateway/cli.py) to hand over.
+COMMANDS = ("consume", "dlq")
+
+
+def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add `consume` and `dlq` with `add_parser` (a subparsers action's): `jetgate` and
+    `python -m consumers` parse them alike."""
+    text = "run a worker of a consumer group until SIGINT/SIGTERM, then drain"
+    consume = add_parser("consume", help=text, description=text)
     consume.add_argument("target", metavar="MODULE:GROUP")
     consume.add_argument("--concurrency", type=int, help="events handled at once (per process)")
     consume.add_argument("--ack-wait", type=float, help="seconds (overrides the group's)")
@@ -72,18 +81,31 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"Prometheus endpoint (default {DEFAULT_METRICS_LISTEN} or next free; '': off)",
     )
-    dlq = commands.add_parser("dlq", help="list, redrive or purge a group's dead letters")
+    text = "list, redrive or purge a group's dead letters (stream DLQ)"
+    dlq = add_parser("dlq", help=text, description=text)
     dlq.add_argument("action", choices=("list", "redrive", "purge"))
     dlq.add_argument("--group", required=True)
     dlq.add_argument("--json", action="store_true", help="list: one JSON object per line")
     for command in (consume, dlq):
         command.add_argument("--nats-url", default=None, help="default: JETGATE_NATS_URL")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jetgate", description="jetgate consumer groups")
+    add_commands(parser.add_subparsers(dest="command", required=True).add_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of `python -m consumers` (and of `jetgate consume|dlq`)."""
-    args = _parser().parse_args(argv)
+    """Entry point of `python -m consumers`."""
+    run(_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run a parsed `consume` or `dlq` command (`jetgate consume|dlq` calls this too).
+
+    Returns after a clean stop; raises SystemExit with the exit code otherwise.
+    """
     observability.configure_logging(os.environ.get("JETGATE_LOG_LEVEL", "INFO"))
     try:
         _run(args)

@@ -9,10 +9,9 @@
   and prints how to publish and inspect. On SIGINT/SIGTERM it stops the workers (they
   drain), then the gateway, then nats-server.
 - `jetgate consume ...` and `jetgate dlq ...`: the consumer-group commands of the
-  `consumers` package. `jetgate` replaces itself with `python -m consumers ...` (os.execv)
-  instead of importing it: `gateway` and `consumers` never import each other (DESIGN.md
-  section 2), and the exec'd process is exactly the worker `jetgate consume` documents, with
-  its own arguments, help, signals and exit codes.
+  `consumers` package, parsed and run in-process by consumers/cli.py (`gateway` sits above
+  `consumers` and may import it): the same arguments, help, signals and exit codes as
+  `python -m consumers ...`.
 
 No secret is printed: every URL shown (banner, hints, errors) goes through
 `jetgate.urls.redact`, and the workers get the NATS URL in their environment.
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import observability
+from consumers import cli as consumers_cli
 from gateway.config import GATEWAY_SETTINGS, GatewayConfig, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
@@ -57,13 +57,6 @@ DEFAULT_NATS_PORT = 4222
 DEMO_TYPE = "jetgate.examples.orders.v1.OrderPlaced"
 # The last event of the demo pipeline (consumers/demo.py), shown in the banner.
 DEMO_LAST_TYPE = "jetgate.examples.orders.v1.OrderShipped"
-
-
-# Subcommands handed over to `python -m consumers` (consumers/cli.py parses the rest).
-CONSUMER_COMMANDS = {
-    "consume": "run a worker of a consumer group: consume MODULE:GROUP [--nats-url URL] ...",
-    "dlq": "list, redrive or purge a group's dead letters: dlq list|redrive|purge --group G",
-}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,18 +80,16 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--nats-port", type=int, default=None, help="embedded NATS port (0: any free)"
             )
-    for name, text in CONSUMER_COMMANDS.items():
-        # Listed for `jetgate --help` only: main() execs these before parsing.
-        commands.add_parser(name, help=text, add_help=False)
+    consumers_cli.add_commands(commands.add_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `jetgate` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in CONSUMER_COMMANDS:
-        os.execv(sys.executable, [sys.executable, "-m", "consumers", *argv])
     args = _parser().parse_args(argv)
+    if args.command in consumers_cli.COMMANDS:
+        consumers_cli.run(args)
+        return
     observability.configure_logging(os.environ.get("JETGATE_LOG_LEVEL", "INFO"))
     try:
         _serve(args)
