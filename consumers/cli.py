@@ -72,9 +72,21 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     `python -m consumers` parse them alike."""
     text = "run a worker of a consumer group until SIGINT/SIGTERM, then drain"
     consume = add_parser("consume", help=text, description=text)
-    consume.add_argument("target", metavar="MODULE:GROUP")
-    consume.add_argument("--concurrency", type=int, help="events handled at once (per process)")
-    consume.add_argument("--ack-wait", type=float, help="seconds (overrides the group's)")
+    consume.add_argument(
+        "target",
+        metavar="MODULE:GROUP",
+        help="the ConsumerGroup named GROUP in Python module MODULE, e.g. consumers.demo:billing",
+    )
+    consume.add_argument(
+        "--concurrency", type=int, metavar="N", help="events handled at once (per process)"
+    )
+    consume.add_argument(
+        "--ack-wait",
+        type=float,
+        metavar="SECONDS",
+        help="how long JetStream waits for an acknowledgement before redelivering "
+        "(overrides the group's, for every worker of the group)",
+    )
     consume.add_argument(
         "--metrics-listen",
         default=None,
@@ -83,11 +95,21 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     )
     text = "list, redrive or purge a group's dead letters (stream DLQ)"
     dlq = add_parser("dlq", help=text, description=text)
-    dlq.add_argument("action", choices=("list", "redrive", "purge"))
-    dlq.add_argument("--group", required=True)
+    dlq.add_argument(
+        "action",
+        choices=("list", "redrive", "purge"),
+        help="list: show them; redrive: republish each to its origin subject; purge: delete",
+    )
+    dlq.add_argument("--group", required=True, help="the group whose dead letters to act on")
     dlq.add_argument("--json", action="store_true", help="list: one JSON object per line")
     for command in (consume, dlq):
-        command.add_argument("--nats-url", default=None, help="default: JETGATE_NATS_URL")
+        command.add_argument(
+            "--nats-url",
+            default=None,
+            metavar="URL",
+            help=f"NATS server URL, credentials allowed (never printed) [default: "
+            f"{processes.NATS_URL}, else {DEFAULT_NATS_URL}]",
+        )
 
 
 def _parser() -> argparse.ArgumentParser:

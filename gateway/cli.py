@@ -44,7 +44,7 @@ from typing import Any
 
 import observability
 from consumers import cli as consumers_cli
-from gateway.config import GATEWAY_SETTINGS, GatewayConfig, load_config
+from gateway.config import ENV_PREFIX, GATEWAY_SETTINGS, GatewayConfig, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from gateway.workers import READY_TIMEOUT, WorkerProcesses
@@ -59,6 +59,41 @@ DEMO_TYPE = "jetgate.examples.orders.v1.OrderPlaced"
 DEMO_LAST_TYPE = "jetgate.examples.orders.v1.OrderShipped"
 
 
+# The help of each gateway setting's flag; its variable and default are added to it.
+# A setting added to GatewayConfig needs a line here (tests/gateway/test_cli_help.py).
+SETTING_HELP = {
+    "listen": "gRPC listen address HOST:PORT (port 0: any free port)",
+    "nats_url": "NATS server URL(s), comma-separated, credentials allowed (never printed); "
+    "`up` without one starts an embedded nats-server",
+    "source": "ce-source of events published without one",
+    "publish_timeout": "longest wait for JetStream's acknowledgement of a publish (e.g. 5s, 500ms)",
+    "max_batch_entries": "most entries in one PublishBatch / PublishStream request (1..1000)",
+    "max_pending": "publishes awaiting a JetStream acknowledgement at once, over all RPCs",
+    "stream_window": "PublishStream request messages in flight per stream before reading pauses",
+    "type_modules": "comma-separated Python modules of generated *_pb2 event types to accept",
+    "descriptor_sets": "comma-separated FileDescriptorSet files of event types to accept",
+    "data_dir": "where `up` keeps the embedded nats-server's JetStream data",
+    "workers": "comma-separated MODULE:GROUP consumer groups `up` runs one worker process of",
+    "metrics_listen": "Prometheus /metrics endpoint HOST:PORT ('': off); `up` gives its "
+    "workers the next ports",
+}
+
+
+def _setting_help(setting: str) -> str | None:
+    text = SETTING_HELP.get(setting)
+    if text is None:
+        return None
+    default = {f.name: f.default for f in dataclasses.fields(GatewayConfig)}.get(setting)
+    if isinstance(default, tuple):
+        default = ",".join(default)
+    shown = f"{default}" if default not in ("", None) else "none"
+    return f"{text} [{_setting_env(setting)}; default: {shown}]"
+
+
+def _setting_env(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jetgate", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -68,17 +103,37 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument(
-            "--config", type=Path, help="TOML file (default: jetgate.toml if present)"
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="TOML file (default: jetgate.toml if present)",
         )
         for setting in GATEWAY_SETTINGS:
-            command.add_argument(f"--{setting.replace('_', '-')}", dest=setting, metavar="VALUE")
+            command.add_argument(
+                f"--{setting.replace('_', '-')}",
+                dest=setting,
+                metavar="VALUE",
+                help=_setting_help(setting),
+            )
         command.add_argument(
-            "--stream-set", action="append", default=[], metavar="STREAM.FIELD=VALUE"
+            "--stream-set",
+            action="append",
+            default=[],
+            metavar="STREAM.FIELD=VALUE",
+            help="override a stream setting, e.g. ORDERS.replicas=3 (repeatable; beats "
+            "JETGATE_STREAMS_<STREAM>_<FIELD>)",
         )
-        command.add_argument("--grace", type=float, default=10.0, help="seconds to drain on stop")
+        command.add_argument(
+            "--grace", type=float, default=10.0, metavar="SECONDS", help="seconds to drain on stop"
+        )
         if name == "up":
             command.add_argument(
-                "--nats-port", type=int, default=None, help="embedded NATS port (0: any free)"
+                "--nats-port",
+                type=int,
+                default=None,
+                metavar="PORT",
+                help=f"embedded NATS port (default {DEFAULT_NATS_PORT} when free, else any; "
+                "0: any free)",
             )
     consumers_cli.add_commands(commands.add_parser)
     return parser
