@@ -14,7 +14,7 @@
   `consumers` and may import it): the same arguments, help, signals and exit codes as
   `python -m consumers ...`.
 
-No secret is printed: every URL shown (banner, hints, errors) goes through
+No secret is printed: every URL shown (banner: gateway/banner.py, errors) goes through
 `jetgate.urls.redact`, and the workers get the NATS URL in their environment.
 
 Telemetry (observability.configure): traces go to the OTLP endpoint of the standard
@@ -45,19 +45,17 @@ from typing import Any
 
 import observability
 from consumers import cli as consumers_cli
+from gateway.banner import announce
 from gateway.config import ENV_PREFIX, GATEWAY_SETTINGS, GatewayConfig, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from gateway.workers import WorkerProcesses
-from jetgate import errors, wire
+from jetgate import errors
 from jetgate.errors import ConfigurationError, JetgateError, StartupError
-from jetgate.urls import MASK, redact
+from jetgate.urls import redact
 
 log = logging.getLogger("jetgate")
 DEFAULT_NATS_PORT = 4222
-DEMO_TYPE = "jetgate.examples.orders.v1.OrderPlaced"
-# The last event of the demo pipeline (consumers/demo.py), shown in the banner.
-DEMO_LAST_TYPE = "jetgate.examples.orders.v1.OrderShipped"
 
 
 # The help of each gateway setting's flag; its variable and default are added to it.
@@ -220,7 +218,7 @@ async def _run(
             try:
                 workers.start()
                 await workers.wait_ready()
-                _announce(gateway, embedded, workers, telemetry)
+                announce(gateway, embedded, workers, telemetry)
                 await _until_stopped(stop, workers)
             finally:
                 if workers.targets:
@@ -279,62 +277,3 @@ def _default_nats_port() -> int:
         except OSError:
             return 0
     return DEFAULT_NATS_PORT
-
-
-def _announce(
-    gateway: Gateway,
-    embedded: NatsServer | None,
-    workers: WorkerProcesses,
-    telemetry: observability.Telemetry,
-) -> None:
-    # Credentials never reach the output: the nats CLI hints show the URL redacted too.
-    addr, url = gateway.address, redact(gateway.config.nats_url)
-    where = ""
-    if embedded is not None:
-        where = f" (embedded, pid {embedded.pid}; JetStream data in {embedded.store_dir})"
-    lines = [f"jetgate gateway listening on {addr}", f"NATS: {url}{where}"]
-    if url != gateway.config.nats_url:
-        lines.append(f"  (credentials hidden as {MASK}: give them to the nats CLI yourself)")
-    if telemetry.metrics_server is not None:
-        lines.append(f"Prometheus metrics: {telemetry.metrics_server.url}")
-    tracing = "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send traces)"
-    if telemetry.tracer_provider is not None:
-        tracing = "on (where the OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_* variables say)"
-    lines.append(f"Tracing: {tracing}")
-    routed = sorted(n for n in gateway.registry.names() if gateway.router.route(n) is not None)
-    if routed:
-        name = DEMO_TYPE if DEMO_TYPE in routed else routed[0]
-        route = gateway.router.route(name)
-        assert route is not None
-        fields = ', "orderId": "o-42", "customerId": "c-7"' if name == DEMO_TYPE else ""
-        payload = f'{{"@type": "{wire.type_url(name)}"{fields}}}'
-        request = f'{{"event": {{"key": "o-42", "payload": {payload}}}}}'
-        subject = wire.subject(route.subject_prefix, name, "o-42")
-        lines += [
-            "",
-            "Publish an event (grpcurl; reflection is on, no .proto files needed):",
-            f"  grpcurl -plaintext -d '{request}' {addr} jetgate.v1.EventGateway/Publish",
-            "Inspect the stream (nats CLI):",
-            f"  nats --server {url} stream info {route.stream}",
-            f"  nats --server {url} stream get {route.stream} --last-for {subject}",
-        ]
-        if workers.pids:
-            lines += _pipeline_lines(gateway, route.stream, workers)
-    print("\n".join(lines), flush=True)
-
-
-def _pipeline_lines(gateway: Gateway, stream: str, workers: WorkerProcesses) -> list[str]:
-    url = redact(gateway.config.nats_url)
-    # By convention (consumers/demo.py) a group's attribute is named like the group.
-    groups = list(dict.fromkeys(target.partition(":")[2] for target in workers.targets))
-    lines = ["", "Workers (consumer groups; `jetgate consume MODULE:GROUP` adds one more):"]
-    lines += [f"  {target}  pid {pid}" for target, pid in workers.pids]
-    lines += ["Watch the pipeline (nats CLI; dead letters with jetgate dlq):"]
-    lines += [f"  nats --server {url} stream subjects {stream}"]
-    lines += [f"  nats --server {url} consumer info {stream} {group}" for group in groups]
-    last = gateway.router.route(DEMO_LAST_TYPE)
-    if last is not None and last.stream == stream:
-        subject = wire.subject(last.subject_prefix, DEMO_LAST_TYPE, "o-42")
-        lines += [f"  nats --server {url} stream get {stream} --last-for {subject}"]
-    lines += [f"  jetgate dlq list --group {groups[0]} --nats-url {url}"]
-    return lines
