@@ -200,9 +200,9 @@ def _telemetry(
     except ConfigurationError:
         raise
     except ValueError as exc:  # not HOST:PORT
-        _fail(2, f"--metrics-listen {metrics_listen!r}: {exc}")
+        _fail(2, f"--metrics-listen {listen!r}: {exc}")
     except OSError as exc:  # taken
-        _fail(1, f"--metrics-listen {metrics_listen}: {exc}")
+        _fail(1, f"--metrics-listen {listen}: {exc}")
     if telemetry.tracer_provider is not None:
         trace.set_tracer_provider(telemetry.tracer_provider)
     if telemetry.meter_provider is not None:
