@@ -94,7 +94,14 @@ def _setting_env(setting: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jetgate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="jetgate",
+        description="jetgate: a gRPC gateway that stores typed protobuf events in NATS "
+        "JetStream, and the consumer groups that process them. `jetgate COMMAND --help` "
+        "for each command.",
+        epilog="Exit codes: 0 after a clean stop, 1 when start-up fails, 2 for a "
+        "configuration error.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("serve", "serve the gateway against a NATS server (JETGATE_NATS_URL)"),
