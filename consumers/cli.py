@@ -1,5 +1,9 @@
 """`jetgate consume` and `jetgate dlq` (also `python -m consumers consume|dlq ...`).
 
+`jetgate` (gateway/cli.py) adds these commands to its own parser with `add_commands()` and
+runs them in-process with `run()`: same arguments, help, signals and exit codes as
+`python -m consumers`.
+
 - `jetgate consume MODULE:GROUP [--nats-url URL] [--concurrency N] [--ack-wait S]`: import
   MODULE, run the `ConsumerGroup` named GROUP in it until SIGINT/SIGTERM, drain (finish and
   acknowledge in-flight events), log the counts and exit 0. `--ack-wait` overrides the
@@ -12,15 +16,18 @@ observability.setup) and installs its providers as OpenTelemetry's global ones, 
 handler code using the OpenTelemetry API (and instrumented clients, like the demo's gRPC
 channel) joins the event's trace. `--metrics-listen HOST:PORT` serves Prometheus metrics;
 the default, 127.0.0.1:9465, moves on to the next free port when taken (several workers on
-one host); '' turns it off.
+one host), and so does a given port with `--metrics-port-tries N` (`jetgate up`'s workers);
+the log says which port it took; '' turns it off.
 
 Readiness: when `JETGATE_READY_FD` names an inherited file descriptor (a pipe), `consume`
 writes `ready` to it once the worker pulls events, and closes it (`jetgate up` waits for
 that before it prints its banner).
 
-The NATS URL defaults to `JETGATE_NATS_URL`, then `nats://127.0.0.1:4222`. Exit codes: 0
-after a clean stop, 2 for a bad MODULE:GROUP or group settings JetStream refuses, 1 when
-NATS is unreachable at start.
+The NATS URL defaults to `JETGATE_NATS_URL`, then `nats://127.0.0.1:4222`; its credentials
+are never printed (`jetgate.urls.redact` on every message that could quote it). Exit codes
+(jetgate/errors.py, mapped in `main()` only): 0 after a clean stop, 2 for a configuration
+error (a bad MODULE:GROUP, group settings JetStream refuses, a bad `--metrics-listen` or
+`OTEL_*` value), 1 when start-up fails (NATS unreachable, the metrics port taken).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import nats
@@ -46,7 +53,9 @@ import observability
 from consumers import deadletter
 from consumers.group import ConsumerGroup, GroupConfigError
 from consumers.worker import Worker
-from jetgate import processes
+from jetgate import errors, processes
+from jetgate.errors import ConfigurationError, JetgateError, StartupError
+from jetgate.urls import redact
 
 log = logging.getLogger("jetgate.consumers")
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -55,46 +64,115 @@ METRICS_PORT_TRIES = 100
 CONNECT_TIMEOUT = 10.0  # s
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jetgate", description="jetgate consumer groups")
-    commands = parser.add_subparsers(dest="command", required=True)
-    consume = commands.add_parser("consume", help="run a worker of a consumer group")
-    consume.add_argument("target", metavar="MODULE:GROUP")
-    consume.add_argument("--concurrency", type=int, help="events handled at once (per process)")
-    consume.add_argument("--ack-wait", type=float, help="seconds (overrides the group's)")
+# The commands this module runs, for `jetgate` (gateway/cli.py) to hand over.
+COMMANDS = ("consume", "dlq")
+
+
+def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add `consume` and `dlq` with `add_parser` (a subparsers action's): `jetgate` and
+    `python -m consumers` parse them alike."""
+    text = "run a worker of a consumer group until SIGINT/SIGTERM, then drain"
+    consume = add_parser("consume", help=text, description=text)
+    consume.add_argument(
+        "target",
+        metavar="MODULE:GROUP",
+        help="the ConsumerGroup named GROUP in Python module MODULE, e.g. consumers.demo:billing",
+    )
+    consume.add_argument(
+        "--concurrency", type=int, metavar="N", help="events handled at once (per process)"
+    )
+    consume.add_argument(
+        "--ack-wait",
+        type=float,
+        metavar="SECONDS",
+        help="how long JetStream waits for an acknowledgement before redelivering "
+        "(overrides the group's, for every worker of the group)",
+    )
     consume.add_argument(
         "--metrics-listen",
         default=None,
         metavar="HOST:PORT",
         help=f"Prometheus endpoint (default {DEFAULT_METRICS_LISTEN} or next free; '': off)",
     )
-    dlq = commands.add_parser("dlq", help="list, redrive or purge a group's dead letters")
-    dlq.add_argument("action", choices=("list", "redrive", "purge"))
-    dlq.add_argument("--group", required=True)
+    consume.add_argument(
+        "--metrics-port-tries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="when the metrics port is taken, try the next N-1 ports (default "
+        f"{METRICS_PORT_TRIES} without --metrics-listen, 1 with it; jetgate up's workers "
+        "pass it)",
+    )
+    text = "list, redrive or purge a group's dead letters (stream DLQ)"
+    dlq = add_parser("dlq", help=text, description=text)
+    dlq.add_argument(
+        "action",
+        choices=("list", "redrive", "purge"),
+        help="list: show them; redrive: republish each to its origin subject; purge: delete",
+    )
+    dlq.add_argument("--group", required=True, help="the group whose dead letters to act on")
     dlq.add_argument("--json", action="store_true", help="list: one JSON object per line")
     for command in (consume, dlq):
-        command.add_argument("--nats-url", default=None, help="default: JETGATE_NATS_URL")
+        command.add_argument(
+            "--nats-url",
+            default=None,
+            metavar="URL",
+            help=f"NATS server URL, credentials allowed (never printed) [default: "
+            f"{processes.NATS_URL}, else {DEFAULT_NATS_URL}]",
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jetgate", description="jetgate consumer groups")
+    add_commands(parser.add_subparsers(dest="command", required=True).add_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of `python -m consumers` (and of `jetgate consume|dlq`)."""
-    args = _parser().parse_args(argv)
+    """Entry point of `python -m consumers`."""
+    run(_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run a parsed `consume` or `dlq` command (`jetgate consume|dlq` calls this too).
+
+    Returns after a clean stop; raises SystemExit with the exit code otherwise.
+    """
     observability.configure_logging(os.environ.get("JETGATE_LOG_LEVEL", "INFO"))
-    url = args.nats_url or os.environ.get("JETGATE_NATS_URL") or DEFAULT_NATS_URL
+    try:
+        _run(args)
+    except Exception as exc:  # the one place exceptions become exit codes
+        raise SystemExit(_report(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> None:
+    url = args.nats_url or os.environ.get(processes.NATS_URL) or DEFAULT_NATS_URL
     if args.command == "consume":
         group = load_group(args.target)
         if args.ack_wait is not None:
             group = _replace(group, ack_wait=args.ack_wait)
         if args.concurrency is not None:
             group = _replace(group, concurrency=args.concurrency)
-        telemetry = _telemetry(group.name, args.metrics_listen)
+        telemetry = _telemetry(group.name, args.metrics_listen, args.metrics_port_tries)
         try:
             asyncio.run(_consume(group, url, telemetry))
         finally:
             telemetry.shutdown()  # exports the spans still buffered
     else:
         asyncio.run(_dead_letters(args.action, args.group, url, as_json=args.json))
+
+
+def _report(exc: Exception) -> int:
+    """Print why the command stops (no traceback soup) and return its exit code."""
+    if isinstance(exc, ConfigurationError):
+        message = f"configuration error: {exc}"
+    elif isinstance(exc, JetgateError):
+        message = str(exc)
+    else:
+        log.debug("failed", exc_info=True)
+        message = f"{type(exc).__name__}: {exc}"
+    print(f"jetgate: {redact(message)}", file=sys.stderr)
+    return errors.exit_code(exc)
 
 
 def load_group(target: str) -> ConsumerGroup:
@@ -109,23 +187,30 @@ def load_group(target: str) -> ConsumerGroup:
     return group
 
 
-def _telemetry(service: str, metrics_listen: str | None) -> observability.Telemetry:
+def _telemetry(
+    service: str, metrics_listen: str | None, port_tries: int | None
+) -> observability.Telemetry:
+    listen = DEFAULT_METRICS_LISTEN if metrics_listen is None else metrics_listen
+    if port_tries is None:
+        port_tries = METRICS_PORT_TRIES if metrics_listen is None else 1
     try:
         telemetry = observability.configure(
-            service,
-            metrics_listen=DEFAULT_METRICS_LISTEN if metrics_listen is None else metrics_listen,
-            metrics_port_tries=METRICS_PORT_TRIES if metrics_listen is None else 1,
+            service, metrics_listen=listen, metrics_port_tries=port_tries
         )
-    except observability.TelemetryConfigError as exc:
-        _fail(2, f"configuration error: {exc}")
-    except (OSError, ValueError) as exc:
-        _fail(2, f"--metrics-listen {metrics_listen}: {exc}")
+    except ConfigurationError:
+        raise
+    except ValueError as exc:  # not HOST:PORT
+        _fail(2, f"--metrics-listen {listen!r}: {exc}")
+    except OSError as exc:  # taken
+        _fail(1, f"--metrics-listen {listen}: {exc}")
     if telemetry.tracer_provider is not None:
         trace.set_tracer_provider(telemetry.tracer_provider)
     if telemetry.meter_provider is not None:
         metrics.set_meter_provider(telemetry.meter_provider)
-    if telemetry.metrics_server is not None:
-        log.info("group %s: Prometheus metrics at %s", service, telemetry.metrics_server.url)
+    if (server := telemetry.metrics_server) is not None:
+        wanted = int(listen.rpartition(":")[2])
+        moved = f" ({listen} was taken)" if wanted and server.port != wanted else ""
+        log.info("group %s: Prometheus metrics at %s%s", service, server.url, moved)
     return telemetry
 
 
@@ -138,7 +223,7 @@ def _replace(group: ConsumerGroup, **changes: object) -> ConsumerGroup:
 
 async def _connect(url: str, name: str) -> NATS:
     async def quiet(exc: Exception) -> None:
-        log.warning("NATS: %r", exc)
+        log.warning("NATS: %s", redact(repr(exc)))
 
     try:
         return await asyncio.wait_for(
@@ -152,7 +237,7 @@ async def _connect(url: str, name: str) -> NATS:
             CONNECT_TIMEOUT,
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise ConnectionError(f"cannot reach NATS at {url}: {exc!r}") from None
+        raise ConnectionError(f"cannot reach NATS at {redact(url)}: {exc!r}") from None
 
 
 async def _consume(group: ConsumerGroup, url: str, telemetry: observability.Telemetry) -> None:
@@ -190,8 +275,6 @@ async def _consume(group: ConsumerGroup, url: str, telemetry: observability.Tele
             stats = await worker.run(stop)
         finally:
             announce.cancel()
-    except GroupConfigError as exc:
-        _fail(2, str(exc))
     finally:
         await nc.close()
     log.info("group %s: stopped; %s", group.name, stats)
@@ -253,5 +336,5 @@ async def _dead_letters(action: str, group: str, url: str, *, as_json: bool) -> 
 
 
 def _fail(code: int, message: str) -> NoReturn:
-    print(f"jetgate: {message}", file=sys.stderr)
-    raise SystemExit(code)
+    """Stop the command with exit `code` (2: configuration, 1: start-up); main() reports it."""
+    raise (ConfigurationError if code == errors.EXIT_CONFIGURATION else StartupError)(message)

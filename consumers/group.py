@@ -27,12 +27,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from consumers.delivery import Delivery
 from jetgate import wire
+from jetgate.errors import ConfigurationError
 
 M = TypeVar("M", bound=Message)
 Handler = Callable[[M, Delivery], Awaitable[None]]
 
 
-class GroupConfigError(ValueError):
+class GroupConfigError(ConfigurationError, ValueError):
     """A consumer group's settings are invalid, or JetStream refused them."""
 
 

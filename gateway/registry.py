@@ -32,11 +32,13 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FileDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from jetgate.errors import ConfigurationError
+
 # Packages whose files in a FileDescriptorSet are treated as dependencies only.
 DEPENDENCY_PACKAGES: Final = ("google.protobuf", "google.rpc", "google.api", "google.type")
 
 
-class RegistryError(ValueError):
+class RegistryError(ConfigurationError, ValueError):
     """A type source cannot be loaded, or two sources define one type differently."""
 
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from gateway.config import RouteConfig, StreamConfig
 from gateway.registry import TypeRegistry
 from jetgate import wire
+from jetgate.errors import ConfigurationError
 
 
-class RoutingError(ValueError):
+class RoutingError(ConfigurationError, ValueError):
     """The routes cannot work with the registered types and configured streams.
 
     `problems` lists every problem found, one sentence each; the message joins them.

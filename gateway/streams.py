@@ -47,6 +47,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from gateway.config import StreamConfig
 from jetgate import wire
+from jetgate.errors import StartupError
 
 EVENT_TYPES_KEY: Final = wire.EVENT_TYPES_METADATA
 SERVER_METADATA_PREFIX: Final = "_nats."
@@ -84,7 +85,7 @@ class StreamChange:
         return f"stream {self.stream}: {self.action}: " + "; ".join(map(str, self.changes))
 
 
-class UnsafeStreamChange(ValueError):
+class UnsafeStreamChange(StartupError, ValueError):
     """Declared stream settings would need unsafe changes; nothing was changed."""
 
     def __init__(self, unsafe: Mapping[str, Sequence[FieldChange]]) -> None:
@@ -103,7 +104,7 @@ class UnsafeStreamChange(ValueError):
         super().__init__("\n".join(lines))
 
 
-class StreamUpdateError(RuntimeError):
+class StreamUpdateError(StartupError, RuntimeError):
     """nats-server refused to create or update a stream; the message quotes it."""
 
 

@@ -44,6 +44,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
+from jetgate.errors import ConfigurationError
 from observability.prometheus import MetricsServer
 
 GATEWAY_SERVICE = "jetgate-gateway"
@@ -51,7 +52,7 @@ GRPC = "grpc"
 HTTP_PROTOBUF = "http/protobuf"
 
 
-class TelemetryConfigError(ValueError):
+class TelemetryConfigError(ConfigurationError, ValueError):
     """An `OTEL_*` variable has a value jetgate cannot use; the message names it."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -47,16 +47,18 @@ async def read_rest(out: asyncio.StreamReader) -> str:
 
 
 async def start_up(
-    workdir: Path, env: Mapping[str, str] | None = None
+    workdir: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
 ) -> asyncio.subprocess.Process:
     """`jetgate up` with the demo config on free loopback ports, data in `workdir`, warnings
-    as errors, no `JETGATE_*`/`OTEL_*` from this environment but `env`; output piped."""
+    as errors, no `JETGATE_*`/`OTEL_*` from this environment but `env`; output piped.
+    `args` come last (a repeated flag overrides the one above)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("JETGATE_", "OTEL_"))}
     clean["PYTHONWARNINGS"] = "error"  # in the gateway and the workers it starts
     proc = await asyncio.create_subprocess_exec(
         *(jetgate(), "up", "--config", str(REPO / "jetgate.toml"), "--nats-port", "0"),
         *("--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"),
         *("--data-dir", str(workdir / "data")),
+        *args,
         cwd=workdir,
         env={**clean, **(env or {})},
         stdout=asyncio.subprocess.PIPE,

@@ -1,0 +1,81 @@
+"""The start-up banner of `jetgate serve|up`: where the gateway, NATS, metrics and workers
+run, and copy-paste commands to publish one event and inspect it (grpcurl, nats CLI,
+jetgate dlq), with the real addresses.
+
+No secret is printed: the NATS URL goes through `jetgate.urls.redact` everywhere it is
+shown, and a line says so when credentials were hidden (the nats CLI hints then need them
+given separately).
+"""
+
+from __future__ import annotations
+
+import observability
+from gateway.embedded import NatsServer
+from gateway.server import Gateway
+from gateway.workers import WorkerProcesses
+from jetgate import wire
+from jetgate.urls import MASK, redact
+
+DEMO_TYPE = "jetgate.examples.orders.v1.OrderPlaced"
+# The last event of the demo pipeline (consumers/demo.py), shown in the banner.
+DEMO_LAST_TYPE = "jetgate.examples.orders.v1.OrderShipped"
+
+
+def announce(
+    gateway: Gateway,
+    embedded: NatsServer | None,
+    workers: WorkerProcesses,
+    telemetry: observability.Telemetry,
+) -> None:
+    """Print where everything runs and how to publish and inspect (stdout, once ready)."""
+    # Credentials never reach the output: the nats CLI hints show the URL redacted too.
+    addr, url = gateway.address, redact(gateway.config.nats_url)
+    where = ""
+    if embedded is not None:
+        where = f" (embedded, pid {embedded.pid}; JetStream data in {embedded.store_dir})"
+    lines = [f"jetgate gateway listening on {addr}", f"NATS: {url}{where}"]
+    if url != gateway.config.nats_url:
+        lines.append(f"  (credentials hidden as {MASK}: give them to the nats CLI yourself)")
+    if telemetry.metrics_server is not None:
+        lines.append(f"Prometheus metrics: {telemetry.metrics_server.url}")
+    tracing = "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send traces)"
+    if telemetry.tracer_provider is not None:
+        tracing = "on (where the OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_* variables say)"
+    lines.append(f"Tracing: {tracing}")
+    routed = sorted(n for n in gateway.registry.names() if gateway.router.route(n) is not None)
+    if routed:
+        name = DEMO_TYPE if DEMO_TYPE in routed else routed[0]
+        route = gateway.router.route(name)
+        assert route is not None
+        fields = ', "orderId": "o-42", "customerId": "c-7"' if name == DEMO_TYPE else ""
+        payload = f'{{"@type": "{wire.type_url(name)}"{fields}}}'
+        request = f'{{"event": {{"key": "o-42", "payload": {payload}}}}}'
+        subject = wire.subject(route.subject_prefix, name, "o-42")
+        lines += [
+            "",
+            "Publish an event (grpcurl; reflection is on, no .proto files needed):",
+            f"  grpcurl -plaintext -d '{request}' {addr} jetgate.v1.EventGateway/Publish",
+            "Inspect the stream (nats CLI):",
+            f"  nats --server {url} stream info {route.stream}",
+            f"  nats --server {url} stream get {route.stream} --last-for {subject}",
+        ]
+        if workers.pids:
+            lines += _pipeline_lines(gateway, route.stream, workers)
+    print("\n".join(lines), flush=True)
+
+
+def _pipeline_lines(gateway: Gateway, stream: str, workers: WorkerProcesses) -> list[str]:
+    url = redact(gateway.config.nats_url)
+    # By convention (consumers/demo.py) a group's attribute is named like the group.
+    groups = list(dict.fromkeys(target.partition(":")[2] for target in workers.targets))
+    lines = ["", "Workers (consumer groups; `jetgate consume MODULE:GROUP` adds one more):"]
+    lines += [f"  {target}  pid {pid}" for target, pid in workers.pids]
+    lines += ["Watch the pipeline (nats CLI; dead letters with jetgate dlq):"]
+    lines += [f"  nats --server {url} stream subjects {stream}"]
+    lines += [f"  nats --server {url} consumer info {stream} {group}" for group in groups]
+    last = gateway.router.route(DEMO_LAST_TYPE)
+    if last is not None and last.stream == stream:
+        subject = wire.subject(last.subject_prefix, DEMO_LAST_TYPE, "o-42")
+        lines += [f"  nats --server {url} stream get {stream} --last-for {subject}"]
+    lines += [f"  jetgate dlq list --group {groups[0]} --nats-url {url}"]
+    return lines

@@ -1,0 +1,47 @@
+"""The exceptions every jetgate process shares, and the exit code each one means.
+
+`jetgate serve|up|consume|dlq` end with one of three exit codes, and the class of the
+exception that ends them says which (`exit_code` on the class):
+- 0: a clean stop (SIGINT/SIGTERM, drained);
+- 2: `ConfigurationError`: the configuration is wrong (a setting, a type module, a
+  route, a group's settings, an `OTEL_*` variable); fixing the input fixes it;
+- 1: `StartupError`: the configuration is fine but the world is not (NATS unreachable, an
+  unsafe stream change refused, a port taken, a worker that cannot start), and any
+  other failure.
+
+Each package's own errors derive from these (gateway/config.py ConfigError, ...), keeping
+their `ValueError`/`RuntimeError` bases for callers that catch those. The CLIs map an
+exception to its exit code in one place (`exit_code()`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIGURATION = 2
+
+
+class JetgateError(Exception):
+    """Base of every error jetgate raises on purpose; `exit_code` is what a CLI exits with."""
+
+    exit_code: ClassVar[int] = EXIT_FAILURE
+
+
+class ConfigurationError(JetgateError):
+    """Invalid configuration; the message names the setting and why (exit code 2)."""
+
+    exit_code: ClassVar[int] = EXIT_CONFIGURATION
+
+
+class StartupError(JetgateError):
+    """Valid configuration, but a process could not start: NATS unreachable, an unsafe
+    stream change, a port taken, a worker that cannot start (exit code 1)."""
+
+    exit_code: ClassVar[int] = EXIT_FAILURE
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code a CLI ends with after `exc`: the class's for jetgate errors, else 1."""
+    return exc.exit_code if isinstance(exc, JetgateError) else EXIT_FAILURE
