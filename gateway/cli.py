@@ -69,6 +69,8 @@ SETTING_HELP = {
     "max_batch_entries": "most entries in one PublishBatch / PublishStream request (1..1000)",
     "max_pending": "publishes awaiting a JetStream acknowledgement at once, over all RPCs",
     "stream_window": "PublishStream request messages in flight per stream before reading pauses",
+    "max_inflight_request_bytes": "bytes of requests being processed at once (e.g. 128MiB); "
+    "beyond it Publish/PublishBatch get RESOURCE_EXHAUSTED, PublishStream messages wait",
     "type_modules": "comma-separated Python modules of generated *_pb2 event types to accept",
     "descriptor_sets": "comma-separated FileDescriptorSet files of event types to accept",
     "data_dir": "where `up` keeps the embedded nats-server's JetStream data",
