@@ -32,6 +32,7 @@ from bench.measure import Context, Row, Window
 from bench.scenarios import SCENARIOS
 from bench.servers import (
     CONFIG_PATH,
+    PUBLISH_TIMEOUT,
     Process,
     start_echo,
     start_gateway,
@@ -175,7 +176,12 @@ async def _run(
         address = gateway.address if gateway else None
         if "gateway" in wanted and gateway is None:  # in this event loop
             config = load_config(CONFIG_PATH, env={})
-            config = dataclasses.replace(config, nats_url=nats_server.url, listen="127.0.0.1:0")
+            config = dataclasses.replace(
+                config,
+                nats_url=nats_server.url,
+                listen="127.0.0.1:0",
+                publish_timeout=PUBLISH_TIMEOUT,
+            )
             inprocess = Gateway(config)
             await inprocess.start()
             address = inprocess.address
