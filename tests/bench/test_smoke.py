@@ -111,3 +111,14 @@ def test_memory_check(tmp_path: Path) -> None:
     assert memory["row"]["consistent"] is True
     assert memory["row"]["stream_messages"] == memory["row"]["ok_total"] > 0
 
+
+def test_a_scenario_without_a_gateway_runs_alone(tmp_path: Path) -> None:
+    # No gateway in the block: the harness declares the stream the gateway would (issue 13).
+    output, report = run_bench(
+        [*QUICK, "--fsync", "default", "--scenario", "raw-async"], tmp_path, "latest.json"
+    )
+
+    assert "sanity: OK" in output
+    assert table_rows(output) == {("default", "raw-async")}
+    [row] = report["results"]
+    assert row["stream_messages"] == row["ok_total"] > 0, row
