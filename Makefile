@@ -25,6 +25,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy --strict tools/trace_png.py
+	$(BIN)/lint-imports
 
 # The interop tests run real third-party peers, built from the Go module proxy into .tools/bin.
 tools:
