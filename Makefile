@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint proto tools bench clean
+.PHONY: venv run test lint proto tools bench soak clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,10 @@ test: venv tools lint
 # Publish, consume, end-to-end and tracing-cost figures next to their baselines, on its own servers (about 4 min).
 bench: venv
 	$(BIN)/python -m bench
+
+# Gateway and worker RSS, open fds and threads while PublishStream runs for 10 min (issue 18).
+soak: venv
+	$(BIN)/python -m bench.soak --seconds 600
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

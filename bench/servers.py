@@ -9,10 +9,12 @@
 - the traced gateway: the same, with tracing on (`traced_env`: parent-based always-on, so
   every call without trace context is sampled; spans exported over OTLP/gRPC to the Jaeger
   of `bench.jaeger`, default BatchSpanProcessor);
-- the echo server: `python -m bench.echo` (a grpc.aio Publish that never touches NATS).
+- the echo server: `python -m bench.echo` (a grpc.aio Publish that never touches NATS);
+- a worker: `python -m consumers consume MODULE:GROUP` (the soak's, `bench.soak_group`),
+  metrics on a free port.
 
-Both listen on a free 127.0.0.1 port, log to the block's work directory, run in their own
-session (a Ctrl-C meant for the benchmark must not stop them before it does) with a
+The servers listen on a free 127.0.0.1 port; every process logs to the work directory, runs
+in its own session (a Ctrl-C meant for the benchmark must not stop them before it does) with a
 parent-death signal (setpriv, when present), and are stopped by pid: SIGTERM, then SIGKILL.
 """
 
@@ -119,6 +121,16 @@ def start_echo(workdir: Path) -> Process:
     env = _clean_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return _start("echo", argv, workdir, f"127.0.0.1:{port}", env)
+
+
+def start_worker(nats_url: str, workdir: Path, target: str, *, name: str = "worker") -> Process:
+    """A consumer-group worker process (`python -m consumers consume target`) against
+    `nats_url`, Prometheus metrics on a free loopback port; its address is that of NATS."""
+    argv = [sys.executable, "-m", "consumers", "consume", target, "--nats-url", nats_url]
+    argv += ["--metrics-listen", "127.0.0.1:0"]
+    env = _clean_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return _start(name, argv, workdir, nats_url, env)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
