@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
 from nats.aio.client import Client
 
 from gateway.workers import WorkerProcesses, client_address
+from tests.support.eventually import eventually
 
 
 @pytest.mark.parametrize(
@@ -51,11 +51,10 @@ async def test_a_worker_that_exits_on_its_own_is_logged(caplog: pytest.LogCaptur
     with caplog.at_level(logging.INFO, logger="jetgate.workers"):
         workers.start()
         try:
-            async with asyncio.timeout(30):
-                while True:
-                    if any("exited unexpectedly" in r.message for r in caplog.records):
-                        break
-                    await asyncio.sleep(0.05)
+            await eventually(
+                lambda: any("exited unexpectedly" in r.message for r in caplog.records),
+                what="the exit logged",
+            )
         finally:
             await workers.stop(grace=10)
     [(_, pid)] = workers.pids
@@ -88,14 +87,13 @@ async def test_wait_ready_returns_once_each_worker_pulls(nats_url: str, nc: Clie
     try:
         assert await workers.wait_ready(30) == []
         # Ready means pulling: each group's consumer has pull requests waiting (each expires
-        # after 1 s and is renewed, so look a few times).
+        # after 1 s and is renewed, so look until one is seen).
         for group in ("billing", "shipping"):
-            waiting = []
-            for _ in range(20):
-                waiting.append((await nc.jetstream().consumer_info("ORDERS", group)).num_waiting)
-                if waiting[-1]:
-                    break
-                await asyncio.sleep(0.1)
-            assert waiting[-1] >= 1, (group, waiting)
+
+            async def pulling(group: str = group) -> None:
+                info = await nc.jetstream().consumer_info("ORDERS", group)
+                assert info.num_waiting >= 1, (group, info.num_waiting)
+
+            await eventually(pulling)
     finally:
         await workers.stop(grace=10)
