@@ -20,9 +20,8 @@ from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
 from tests.support.eventually import DEFAULT_WITHIN, eventually
 
-IN_PROGRESS = b"+WPI"
-
 STREAM = "ORDERS"
+IN_PROGRESS = b"+WPI"  # the payload of an in_progress acknowledgement
 
 
 @pytest.fixture
