@@ -169,7 +169,7 @@ class Publisher:
                     await asyncio.wait_for(stop.wait(), max(0.0, next_at - loop.time()))
                 if stop.is_set():
                     return
-                next_at += BATCH / self.rate
+                next_at = max(next_at, loop.time()) + BATCH / self.rate  # late: no burst
                 yield self.events.batch("soak", BATCH)
 
         call = stub.PublishStream(requests(), timeout=None)
