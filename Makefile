@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint proto tools node-deps bench clean
+.PHONY: venv run test lint proto tools node-deps bench soak clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy --strict tools/trace_png.py
+	$(BIN)/lint-imports
 
 # The interop tests run real third-party peers, built from the Go module proxy into .tools/bin.
 tools:
@@ -45,6 +46,10 @@ test: venv tools node-deps lint
 # Publish, consume, end-to-end and tracing-cost figures next to their baselines, on its own servers (about 4 min).
 bench: venv
 	$(BIN)/python -m bench
+
+# Gateway and worker RSS, open fds and threads while PublishStream runs for 10 min (issue 18).
+soak: venv
+	$(BIN)/python -m bench.soak --seconds 600
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache $(NODE_CLIENT)/node_modules

@@ -5,7 +5,8 @@ A block is one durability setting of nats-server: "default" (acknowledged before
 "fsync-always" (`sync_interval: always`). `run_block` starts nats-server, the gateway (a
 `jetgate serve` process, or in this event loop with `--gateway inprocess`) and the echo
 server when asked, waits until they serve, and runs an async body with the Context;
-`measure_block` is the body that measures scenarios one after another.
+`measure_block` is the body that measures scenarios one after another. A block without a
+gateway declares the configured streams itself (what the gateway does when it starts).
 
 "traced-gateway" (the `*-traced` scenarios): Jaeger (`bench.jaeger`) and a second `jetgate
 serve` with tracing on (`servers.traced_env`), measured by `bench.tracing`.
@@ -32,6 +33,7 @@ from bench.measure import Context, Row, Window
 from bench.scenarios import SCENARIOS
 from bench.servers import (
     CONFIG_PATH,
+    PUBLISH_TIMEOUT,
     Process,
     start_echo,
     start_gateway,
@@ -43,6 +45,7 @@ from bench.tracing import TracedGateway
 from gateway.config import load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
+from gateway.streams import reconcile_streams
 from jetgate.v1 import gateway_pb2_grpc
 
 T = TypeVar("T")
@@ -175,7 +178,12 @@ async def _run(
         address = gateway.address if gateway else None
         if "gateway" in wanted and gateway is None:  # in this event loop
             config = load_config(CONFIG_PATH, env={})
-            config = dataclasses.replace(config, nats_url=nats_server.url, listen="127.0.0.1:0")
+            config = dataclasses.replace(
+                config,
+                nats_url=nats_server.url,
+                listen="127.0.0.1:0",
+                publish_timeout=PUBLISH_TIMEOUT,
+            )
             inprocess = Gateway(config)
             await inprocess.start()
             address = inprocess.address
@@ -195,6 +203,11 @@ async def _run(
             await wait_serving(channel, traced)
             stub = gateway_pb2_grpc.EventGatewayStub(channel)
             ctx.traced = TracedGateway(stub=stub, process=traced, jaeger=collector)
+        if address is None and servers.tracing is None:
+            # No gateway declared the streams (e.g. `--scenario raw-async` alone): declare
+            # them as it would, the raw scenarios publish into the gateway's stream.
+            config = load_config(CONFIG_PATH, env={})
+            await reconcile_streams(nc.jetstream(), config.streams, {})
         return await body(ctx)
     finally:
         for channel in channels:

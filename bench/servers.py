@@ -1,16 +1,20 @@
 """The processes the benchmark starts besides nats-server (`gateway.embedded.NatsServer`).
 
 - the gateway: `jetgate serve` with the demo config (jetgate.toml, nats_url and listen
-  replaced), optionally under cProfile; tracing off (no `OTEL_*` variables reach it),
-  metrics on as by default (a /metrics endpoint on a free port, never scraped: the cost
-  is recording them);
+  replaced, publish_timeout raised to PUBLISH_TIMEOUT: a loaded machine under `sync_interval:
+  always` can take over the default 5 s to store 8 batches of 500, and the bench measures
+  throughput, not that bound), optionally under cProfile; tracing off (no `OTEL_*`
+  variables reach it), metrics on as by default (a /metrics endpoint on a free port, never
+  scraped: the cost is recording them);
 - the traced gateway: the same, with tracing on (`traced_env`: parent-based always-on, so
   every call without trace context is sampled; spans exported over OTLP/gRPC to the Jaeger
   of `bench.jaeger`, default BatchSpanProcessor);
-- the echo server: `python -m bench.echo` (a grpc.aio Publish that never touches NATS).
+- the echo server: `python -m bench.echo` (a grpc.aio Publish that never touches NATS);
+- a worker: `python -m consumers consume MODULE:GROUP` (the soak's, `bench.soak_group`),
+  metrics on a free port.
 
-Both listen on a free 127.0.0.1 port, log to the block's work directory, run in their own
-session (a Ctrl-C meant for the benchmark must not stop them before it does) with a
+The servers listen on a free 127.0.0.1 port; every process logs to the work directory, runs
+in its own session (a Ctrl-C meant for the benchmark must not stop them before it does) with a
 parent-death signal (setpriv, when present), and are stopped by pid: SIGTERM, then SIGKILL.
 """
 
@@ -35,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_PATH = REPO / "jetgate.toml"
 SERVICE = "jetgate.v1.EventGateway"
 START_LIMIT = 30.0  # s until a server must answer health checks with SERVING
+PUBLISH_TIMEOUT = 20.0  # s; below the client's RPC_TIMEOUT (30 s): the gateway answers first
 
 
 @dataclass
@@ -88,7 +93,7 @@ def gateway_command(nats_url: str, port: int, profile: Path | None) -> list[str]
     script = Path(sys.executable).with_name("jetgate")
     args = ["serve", "--config", str(CONFIG_PATH), "--listen", f"127.0.0.1:{port}"]
     args += ["--metrics-listen", "127.0.0.1:0"]
-    args += ["--nats-url", nats_url]
+    args += ["--nats-url", nats_url, "--publish-timeout", f"{PUBLISH_TIMEOUT:g}s"]
     if profile is not None:
         return [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), *args]
     return [str(script), *args]
@@ -116,6 +121,16 @@ def start_echo(workdir: Path) -> Process:
     env = _clean_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return _start("echo", argv, workdir, f"127.0.0.1:{port}", env)
+
+
+def start_worker(nats_url: str, workdir: Path, target: str, *, name: str = "worker") -> Process:
+    """A consumer-group worker process (`python -m consumers consume target`) against
+    `nats_url`, Prometheus metrics on a free loopback port; its address is that of NATS."""
+    argv = [sys.executable, "-m", "consumers", "consume", target, "--nats-url", nats_url]
+    argv += ["--metrics-listen", "127.0.0.1:0"]
+    env = _clean_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return _start(name, argv, workdir, nats_url, env)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
 from google.protobuf.message import Message
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
 from consumers import ConsumerGroup, Delivery, Worker, WorkerStats
 from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
+from tests.support.eventually import DEFAULT_WITHIN, eventually
 
 STREAM = "ORDERS"
+IN_PROGRESS = b"+WPI"  # the payload of an in_progress acknowledgement
 
 
 @pytest.fixture
@@ -55,11 +59,31 @@ async def store(
     return int(ack.seq)
 
 
-async def run_until(worker: Worker, done: Callable[[], bool], within: float = 20.0) -> WorkerStats:
-    """Run `worker` until `done()` holds (checked every 50 ms), then drain it."""
+async def run_until(
+    worker: Worker, done: Callable[[], bool], within: float = DEFAULT_WITHIN
+) -> WorkerStats:
+    """Run `worker` until `done()` holds (`eventually`), then drain it."""
     async with running(worker):
-        await until(done, within)
+        await eventually(done, within=within)
     return worker.stats
+
+
+@contextlib.asynccontextmanager
+async def heartbeats(nc: Client, group: str) -> AsyncIterator[Counter[str]]:
+    """Counts, per delivery (its ack subject), the in_progress acknowledgements (`+WPI`)
+    that workers of `group` send while the block runs: each one tells nats-server to hold
+    the event for another ack_wait, so N of them, ack_wait/2 apart, span N/2 ack_waits."""
+    counts: Counter[str] = Counter()
+
+    async def seen(msg: Msg) -> None:
+        if msg.data == IN_PROGRESS and f".{STREAM}.{group}." in msg.subject:
+            counts[msg.subject] += 1
+
+    sub = await nc.subscribe("$JS.ACK.>", cb=seen)
+    try:
+        yield counts
+    finally:
+        await sub.unsubscribe()
 
 
 @contextlib.asynccontextmanager
@@ -83,15 +107,6 @@ def recording(billing: ConsumerGroup) -> list[str]:
         handled.append(event.order_id)
 
     return handled
-
-
-async def until(done: Callable[[], bool], within: float = 20.0) -> None:
-    """Wait until `done()` holds (checked every 50 ms); AssertionError after `within` s."""
-    for _ in range(int(within / 0.05)):
-        if done():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {within} s")
 
 
 def group(name: str = "billing", **settings: object) -> ConsumerGroup:

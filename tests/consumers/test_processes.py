@@ -10,7 +10,6 @@ never about how fast.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import signal
 import sys
@@ -21,19 +20,20 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
 from jetgate import wire
 from tests.consumers import groups
-from tests.consumers.conftest import STREAM, store
+from tests.consumers.conftest import STREAM, heartbeats, store
+from tests.support.eventually import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP = groups.recorder.name
 TARGET = f"tests.consumers.groups:{GROUP}"
 WAIT = 30.0  # s, the bound of every wait for workers to get somewhere
-POLL = 0.05  # s
 
 
 class Line(NamedTuple):
@@ -166,18 +166,11 @@ async def workers(nats_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
 
 
 async def until(check: Callable[[], bool | Awaitable[bool]], what: str, pool: Workers) -> None:
-    """Poll `check` until it holds; fail naming `what` (with the workers' logs) after WAIT."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {WAIT:g}s waiting for {what}\n{pool.logs()}")
-        await asyncio.sleep(POLL)
+    """`eventually(check)`; its failure names `what` and shows the workers' logs."""
+    try:
+        await eventually(check, within=WAIT, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{pool.logs()}") from exc
 
 
 async def consumer(js: JetStreamContext) -> ConsumerInfo | None:
@@ -235,7 +228,7 @@ async def test_two_workers_share_2000_events_each_handled_exactly_once(
 
 
 async def test_events_of_a_killed_worker_are_redelivered_to_another_one(
-    js: JetStreamContext, workers: Workers
+    nc: Client, js: JetStreamContext, workers: Workers
 ) -> None:
     ack_wait = 3.0
     # The victim's handlers would sleep a minute: it fills its 8 slots, and its prefetch
@@ -271,8 +264,14 @@ async def test_events_of_a_killed_worker_are_redelivered_to_another_one(
     rest = len(ids) - held
     await until(lambda: len(survivor_handled()) >= rest, f"the other {rest} handled", workers)
     # While the victim lives, its in_progress heartbeats (every ack_wait/2) keep the events
-    # it holds from being redelivered, however long its handlers take: wait twice ack_wait.
-    await asyncio.sleep(2 * ack_wait)
+    # it holds from being redelivered, however long its handlers take: twice ack_wait, that
+    # is five heartbeats for each event it holds.
+    async with heartbeats(nc, GROUP) as beats:
+        await until(
+            lambda: len(beats) >= held and min(beats.values()) >= 5,
+            f"5 heartbeats for each of the {held} events held",
+            workers,
+        )
     assert len(survivor_handled()) == rest
     started = victim_started()
     assert len(started) == 8  # exactly its concurrency

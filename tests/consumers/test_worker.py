@@ -15,7 +15,16 @@ from consumers import Delivery, GroupConfigError, Reject, Worker, deadletter
 from gateway.embedded import NatsServer
 from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
-from tests.consumers.conftest import STREAM, group, recording, run_until, running, store, until
+from tests.consumers.conftest import (
+    STREAM,
+    group,
+    heartbeats,
+    recording,
+    run_until,
+    running,
+    store,
+)
+from tests.support.eventually import eventually
 
 
 async def test_typed_handlers_get_each_event_once_with_its_delivery(
@@ -179,10 +188,12 @@ async def test_a_long_handler_keeps_its_event_with_in_progress(
     @billing.handler(orders_pb2.OrderPlaced)
     async def slow(event: orders_pb2.OrderPlaced, delivery: Delivery) -> None:
         attempts.append(delivery.attempt)
-        await asyncio.sleep(2.5)
+        # Held past ack_wait twice over: by five in_progress, ack_wait/2 apart.
+        await eventually(lambda: sum(beats.values()) >= 5)
 
     worker = Worker(billing, nc)
-    stats = await run_until(worker, lambda: worker.stats.processed == 1)
+    async with heartbeats(nc, "billing") as beats:
+        stats = await run_until(worker, lambda: worker.stats.processed == 1)
     assert attempts == [1]
     assert stats.redelivered == 0
 
@@ -219,14 +230,18 @@ async def test_drain_finishes_and_acknowledges_in_flight_events(
         await store(js, f"o-{index}")
     billing = group()
     started: list[str] = []
+    stop = asyncio.Event()
 
     @billing.handler(orders_pb2.OrderPlaced)
     async def slow(event: orders_pb2.OrderPlaced, delivery: Delivery) -> None:
         started.append(event.order_id)
-        await asyncio.sleep(0.5)
+        await stop.wait()  # finishes only once the worker has been told to stop
 
     worker = Worker(billing, nc)
-    stats = await run_until(worker, lambda: len(started) == 8)  # stop while all 8 run
+    task = asyncio.create_task(worker.run(stop))
+    await eventually(lambda: len(started) == 8)  # stop while all 8 run
+    stop.set()
+    stats = await asyncio.wait_for(task, 30)
     assert stats.processed == 8
     info = await js.consumer_info(STREAM, "billing")
     assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
@@ -240,16 +255,12 @@ async def test_worker_resumes_after_a_nats_server_restart(
     handled = recording(billing)
 
     async with running(Worker(billing, nc)):
-        await until(lambda: handled == ["o-before"])
+        await eventually(lambda: handled == ["o-before"])
         nats_server.restart()
-        await until(lambda: nc.is_connected, within=30)
-        for _ in range(100):  # JetStream needs a moment after the restart
-            try:
-                await store(js, "o-after")
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
-        await until(lambda: handled == ["o-before", "o-after"], within=30)
+        await eventually(lambda: nc.is_connected)
+        # JetStream needs a moment after the restart.
+        await eventually(lambda: store(js, "o-after"), retry_on=(Exception,))
+        await eventually(lambda: handled == ["o-before", "o-after"])
 
 
 async def test_a_filter_outside_the_stream_is_a_group_config_error(
@@ -279,11 +290,11 @@ async def test_worker_recreates_a_consumer_an_operator_deleted(
     handled = recording(billing)
 
     async with running(Worker(billing, nc)):
-        await until(lambda: handled == ["o-1"])
+        await eventually(lambda: handled == ["o-1"])
         await js.delete_consumer(STREAM, "billing")
         await store(js, "o-2")
         # Recreated with deliver policy "all": o-1 comes again (at-least-once), then o-2.
-        await until(lambda: "o-2" in handled)
+        await eventually(lambda: "o-2" in handled)
     assert handled[0] == "o-1"
     assert (await js.consumer_info(STREAM, "billing")).num_ack_pending == 0
 

@@ -17,6 +17,9 @@ from gateway.publisher import (
     Stored,
     parse_ack,
 )
+from tests.support.eventually import eventually
+
+FAST = 10.0  # s: "fast" is well before the 30 s ack timeout, even on a loaded machine
 
 
 def _msg(subject: str, msg_id: str = "", **headers: str) -> OutboundMessage:
@@ -68,8 +71,8 @@ async def test_no_acknowledgement_is_a_timeout_and_frees_the_window(nc: Client) 
     silent = await nc.subscribe("quiet.>")  # a listener that never answers: no 503 either
     outcomes = await publisher.publish([_msg("quiet.a"), _msg("quiet.b")], within=0.2)
     assert [o.kind for o in outcomes if isinstance(o, PublishFailure)] == ["timeout", "timeout"]
-    await asyncio.sleep(0)  # settled futures release their slot in a done-callback
-    assert publisher.pending == 0
+    # Settled futures release their slot in a done-callback.
+    await eventually(lambda: publisher.pending == 0, what="the window freed")
     # The window is free again: the next publishes are not blocked.
     outcomes = await publisher.publish([_msg("t.a"), _msg("t.b")], within=5)
     assert all(isinstance(o, Stored) for o in outcomes)
@@ -91,18 +94,15 @@ async def test_lost_connection_fails_pending_and_new_publishes_fast(
     publisher = await _publisher(nc)
     silent = await nc.subscribe("quiet.>")
     waiting = asyncio.ensure_future(publisher.publish([_msg("quiet.a")], within=30))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: publisher.pending == 1, what="the publish pending")
     publisher.fail_pending("connection lost")  # what the gateway's disconnect callback does
-    (outcome,) = await asyncio.wait_for(waiting, 2)
+    (outcome,) = await asyncio.wait_for(waiting, FAST)
     assert isinstance(outcome, PublishFailure)
     assert outcome.kind == "unavailable"
     await silent.unsubscribe()
     nats_server.stop()
-    for _ in range(200):
-        if not nc.is_connected:
-            break
-        await asyncio.sleep(0.01)
-    (outcome,) = await asyncio.wait_for(publisher.publish([_msg("t.a")], within=30), 2)
+    await eventually(lambda: not nc.is_connected, what="the client disconnected")
+    (outcome,) = await asyncio.wait_for(publisher.publish([_msg("t.a")], within=30), FAST)
     assert isinstance(outcome, PublishFailure)
     assert outcome.kind == "unavailable"
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from nats.aio.client import Client
 
 from gateway.workers import WorkerFailed, WorkerProcesses, client_address
+from tests.support.eventually import eventually
 
 
 @pytest.mark.parametrize(
@@ -90,12 +89,11 @@ async def test_wait_ready_returns_once_each_worker_pulls(nats_url: str, nc: Clie
         # Ready means pulling: each group's consumer has pull requests waiting (each expires
         # after 1 s and is renewed, so look a few times).
         for group in ("billing", "shipping"):
-            waiting = []
-            for _ in range(20):
-                waiting.append((await nc.jetstream().consumer_info("ORDERS", group)).num_waiting)
-                if waiting[-1]:
-                    break
-                await asyncio.sleep(0.1)
-            assert waiting[-1] >= 1, (group, waiting)
+
+            async def pulling(group: str = group) -> None:
+                info = await nc.jetstream().consumer_info("ORDERS", group)
+                assert info.num_waiting >= 1, (group, info.num_waiting)
+
+            await eventually(pulling, what=f"{group} pulling")
     finally:
         await workers.stop(grace=10)

@@ -26,6 +26,7 @@ from nats.js.errors import NotFoundError
 from gateway.server import Gateway
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import request
+from tests.support.eventually import eventually
 
 ORDERS = 300
 FIRST = 200  # published before the kill, the rest after it
@@ -87,15 +88,8 @@ async def subject_counts(js: JetStreamContext, event_type: str) -> dict[str, int
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll `condition` every POLL seconds until it holds, failing after WAIT seconds."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                if await condition():
-                    return
-                await asyncio.sleep(POLL)
-    except TimeoutError:
-        pytest.fail(f"not within {WAIT:g}s: {what}")
+    """`eventually(condition)` within WAIT, its failure naming `what`."""
+    await eventually(condition, within=WAIT, interval=POLL, what=what)
 
 
 async def publish(stub: gateway_pb2_grpc.EventGatewayAsyncStub, keys: list[str]) -> None:

@@ -20,8 +20,9 @@ from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from observability import GATEWAY_SERVICE, Telemetry, configure
 from observability.metrics import DURATION_BUCKETS
-from tests.consumers.conftest import group, running, until
+from tests.consumers.conftest import group, running
 from tests.integration.conftest import request, serving
+from tests.support.eventually import eventually
 
 ORDER_PLACED = "jetgate.examples.orders.v1.OrderPlaced"
 KEYS = ("o-1", "o-2", "o-bad")
@@ -78,17 +79,15 @@ def _value(samples: list[Sample], name: str, **labels: str) -> float:
     return sample.value
 
 
-async def _scrape_until(
-    telemetry: Telemetry, done: Callable[[list[Sample]], bool], within: float = 15.0
-) -> list[Sample]:
-    """Scrape every 0.1 s until `done(samples)` holds; AssertionError after `within` s."""
-    samples: list[Sample] = []
-    for _ in range(int(within / 0.1)):
+async def _scrape_until(telemetry: Telemetry, done: Callable[[list[Sample]], bool]) -> list[Sample]:
+    """Scrape until `done(samples)` holds (`eventually`); the samples."""
+
+    async def check() -> list[Sample]:
         _, samples = await _scrape(telemetry)
-        if done(samples):
-            return samples
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"metrics not as expected within {within} s: {samples}")
+        assert done(samples), f"metrics not as expected: {samples}"
+        return samples
+
+    return await eventually(check, interval=0.1, what="metrics")
 
 
 def _gauges(lag: float, ack_pending: float) -> Callable[[list[Sample]], bool]:
@@ -132,10 +131,10 @@ async def test_gateway_and_worker_expose_their_metrics(
     )
     async with running(worker):
         # One event held by the blocked handler, two stored and not delivered yet.
-        await until(lambda: started == ["o-1"])
+        await eventually(lambda: started == ["o-1"])
         await _scrape_until(worker_telemetry, _gauges(lag=2, ack_pending=1))
         release.set()
-        await until(lambda: worker.stats.processed == 2 and worker.stats.dead_lettered == 1)
+        await eventually(lambda: worker.stats.processed == 2 and worker.stats.dead_lettered == 1)
         worker_samples = await _scrape_until(worker_telemetry, _gauges(lag=0, ack_pending=0))
     worker_text, _ = await _scrape(worker_telemetry)
     gateway_text, gateway_samples = await _scrape(gateway_telemetry)

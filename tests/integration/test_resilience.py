@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 
 import grpc
 import pytest
@@ -15,31 +14,20 @@ from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import request
+from tests.support.eventually import eventually
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-async def _wait_for_health(channel: grpc.aio.Channel, wanted: int, within: float = 15.0) -> None:
+async def _wait_for_health(channel: grpc.aio.Channel, wanted: int) -> None:
     health = health_pb2_grpc.HealthStub(channel)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    status = None
-    while loop.time() < deadline:
+
+    async def check() -> None:
         reply = await health.Check(health_pb2.HealthCheckRequest(service="jetgate.v1.EventGateway"))
-        status = reply.status
-        if status == wanted:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"health stayed {status}, wanted {wanted}")
+        assert reply.status == wanted, f"health {reply.status}, wanted {wanted}"
 
-
-async def _until(predicate: Callable[[], bool], within: float) -> None:
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
+    await eventually(check, what="health")
 
 
 async def test_health_follows_nats_and_publishes_fail_unavailable_meanwhile(
@@ -97,14 +85,14 @@ async def test_kill_9_loses_no_acknowledged_event(
 
     workers = [asyncio.create_task(publish_forever(w)) for w in range(4)]
     try:
-        await _until(lambda: len(acknowledged) >= 2000, within=20)
+        await eventually(lambda: len(acknowledged) >= 2000)
         nats_server.kill()  # SIGKILL while batches are in flight
-        await asyncio.sleep(0.5)
-        nats_server.start()
         async with grpc.aio.insecure_channel(gateway.address) as channel:
+            await _wait_for_health(channel, NOT_SERVING)  # the gateway saw it go
+            nats_server.start()
             await _wait_for_health(channel, SERVING)
         before = len(acknowledged)
-        await _until(lambda: len(acknowledged) >= before + 500, within=20)
+        await eventually(lambda: len(acknowledged) >= before + 500)
     finally:
         for task in workers:
             task.cancel()
@@ -116,7 +104,7 @@ async def test_kill_9_loses_no_acknowledged_event(
     assert failed > 0  # the kill really hit in-flight publishes
     # Every acknowledged event is in the stream after the crash.
     js = nc.jetstream()
-    await _until(lambda: nc.is_connected, within=10)
+    await eventually(lambda: nc.is_connected)
     stored: set[str] = set()
     consumer = await js.pull_subscribe("orders.>", durable=None, stream="ORDERS")
     info = await js.stream_info("ORDERS")

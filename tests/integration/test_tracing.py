@@ -30,8 +30,8 @@ from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from observability import semconv as sc
 from observability.logs import TraceContextFilter
-from tests.consumers.conftest import until
 from tests.integration.conftest import request, serving
+from tests.support.eventually import eventually
 
 WAIT = 20.0  # s
 Stub = gateway_pb2_grpc.EventGatewayStub
@@ -70,7 +70,7 @@ class Spans:
         return sorted(s.name for s in self.all())
 
     async def until(self, ready: Callable[[], bool]) -> None:
-        await until(ready, WAIT)
+        await eventually(ready, within=WAIT, what="spans")
 
 
 @pytest.fixture
@@ -134,11 +134,7 @@ async def stored(nc: Client, subject: str) -> bool:
 
 
 async def until_stored(nc: Client, subject: str) -> None:
-    for _ in range(int(WAIT / 0.05)):
-        if await stored(nc, subject):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"nothing stored on {subject} within {WAIT} s")
+    await eventually(lambda: stored(nc, subject), within=WAIT, what=f"stored on {subject}")
 
 
 def assert_publish(span: ReadableSpan, subject: str, parent: ReadableSpan) -> None:

@@ -19,6 +19,7 @@ from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import gateway_pb2_grpc
 from tests.integration.conftest import request
 from tests.integration.jetgate_up import WAIT, alive, read_banner, read_rest, start_up
+from tests.support.eventually import eventually
 
 
 async def _last(nc: Client, subject: str) -> tuple[int, bytes] | None:
@@ -37,12 +38,12 @@ def _scrape(url: str) -> str:
 
 
 async def _wait_for(nc: Client, subject: str) -> tuple[int, bytes]:
-    async with asyncio.timeout(WAIT):
-        while True:
-            found = await _last(nc, subject)
-            if found is not None:
-                return found
-            await asyncio.sleep(0.05)
+    async def check() -> tuple[int, bytes]:
+        found = await _last(nc, subject)
+        assert found is not None, f"nothing stored on {subject}"
+        return found
+
+    return await eventually(check, within=WAIT)
 
 
 async def test_jetgate_up_runs_the_demo_pipeline_and_exits_0_on_sigterm(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ import ipaddress
 import os
 import re
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from jetgate.v1 import gateway_pb2_grpc
 from tests.integration.conftest import request
 from tests.integration.jetgate_up import WAIT, alive, read_banner, read_rest, start_up
 from tests.interop.jaeger import Jaeger, jaeger_fixture  # noqa: F401
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.interop
 
@@ -56,7 +56,7 @@ def _provider(service: str, exporter: Any) -> TracerProvider:
     return provider
 
 
-def test_jaeger_stores_otlp_spans_on_loopback_only(jaeger: Jaeger) -> None:
+async def test_jaeger_stores_otlp_spans_on_loopback_only(jaeger: Jaeger) -> None:
     assert _listeners(jaeger.pid) == {"127.0.0.1"}, _listeners(jaeger.pid)
     via_grpc = _provider("probe-grpc", GrpcExporter(endpoint=jaeger.otlp_grpc_endpoint))
     via_http = _provider("probe-http", HttpExporter(f"{jaeger.otlp_http_endpoint}/v1/traces"))
@@ -83,7 +83,7 @@ def test_jaeger_stores_otlp_spans_on_loopback_only(jaeger: Jaeger) -> None:
 
     trace_id = f"{producer_context.trace_id:032x}"
     producer_id = f"{producer_context.span_id:016x}"
-    found = _poll(lambda: _trace_with(jaeger, "probe-grpc", {"process x", "child x"}))
+    found = await _poll(lambda: _trace_with(jaeger, "probe-grpc", {"process x", "child x"}))
     assert found["traceID"] == trace_id
     spans = {span["operationName"]: span for span in found["spans"]}
     assert spans["publish x"]["references"] == []
@@ -100,7 +100,7 @@ def test_jaeger_stores_otlp_spans_on_loopback_only(jaeger: Jaeger) -> None:
     assert [(link["traceId"], link["spanId"]) for link in process["links"]] == [
         (trace_id, producer_id)
     ]
-    assert _poll(lambda: _trace_with(jaeger, "probe-http", {"over http"}))
+    assert await _poll(lambda: _trace_with(jaeger, "probe-http", {"over http"}))
     assert {"probe-grpc", "probe-http"} <= set(jaeger.services())
 
 
@@ -159,8 +159,7 @@ async def test_one_event_is_one_trace_across_gateway_and_workers(
             ("shipping", PUBLISH),
             (GATEWAY, f"publish orders.OrderShipped.{key}"),
         }
-        found = await asyncio.to_thread(
-            _poll,
+        found = await _poll(
             lambda: _trace_covering(jaeger, GATEWAY, expected),
             what=f"one trace with {sorted(expected)}",
             seen=lambda: _summary(jaeger),
@@ -238,17 +237,17 @@ def _check_pipeline(jaeger: Jaeger, found: dict[str, Any], key: str) -> None:
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _poll(find: Any, *, what: str = "the trace", seen: Any = None, timeout: float = WAIT) -> Any:
-    """`find()` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = find()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            shown = f"\nJaeger has:\n{seen()}" if seen is not None else ""
-            pytest.fail(f"Jaeger did not show {what} within {timeout:g}s{shown}", pytrace=False)
-        time.sleep(0.25)
+async def _poll(find: Any, *, what: str = "the trace", seen: Any = None) -> Any:
+    """`find()` (blocking: run in a thread) until it returns something truthy (`eventually`)."""
+
+    async def check() -> Any:
+        return await asyncio.to_thread(find) or False
+
+    try:
+        return await eventually(check, within=WAIT, interval=0.25, what=f"Jaeger showing {what}")
+    except AssertionError as exc:
+        shown = f"\nJaeger has:\n{await asyncio.to_thread(seen)}" if seen is not None else ""
+        pytest.fail(f"{exc}{shown}", pytrace=False)
 
 
 def _summary(jaeger: Jaeger) -> str:
@@ -359,13 +358,11 @@ def _address(hex_address: str) -> str:
 async def _wait_stored(nats_url: str, subject: str) -> None:
     nc = await nats.connect(nats_url)
     try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                try:
-                    await nc.jetstream().get_last_msg("ORDERS", subject)
-                except NotFoundError:
-                    await asyncio.sleep(0.05)
-                else:
-                    return
+        await eventually(
+            lambda: nc.jetstream().get_last_msg("ORDERS", subject),
+            within=WAIT,
+            retry_on=(NotFoundError,),
+            what=f"stored on {subject}",
+        )
     finally:
         await nc.close()

@@ -12,6 +12,7 @@ import pytest
 
 from jetgate import wire
 from jetgate.wire import Envelope
+from tests.support.eventually import eventually
 
 ORDER_PLACED = "jetgate.examples.orders.v1.OrderPlaced"
 
@@ -253,11 +254,13 @@ def test_new_event_id_is_an_rfc9562_uuidv7() -> None:
     assert before_ms <= ts_ms <= after_ms
 
 
-def test_new_event_ids_sort_by_creation_time() -> None:
-    ids = []
+async def test_new_event_ids_sort_by_creation_time() -> None:
+    ids: list[str] = []
     for _ in range(5):
         ids.append(wire.new_event_id())
-        time.sleep(0.003)  # next id lands in a later millisecond
+        made_ms = int.from_bytes(uuid.UUID(ids[-1]).bytes[:6], "big")
+        # The next id lands in a later millisecond.
+        await eventually(lambda ms=made_ms: time.time_ns() // 1_000_000 > ms, interval=0.001)
     assert sorted(ids) == ids
     stamps = [int.from_bytes(uuid.UUID(i).bytes[:6], "big") for i in ids]
     assert all(a < b for a, b in itertools.pairwise(stamps))
