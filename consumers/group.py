@@ -18,8 +18,9 @@ How the settings map onto the consumer (`nats consumer info ORDERS billing` show
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -30,6 +31,7 @@ from jetgate import wire
 
 M = TypeVar("M", bound=Message)
 Handler = Callable[[M, Delivery], Awaitable[None]]
+HandlerEntry = tuple[type[Message], Handler[Any]]
 
 
 class GroupConfigError(ValueError):
@@ -49,6 +51,10 @@ class ConsumerGroup:
     `ack_wait` is in seconds, `backoff` a list of seconds, `concurrency` the number of
     events each worker process handles at once. Events of a type without a handler are
     dead-lettered (`unknown-type`): filter the subjects to the types the group handles.
+
+    `handlers` is a read-only view of the group's own registry. `dataclasses.replace()`
+    gives the copy the handlers registered so far in a registry of its own: a handler
+    registered on the copy later is not the original's.
     """
 
     name: str
@@ -61,14 +67,17 @@ class ConsumerGroup:
     concurrency: int = 16
     max_ack_pending: int = 1000
     description: str = ""
-    handlers: dict[str, tuple[type[Message], Handler[Any]]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    handlers: Mapping[str, HandlerEntry] = field(default_factory=dict, repr=False, compare=False)
+    _registry: dict[str, HandlerEntry] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problem = wire.group_problem(self.name) or self._problem()
         if problem:
             raise GroupConfigError(problem)
+        # A registry of its own (never the mapping given, which may be another group's),
+        # seen from outside only through a read-only view.
+        object.__setattr__(self, "_registry", dict(self.handlers))
+        object.__setattr__(self, "handlers", MappingProxyType(self._registry))
         object.__setattr__(self, "filter_subjects", tuple(self.filter_subjects))
         object.__setattr__(self, "backoff", tuple(float(b) for b in self.backoff))
 
@@ -97,9 +106,9 @@ class ConsumerGroup:
         type_name = message_type.DESCRIPTOR.full_name
 
         def register(function: Handler[M]) -> Handler[M]:
-            if type_name in self.handlers:
+            if type_name in self._registry:
                 raise GroupConfigError(f"group {self.name!r} already handles {type_name}")
-            self.handlers[type_name] = (message_type, function)
+            self._registry[type_name] = (message_type, function)
             return function
 
         return register
