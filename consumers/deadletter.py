@@ -75,7 +75,7 @@ def dead_letter_headers(
     error: str,
 ) -> dict[str, str]:
     """The headers of the dead letter of the event stored with `headers` (a fresh dict)."""
-    kept = {k: v for k, v in headers.items() if not k.lower().startswith("nats-")}
+    kept = {k: v for k, v in headers.items() if not k.lower().startswith(wire.DEAD_LETTER_DROPS)}
     kept.update(
         {
             wire.MSG_ID: wire.dead_letter_msg_id(group, stream, sequence),
@@ -94,9 +94,7 @@ def dead_letter_headers(
 
 def redrive_headers(dead: DeadLetter) -> dict[str, str]:
     """The headers of the redriven event: the original ones, marked for `dead.group`."""
-    kept = {
-        k: v for k, v in dead.headers.items() if not k.lower().startswith(("nats-", "jetgate-"))
-    }
+    kept = {k: v for k, v in dead.headers.items() if not k.lower().startswith(wire.REDRIVE_DROPS)}
     kept[wire.MSG_ID] = wire.redrive_msg_id(dead.event_id, dead.sequence)
     kept[wire.REDRIVE_GROUP] = dead.group
     return kept

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -30,6 +30,7 @@ from consumers import deadletter
 from consumers.delivery import Delivery, Reject
 from consumers.group import ConsumerGroup
 from jetgate import wire
+from jetgate.wire import DeadLetterReason as Reason
 from observability import messaging
 from observability import semconv as sc
 from observability.metrics import ConsumeMetrics
@@ -118,20 +119,20 @@ class DeliveryHandler:
         try:
             envelope = wire.decode_envelope(msg.subject, headers)
         except ValueError as exc:
-            return await self._dead_letter(msg, attempt, "undecodable", str(exc))
+            return await self._dead_letter(msg, attempt, Reason.UNDECODABLE, str(exc))
         entry = group.handlers.get(envelope.type)
         if entry is None:
             error = f"group {group.name} has no handler for {envelope.type}"
-            return await self._dead_letter(msg, attempt, "unknown-type", error)
+            return await self._dead_letter(msg, attempt, Reason.UNKNOWN_TYPE, error)
         message_type, handler = entry
         try:
             event = message_type.FromString(msg.data)
         except DecodeError as exc:
             error = f"payload is not a valid {envelope.type}: {exc}"
-            return await self._dead_letter(msg, attempt, "undecodable", error)
+            return await self._dead_letter(msg, attempt, Reason.UNDECODABLE, error)
         if attempt > group.max_deliver:
             error = f"attempt {attempt} of {group.max_deliver}: the previous worker stopped"
-            return await self._dead_letter(msg, attempt, "exhausted", error)
+            return await self._dead_letter(msg, attempt, Reason.EXHAUSTED, error)
         delivery = Delivery(
             event_id=envelope.id,
             event_type=envelope.type,
@@ -145,18 +146,18 @@ class DeliveryHandler:
             group=group.name,
             headers=envelope.headers,
             raw_headers=headers,
-            message=msg,
+            _progress=_progress(msg),
         )
         try:
             await handler(event, delivery)
         except Reject as exc:
-            return await self._dead_letter(msg, attempt, "reject", exc.reason)
+            return await self._dead_letter(msg, attempt, Reason.REJECT, exc.reason)
         except Exception as exc:
             self._stats.failed += 1
             messaging.record_failure(trace.get_current_span(), exc)
             error = f"{type(exc).__name__}: {exc}"
             if attempt >= group.max_deliver:
-                return await self._dead_letter(msg, attempt, "exhausted", error)
+                return await self._dead_letter(msg, attempt, Reason.EXHAUSTED, error)
             delay = group.retry_delay(attempt)
             log.warning(
                 "group %s: %s seq %d attempt %d failed (%s); retry in %gs",
@@ -168,7 +169,7 @@ class DeliveryHandler:
         self._stats.processed += 1
         return ACK, ""
 
-    async def _dead_letter(self, msg: Msg, attempt: int, reason: str, error: str) -> Outcome:
+    async def _dead_letter(self, msg: Msg, attempt: int, reason: Reason, error: str) -> Outcome:
         meta = msg.metadata
         headers = deadletter.dead_letter_headers(
             msg.headers or {},
@@ -193,12 +194,21 @@ class DeliveryHandler:
                 await asyncio.sleep(1.0)
         await msg.term()
         self._stats.dead_lettered += 1
-        self._metrics.dead_lettered(reason)
+        self._metrics.dead_lettered(reason.value)
         messaging.record_dead_letter(
-            trace.get_current_span(), reason=reason, error=error, subject=subject
+            trace.get_current_span(), reason=reason.value, error=error, subject=subject
         )
         log.warning(
             "group %s: %s seq %d dead-lettered (%s: %s)",
             *(self.group.name, msg.subject, meta.sequence.stream, reason, error),
         )
-        return DEAD_LETTER, reason
+        return DEAD_LETTER, reason.value
+
+
+def _progress(msg: Msg) -> Callable[[], Awaitable[None]]:
+    """`in_progress` of `msg`, and nothing else of it, for the handler's `Delivery`."""
+
+    async def progress() -> None:
+        await msg.in_progress()
+
+    return progress
