@@ -4,8 +4,11 @@ Outcomes: handler returns -> ack; `Reject`, an unknown type or an undecodable pa
 dead letter at once; any other exception -> nak with the group's backoff, or dead letter
 when it was the last allowed attempt; an event redriven for another group -> ack unseen.
 
-Telemetry (a tracer given, see `observability`): the delivery is handled inside a CONSUMER
-span `process <subject>` whose parent is the trace context in the event's headers (plus a
+Trace context: the context in the event's headers is current while its handler runs, with
+tracing on or off, so the follow-ups a handler publishes (e.g. through an instrumented gRPC
+channel, which injects the current context even with no tracer provider) carry the event's
+trace. Telemetry (a tracer given, see `observability`): the delivery is handled inside a
+CONSUMER span `process <subject>` whose parent is the trace context in the event's headers (plus a
 link to it), so the handler's own spans and the follow-ups it publishes continue the
 event's trace; a redelivery is another process span with its delivery count. A failing
 handler's exception is recorded on the span; dead-lettering is a span event. Metrics:
@@ -24,6 +27,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from consumers import deadletter
@@ -31,7 +35,7 @@ from consumers.delivery import Delivery, Reject
 from consumers.group import ConsumerGroup
 from jetgate import wire
 from jetgate.wire import DeadLetterReason as Reason
-from observability import messaging
+from observability import messaging, propagation
 from observability import semconv as sc
 from observability.metrics import ConsumeMetrics
 
@@ -80,7 +84,13 @@ class DeliveryHandler:
         headers: Mapping[str, str] = msg.headers or {}
         started = time.perf_counter()
         if self._tracer is None:
-            outcome, error_type = await self._process(msg, meta, headers)
+            # No spans, but the event's trace context (global propagator) is current while
+            # its handler runs, so what the handler publishes continues the event's trace.
+            token = otel_context.attach(propagation.extract(headers))
+            try:
+                outcome, error_type = await self._process(msg, meta, headers)
+            finally:
+                otel_context.detach(token)
         else:
             url = self._nc.connected_url
             with messaging.process_span(
