@@ -34,6 +34,11 @@ Handler = Callable[[M, Delivery], Awaitable[None]]
 HandlerEntry = tuple[type[Message], Handler[Any]]
 
 
+# A handler kept alive with in_progress may run for several ack_waits; one running this
+# long is taken as hung (see `ConsumerGroup.effective_handler_timeout`).
+HANDLER_TIMEOUT_FACTOR = 10
+
+
 class GroupConfigError(ValueError):
     """A consumer group's settings are invalid, or JetStream refused them."""
 
@@ -49,8 +54,11 @@ class ConsumerGroup:
     async def charge(event: orders_pb2.OrderPlaced, delivery: Delivery) -> None: ...
     ```
     `ack_wait` is in seconds, `backoff` a list of seconds, `concurrency` the number of
-    events each worker process handles at once. Events of a type without a handler are
-    dead-lettered (`unknown-type`): filter the subjects to the types the group handles.
+    events each worker process handles at once. `handler_timeout` (seconds; default 10 x
+    ack_wait) bounds one handler call: a handler still running then is cancelled and the
+    attempt counts as failed (retried with backoff, dead-lettered after the last). Events
+    of a type without a handler are dead-lettered (`unknown-type`): filter the subjects to
+    the types the group handles.
 
     `handlers` is a read-only view of the group's own registry. `dataclasses.replace()`
     gives the copy the handlers registered so far in a registry of its own: a handler
@@ -67,6 +75,7 @@ class ConsumerGroup:
     concurrency: int = 16
     max_ack_pending: int = 1000
     description: str = ""
+    handler_timeout: float | None = None
     handlers: Mapping[str, HandlerEntry] = field(default_factory=dict, repr=False, compare=False)
     _registry: dict[str, HandlerEntry] = field(init=False, repr=False, compare=False)
 
@@ -99,7 +108,17 @@ class ConsumerGroup:
             return f"concurrency must be at least 1, not {self.concurrency}"
         if self.max_ack_pending < 1:
             return f"max_ack_pending must be at least 1, not {self.max_ack_pending}"
+        if self.handler_timeout is not None and not self.handler_timeout > 0:
+            return f"handler_timeout must be positive, not {self.handler_timeout}"
         return None
+
+    @property
+    def effective_handler_timeout(self) -> float:
+        """Seconds one handler call may take: `handler_timeout`, by default
+        HANDLER_TIMEOUT_FACTOR x ack_wait (5 minutes for the default ack_wait of 30 s)."""
+        if self.handler_timeout is not None:
+            return self.handler_timeout
+        return HANDLER_TIMEOUT_FACTOR * self.ack_wait
 
     def handler(self, message_type: type[M]) -> Callable[[Handler[M]], Handler[M]]:
         """Register the decorated coroutine as the handler of events of `message_type`."""

@@ -38,10 +38,13 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
@@ -98,10 +101,14 @@ class Worker:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         metrics_interval: float = 5.0,
+        connect: Callable[[], Awaitable[NATS]] | None = None,
     ) -> None:
         self.group = group
         self._stats = WorkerStats()
         self._nc = nc
+        self._connect = connect
+        self._own_connection: NATS | None = None
+        self._sub: Subscription | None = None
         self._js = nc.jetstream()
         self._concurrency = concurrency or group.concurrency
         self._prefetch = PREFETCH_FACTOR * self._concurrency if prefetch is None else prefetch
@@ -115,9 +122,12 @@ class Worker:
         self._waiting: collections.deque[_Running] = collections.deque()
         self._wake = asyncio.Event()
         self._needs_setup = True
+        self._reconnecting = False
         self._set_up_once = False
         self._stopping = False
         self._tick = min(0.25, group.ack_wait / 4)
+        self._slot_started = time.monotonic()
+        self._stalled = False
         self._pending: tuple[int, int] | None = None
         self._metrics = ConsumeMetrics(
             meter_provider, group=group.name, stream=group.stream, pending=lambda: self._pending
@@ -145,14 +155,17 @@ class Worker:
 
         Raises GroupConfigError when JetStream refuses the group's consumer.
         """
-        sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
         stop_watch = asyncio.create_task(self._wake_on(stop))
         try:
             while not stop.is_set():
+                if self._nc.is_closed and not await self._reconnect(stop):
+                    continue
                 if self._needs_setup and not await self._set_up_again():
                     await _wait(stop, SETUP_RETRY)
                     continue
                 self._expire()
+                await self._hand_back()
                 await self._request()
                 await self._keep_alive()
                 self._read_pending()
@@ -164,8 +177,49 @@ class Worker:
             if self._pending_read is not None:
                 self._pending_read.cancel()
             with contextlib.suppress(NatsError):
-                await sub.unsubscribe()
+                await self._sub.unsubscribe()
+            if self._own_connection is not None:
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await self._own_connection.close()
         return self.stats
+
+    async def _reconnect(self, stop: asyncio.Event) -> bool:
+        """Replace a connection nats-py closed for good (it does not reconnect after a
+        server error, e.g. a message over max_payload); False: not yet, try again.
+
+        Without `connect` there is nothing to replace it with: ConnectionClosedError.
+        Events held on the closed connection cannot be settled any more; JetStream
+        redelivers them after ack_wait.
+        """
+        if self._connect is None:
+            log.error("group %s: NATS closed the connection; no way to reconnect", self.group.name)
+            raise ConnectionClosedError
+        if not self._reconnecting:
+            self._reconnecting = True
+            log.warning(
+                "group %s: NATS closed the connection (%r); connecting again",
+                *(self.group.name, self._nc.last_error),
+            )
+        try:
+            nc = await self._connect()
+        except (NatsError, OSError, TimeoutError) as exc:
+            log.warning("group %s: cannot connect to NATS (%r); retrying", self.group.name, exc)
+            await _wait(stop, SETUP_RETRY)
+            return False
+        if self._own_connection is not None:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await self._own_connection.close()
+        self._nc = self._own_connection = nc
+        self._js = nc.jetstream()
+        self._handler.use(nc)
+        self._inbox = nc.new_inbox()
+        self._pulls.clear()
+        self._waiting.clear()  # their acks went with the old connection
+        self._sub = await nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        self._needs_setup = True
+        self._reconnecting = False
+        log.warning("group %s: connected to NATS again", self.group.name)
+        return True
 
     def _read_pending(self) -> None:
         """Refresh the lag gauges in the background every `metrics_interval` s."""
@@ -262,6 +316,8 @@ class Worker:
             self._waiting.append(_Running(msg))
 
     def _start(self, running: _Running) -> None:
+        self._slot_started = time.monotonic()
+        self._stalled = False
         task = asyncio.create_task(self._handler.handle(running.msg))
         self._running[task] = running
         task.add_done_callback(self._finished)
@@ -283,7 +339,8 @@ class Worker:
         if self._stopping or self._needs_setup:
             return
         requested = sum(p.credits for p in self._pulls.values())
-        room = self._concurrency + self._prefetch
+        # Every slot stuck: prefetching more would only hold events another worker can take.
+        room = self._concurrency + (0 if self._stalled else self._prefetch)
         free = room - len(self._running) - len(self._waiting) - requested
         # Ask in halves under load (fewer requests), at once when nothing is requested.
         if free <= 0 or (requested and free < max(1, room // 2)):
@@ -299,6 +356,28 @@ class Worker:
             return
         self._pulls[token] = _Pull(free, time.monotonic() + self._expires + 1.0)
         self.ready.set()
+
+    async def _hand_back(self) -> None:
+        """When every handler slot has been busy for ack_wait with no handler finishing,
+        nak the prefetched events (no delay: another worker of the group takes them) and
+        prefetch no more until a slot frees up."""
+        if len(self._running) < self._concurrency:
+            return
+        busy = time.monotonic() - self._slot_started
+        if busy < self.group.ack_wait or (self._stalled and not self._waiting):
+            return
+        if not self._stalled:
+            self._stalled = True
+            log.warning(
+                "group %s: all %d handler slots busy for %.0fs; handing %d prefetched events "
+                "back to the group",
+                *(self.group.name, self._concurrency, busy, len(self._waiting)),
+            )
+        while self._waiting:
+            running = self._waiting.popleft()
+            self._stats.handed_back += 1
+            with contextlib.suppress(NatsError):
+                await running.msg.nak()
 
     async def _keep_alive(self) -> None:
         now = time.monotonic()

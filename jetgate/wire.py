@@ -77,8 +77,11 @@ DEAD_DROPPED_HEADERS: Final = "Jetgate-Dropped-Headers"
 # A dead letter keeps every header of the original but JetStream's own (id, TTL and
 # preconditions of the original publish, wrong for the copy); a redriven event drops the
 # dead letter's `Jetgate-*` headers too.
+DEAD_LETTER_HEADER_PREFIX: Final = "jetgate-"  # the headers a dead letter adds (case-insensitive)
 DEAD_LETTER_DROPS: Final = ("nats-",)
-REDRIVE_DROPS: Final = ("nats-", "jetgate-")
+REDRIVE_DROPS: Final = ("nats-", DEAD_LETTER_HEADER_PREFIX)
+# What a dead letter too big with all the original's headers keeps of them: CloudEvents only.
+DEAD_LETTER_KEEPS_WHEN_SHORT: Final = ("ce-",)
 # A redriven event is for the group that dead-lettered it; other groups skip it.
 REDRIVE_GROUP: Final = "Jetgate-Redrive-Group"
 

@@ -268,10 +268,12 @@ async def test_events_of_a_killed_worker_are_redelivered_to_another_one(
             attempts.setdefault(line.event_id, []).append(line.attempt)
         return attempts
 
-    rest = len(ids) - held
+    # With every slot busy for ack_wait and no handler finishing, the victim hands its
+    # prefetched events back (nak, no delay): the survivor handles all but the 8 running.
+    rest = len(ids) - 8
     await until(lambda: len(survivor_handled()) >= rest, f"the other {rest} handled", workers)
     # While the victim lives, its in_progress heartbeats (every ack_wait/2) keep the events
-    # it holds from being redelivered, however long its handlers take: wait twice ack_wait.
+    # its handlers run from being redelivered, however long they take: wait twice ack_wait.
     await asyncio.sleep(2 * ack_wait)
     assert len(survivor_handled()) == rest
     started = victim_started()
@@ -279,7 +281,7 @@ async def test_events_of_a_killed_worker_are_redelivered_to_another_one(
     assert not started & set(survivor_handled())
     info = await consumer(js)
     assert info is not None
-    assert (info.num_ack_pending, info.num_redelivered, info.num_pending) == (held, 0, 0)
+    assert (info.num_ack_pending, info.num_pending) == (8, 0)
 
     assert await workers.kill(victim) == -signal.SIGKILL
     await until(lambda: len(survivor_handled()) == len(ids), "all 100 events handled", workers)
