@@ -20,9 +20,19 @@ What happens to each delivery (ack, retry, dead letter; its span and metrics) is
 Metrics: the consumer's lag and ack-pending counts are read from JetStream every
 `metrics_interval` seconds (only with a meter provider).
 
+Stuck slots: when every handler slot has been busy for ack_wait with no handler finishing
+(hung handlers, until the group's handler timeout cancels them), the prefetched events are
+handed back (nak without delay: another worker of the group takes them at once) and the
+worker prefetches no more until a slot frees up. Each hand-back counts as a delivery
+toward max_deliver.
+
 Resilience: a pull request that got no answer by its expiry (plus a second) is written
 off, so after a reconnect or a nats-server restart the worker simply asks again; "no
-responders" or a deleted consumer makes it create the consumer again. `run()` returns
+responders" or a deleted consumer makes it create the consumer again. A connection that
+nats-py closed for good (it does not reconnect after a server error, e.g. a message over
+max_payload) is replaced with `connect()` (one warning, not one per pull): new
+connection, inbox subscription and consumer set up again; events held on the old one come
+back after ack_wait. Without `connect`, `run()` raises ConnectionClosedError then. `run()` returns
 after `stop` is set and the drain is done: no new requests, the outstanding ones answered
 or expired, in-flight and prefetched events handled and acknowledged. After `drain_timeout`
 (default: the group's ack_wait) running handlers are cancelled (their events come back
@@ -84,6 +94,9 @@ class _Running:
 
 class Worker:
     """Runs `group`'s handlers in this process over connection `nc` (owned by the caller).
+
+    `connect` makes a new connection when nats-py closed `nc` for good; the worker owns
+    (and closes) the connections it makes.
 
     `ready` is set once the consumer is set up and the first pull request is out: from then
     on the group's events flow to this worker.
