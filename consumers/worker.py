@@ -56,15 +56,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError
 from nats.errors import Error as NatsError
-from nats.js.api import ConsumerConfig
-from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from consumers import deadletter
+from consumers import consumer
 from consumers.group import ConsumerGroup, GroupConfigError
 from consumers.handling import DeliveryHandler, WorkerStats
-from jetgate import wire
 from observability import messaging
 from observability.metrics import ConsumeMetrics
 
@@ -72,7 +69,6 @@ log = logging.getLogger("jetgate.consumers")
 
 STATUS = "Status"
 DESCRIPTION = "Description"
-STREAM_NOT_FOUND = 10059
 SETUP_RETRY = 1.0  # s between attempts to create the consumer while JetStream is away
 # Default prefetch per handler slot. Measured (`python -m bench --scenario consume`, no-op
 # handler, concurrency 16): 1x drains at 0.86-0.93x a plain fetch(100) loop, 2x 0.85-0.92x,
@@ -267,36 +263,7 @@ class Worker:
 
     async def _setup(self) -> bool:
         """Create or update the group's consumer (and the DLQ stream); False: try later."""
-        group = self.group
-        try:
-            await deadletter.ensure_stream(self._js)
-            stream = await self._js.stream_info(group.stream)
-            subjects = stream.config.subjects or []
-            for subject_filter in group.filter_subjects:
-                if not any(wire.subject_filter_covers(s, subject_filter) for s in subjects):
-                    raise GroupConfigError(
-                        f"group {group.name!r}: filter {subject_filter!r} matches no subject of "
-                        f"stream {group.stream} ({', '.join(subjects)})"
-                    )
-            wanted = group.consumer_config()
-            with contextlib.suppress(NotFoundError):
-                current = (await self._js.consumer_info(group.stream, group.name)).config
-                if changes := _changes(current, wanted):
-                    # Expected after a deploy; a surprise when two modules share a name.
-                    log.warning("group %s: updating its consumer: %s", group.name, changes)
-            await self._js.add_consumer(group.stream, wanted)
-            log.info("group %s: consumer ready on stream %s", group.name, group.stream)
-        except NotFoundError as exc:
-            if exc.err_code != STREAM_NOT_FOUND:
-                raise GroupConfigError(f"group {group.name!r}: {exc.description}") from exc
-            log.warning("group %s: no stream %s yet", group.name, group.stream)
-            return False
-        except ServiceUnavailableError:
-            return False  # JetStream starting or electing a leader
-        except APIError as exc:
-            raise GroupConfigError(f"group {group.name!r}: {exc.description}") from exc
-        except (NatsError, TimeoutError) as exc:
-            log.warning("group %s: JetStream not reachable (%r); retrying", group.name, exc)
+        if not await consumer.ensure(self._js, self.group):
             return False
         self._needs_setup = False
         self._set_up_once = True
@@ -417,20 +384,6 @@ class Worker:
             await asyncio.gather(*self._running, return_exceptions=True)
         with contextlib.suppress(NatsError, TimeoutError):
             await self._nc.flush(timeout=2)
-
-
-def _changes(current: ConsumerConfig, wanted: ConsumerConfig) -> str:
-    """What updating consumer `current` to `wanted` changes (the settings a group sets)."""
-    fields = ("filter_subjects", "ack_wait", "max_deliver", "max_ack_pending", "description")
-    changed = [
-        f"{name} {getattr(current, name)!r} -> {getattr(wanted, name)!r}"
-        for name in fields
-        if getattr(current, name) != getattr(wanted, name)
-    ]
-    ours = {k: v for k, v in (current.metadata or {}).items() if k.startswith("jetgate.")}
-    if ours != wanted.metadata:
-        changed.append(f"metadata {ours!r} -> {wanted.metadata!r}")
-    return "; ".join(changed)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
