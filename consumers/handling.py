@@ -33,6 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
@@ -95,6 +96,11 @@ class DeliveryHandler:
         self._stats = stats
         self._metrics = metrics
         self._tracer = tracer
+        # The handler timeout, enforced by `expire_overdue` from the worker's periodic tick
+        # (no timer per delivery: asyncio.timeout() costs about 8 us per call): the tasks
+        # running a handler, since when, and those cancelled for running too long.
+        self._in_handler: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
 
     async def handle(self, msg: Msg) -> None:
         """Run the handler for `msg` and settle it (ack, nak or dead letter)."""
@@ -133,6 +139,15 @@ class DeliveryHandler:
             outcome=outcome,
             error_type=error_type,
         )
+
+    def expire_overdue(self, now: float) -> None:
+        """Cancel the handlers running for longer than the group's handler timeout; their
+        attempts count as failed (see `_process`)."""
+        limit = self.group.effective_handler_timeout
+        for task, started in self._in_handler.items():
+            if now - started >= limit and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
 
     def use(self, nc: NATS) -> None:
         """Settle and dead-letter over `nc` from now on (the worker replaced its connection)."""
@@ -182,35 +197,48 @@ class DeliveryHandler:
             raw_headers=headers,
             _progress=_progress(msg),
         )
-        limit = group.effective_handler_timeout
-        scope = asyncio.timeout(limit)
+        task = asyncio.current_task()
+        assert task is not None
+        failure: BaseException | None = None
+        self._in_handler[task] = time.monotonic()
         try:
-            async with scope:
-                await handler(event, delivery)
-        except Reject as exc:
-            return await dead(Reason.REJECT, exc.reason)
-        except Exception as exc:
-            self._stats.failed += 1
-            if isinstance(exc, TimeoutError) and scope.expired():
-                self._stats.timed_out += 1
-                error_type = HANDLER_TIMEOUT
-                error = f"{HANDLER_TIMEOUT}: the handler did not return within {limit:g}s"
-            else:
-                error_type = type(exc).__qualname__
-                error = f"{type(exc).__name__}: {exc}"
-            messaging.record_failure(trace.get_current_span(), exc)
-            if attempt >= group.max_deliver:
-                return await dead(Reason.EXHAUSTED, error)
-            delay = group.retry_delay(attempt)
-            log.warning(
-                "group %s: %s seq %d attempt %d failed (%s); retry in %gs",
-                *(group.name, msg.subject, delivery.sequence, attempt, error, delay),
-            )
-            await _settle(msg.nak(delay=delay), msg, group.name)
-            return RETRY, error_type
-        await _settle(msg.ack(), msg, group.name)
-        self._stats.processed += 1
-        return ACK, ""
+            await handler(event, delivery)
+        except (Exception, asyncio.CancelledError) as exc:
+            failure = exc
+        finally:
+            # Settling and dead-lettering are never cut short by the handler timeout.
+            del self._in_handler[task]
+            timed_out = task in self._expired
+            self._expired.discard(task)
+        if timed_out:
+            task.uncancel()  # our cancellation, consumed here (or swallowed by the handler)
+        elif isinstance(failure, asyncio.CancelledError):
+            raise failure  # cancelled by someone else (the worker's drain)
+        if failure is None:
+            await _settle(msg.ack(), msg, group.name)
+            self._stats.processed += 1
+            return ACK, ""
+        if isinstance(failure, Reject):
+            return await dead(Reason.REJECT, failure.reason)
+        self._stats.failed += 1
+        if isinstance(failure, asyncio.CancelledError):
+            self._stats.timed_out += 1
+            error_type = HANDLER_TIMEOUT
+            limit = group.effective_handler_timeout
+            error = f"{HANDLER_TIMEOUT}: the handler did not return within {limit:g}s"
+        else:
+            error_type = type(failure).__qualname__
+            error = f"{type(failure).__name__}: {failure}"
+        messaging.record_failure(trace.get_current_span(), failure)
+        if attempt >= group.max_deliver:
+            return await dead(Reason.EXHAUSTED, error)
+        delay = group.retry_delay(attempt)
+        log.warning(
+            "group %s: %s seq %d attempt %d failed (%s); retry in %gs",
+            *(group.name, msg.subject, delivery.sequence, attempt, error, delay),
+        )
+        await _settle(msg.nak(delay=delay), msg, group.name)
+        return RETRY, error_type
 
     async def _dead_letter(
         self, msg: Msg, headers: Mapping[str, str], attempt: int, reason: Reason, error: str

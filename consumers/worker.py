@@ -361,6 +361,7 @@ class Worker:
 
     async def _keep_alive(self) -> None:
         now = time.monotonic()
+        self._handler.expire_overdue(now)
         for running in [*self._running.values(), *self._waiting]:
             if now - running.last_progress >= self.group.ack_wait / 2:
                 running.last_progress = now
