@@ -15,7 +15,9 @@ fits (a truncated copy, for inspection) and `Jetgate-Truncated: <original payloa
 if even its headers do not fit (only possible for messages not published by the gateway,
 which bounds headers at 64 KiB), it keeps the original's CloudEvents headers only, or none
 (`Jetgate-Dropped-Headers: <count>`). Origin stream and sequence are the reference to the
-whole event.
+whole event. (The limit is the connection's `max_payload`; the DLQ stream jetgate creates
+sets no smaller `max_msg_size`: an operator who sets one gets failed stores, held and
+retried, see `consumers.handling`.)
 
 `redrive` republishes a dead letter to its origin subject with the same payload and event
 id, marked for its group only (`Jetgate-Redrive-Group`: workers of other groups
