@@ -9,7 +9,9 @@ runs them in-process with `run()`: same arguments, help, signals and exit codes 
   acknowledge in-flight events), log the counts and exit 0. `--ack-wait` overrides the
   group's setting (and so the consumer's, for every worker of the group).
 - `jetgate dlq list|redrive|purge --group G [--nats-url URL]`: show the group's dead
-  letters, republish them to their origin subjects, or delete them.
+  letters, republish them to their origin subjects, or delete them. Redrive names on
+  stderr each dead letter it keeps (see `consumers.deadletter`: a truncated one whose
+  original is gone, or one too big to republish) and goes on with the others.
 
 Telemetry: `consume` traces with the `OTEL_*` variables (service name: the group's; see
 observability.setup) and installs its providers as OpenTelemetry's global ones, so that
@@ -246,7 +248,8 @@ async def _consume(group: ConsumerGroup, url: str, telemetry: observability.Tele
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    connecting = asyncio.ensure_future(_connect(url, f"jetgate-worker-{group.name}"))
+    name = f"jetgate-worker-{group.name}"
+    connecting = asyncio.ensure_future(_connect(url, name))
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
@@ -269,6 +272,7 @@ async def _consume(group: ConsumerGroup, url: str, telemetry: observability.Tele
             nc,
             tracer_provider=telemetry.tracer_provider,
             meter_provider=telemetry.meter_provider,
+            connect=lambda: _connect(url, name),  # when NATS closed the connection for good
         )
         announce = asyncio.create_task(_announce_ready(worker))
         try:
@@ -305,10 +309,18 @@ async def _dead_letters(action: str, group: str, url: str, *, as_json: bool) -> 
         if action == "purge":
             print(f"purged {await deadletter.purge(js, group)} dead letters of group {group}")
         elif action == "redrive":
-            done = await deadletter.redrive(js, group)
+            refused: list[str] = []
+
+            def refuse(dead: deadletter.DeadLetter, reason: str) -> None:
+                refused.append(reason)
+                print(f"not redriven: {reason}", file=sys.stderr)
+
+            done = await deadletter.redrive(js, group, max_payload=nc.max_payload, refused=refuse)
             for dead in done:
                 print(f"redrove {dead.event_id} to {dead.origin_subject}")
             print(f"redrove {len(done)} dead letters of group {group}")
+            if refused:
+                print(f"{len(refused)} dead letters of group {group} kept", file=sys.stderr)
         else:
             listed = 0
             async for dead in deadletter.dead_letters(js, group):
@@ -322,6 +334,7 @@ async def _dead_letters(action: str, group: str, url: str, *, as_json: bool) -> 
                     "reason": dead.reason,
                     "attempts": dead.attempts,
                     "error": dead.error,
+                    "truncated": dead.truncated,
                 }
                 if as_json:
                     print(json.dumps(row))

@@ -8,14 +8,31 @@ here), plus `Jetgate-Origin-Stream/-Subject/-Sequence`, `Jetgate-Group`,
 Its `Nats-Msg-Id` names group, stream and sequence, so storing it twice (a worker died
 between storing it and terminating the original) keeps one copy.
 
+A dead letter always fits the server's `max_payload` (a bigger one would make nats-server
+close the worker's connection). The headers above take up to about 1.5 KiB, so an event
+near the limit does not fit whole: then the dead letter keeps as much of the payload as
+fits (a truncated copy, for inspection) and `Jetgate-Truncated: <original payload bytes>`;
+if even its headers do not fit (only possible for messages not published by the gateway,
+which bounds headers at 64 KiB), it keeps the original's CloudEvents headers only, or none
+(`Jetgate-Dropped-Headers: <count>`). Origin stream and sequence are the reference to the
+whole event. (The limit is the connection's `max_payload`; the DLQ stream jetgate creates
+sets no smaller `max_msg_size`: an operator who sets one gets failed stores, held and
+retried, see `consumers.handling`.)
+
 `redrive` republishes a dead letter to its origin subject with the same payload and event
 id, marked for its group only (`Jetgate-Redrive-Group`: workers of other groups
-acknowledge it without handling it), then deletes the dead letter. `purge` deletes them.
+acknowledge it without handling it), then deletes the dead letter. A truncated dead
+letter is never republished as it is (that would be a corrupt event): redrive re-reads the
+original from its origin stream by sequence and republishes that; when the original is
+gone (limits, deleted), or the redriven event would exceed `max_payload`, that dead letter
+is refused with the reason and stays, and redrive goes on with the next. `purge` deletes
+them.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -23,14 +40,21 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from consumers.headers import text_headers
 from jetgate import wire
+
+log = logging.getLogger("jetgate.consumers")
 
 DEAD_LETTER_DUPLICATE_WINDOW = 120.0  # s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLetter:
-    """One stored dead letter, as `jetgate dlq list` shows it."""
+    """One stored dead letter, as `jetgate dlq list` shows it.
+
+    `original_size` is the payload size of the event; larger than `len(payload)` when the
+    dead letter holds a truncated copy (`truncated`).
+    """
 
     sequence: int
     group: str
@@ -45,6 +69,19 @@ class DeadLetter:
     time: datetime
     payload: bytes = field(repr=False)
     headers: Mapping[str, str] = field(repr=False)
+    original_size: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        """Whether this dead letter lacks part of its event (payload or headers)."""
+        return wire.DEAD_TRUNCATED in self.headers or wire.DEAD_DROPPED_HEADERS in self.headers
+
+
+class RedriveRefused(Exception):
+    """A dead letter that cannot be redriven as it is; the message says why."""
+
+
+Refusal = Callable[[DeadLetter, str], None]
 
 
 async def ensure_stream(js: JetStreamContext, name: str = wire.DEAD_LETTER_STREAM) -> None:
@@ -75,7 +112,7 @@ def dead_letter_headers(
     error: str,
 ) -> dict[str, str]:
     """The headers of the dead letter of the event stored with `headers` (a fresh dict)."""
-    kept = {k: v for k, v in headers.items() if not k.lower().startswith("nats-")}
+    kept = {k: v for k, v in headers.items() if not k.lower().startswith(wire.DEAD_LETTER_DROPS)}
     kept.update(
         {
             wire.MSG_ID: wire.dead_letter_msg_id(group, stream, sequence),
@@ -92,11 +129,50 @@ def dead_letter_headers(
     return kept
 
 
+def fit(
+    payload: bytes, headers: Mapping[str, str], *, max_payload: int
+) -> tuple[bytes, dict[str, str]]:
+    """The dead letter (`payload`, `headers` from `dead_letter_headers`) cut to fit
+    `max_payload` bytes of headers and payload (see the module docstring); fresh values."""
+    full = dict(headers)
+    if wire.encoded_headers_size(full) + len(payload) <= max_payload:
+        return payload, full
+    ours = {k: v for k, v in full.items() if _is_ours(k)}
+    originals = {k: v for k, v in full.items() if not _is_ours(k)}
+    ours[wire.DEAD_TRUNCATED] = str(len(payload))
+    choices = [
+        originals,
+        {
+            k: v
+            for k, v in originals.items()
+            if k.lower().startswith(wire.DEAD_LETTER_KEEPS_WHEN_SHORT)
+        },
+        {},
+    ]
+    for kept in choices:
+        marks = dict(ours)
+        if len(kept) < len(originals):
+            marks[wire.DEAD_DROPPED_HEADERS] = str(len(originals) - len(kept))
+        candidate = {**kept, **marks}
+        room = max_payload - wire.encoded_headers_size(candidate)
+        if room >= 0:
+            return payload[:room], candidate
+    # Only a tiny max_payload gets here: the shortest error text still says what happened.
+    marks[wire.DEAD_ERROR] = "-"
+    return b"", marks
+
+
+def _is_ours(name: str) -> bool:
+    return name == wire.MSG_ID or name.lower().startswith(wire.DEAD_LETTER_HEADER_PREFIX)
+
+
 def redrive_headers(dead: DeadLetter) -> dict[str, str]:
     """The headers of the redriven event: the original ones, marked for `dead.group`."""
-    kept = {
-        k: v for k, v in dead.headers.items() if not k.lower().startswith(("nats-", "jetgate-"))
-    }
+    return _redriven(dead.headers, dead)
+
+
+def _redriven(headers: Mapping[str, str], dead: DeadLetter) -> dict[str, str]:
+    kept = {k: v for k, v in headers.items() if not k.lower().startswith(wire.REDRIVE_DROPS)}
     kept[wire.MSG_ID] = wire.redrive_msg_id(dead.event_id, dead.sequence)
     kept[wire.REDRIVE_GROUP] = dead.group
     return kept
@@ -123,7 +199,8 @@ async def dead_letters(
         assert raw.seq is not None
         if raw.seq > last:
             return
-        headers: dict[str, str] = dict(raw.headers or {})
+        headers = text_headers(raw.headers)
+        payload = raw.data or b""
         yield DeadLetter(
             sequence=raw.seq,
             group=headers.get(wire.DEAD_GROUP, group),
@@ -136,29 +213,81 @@ async def dead_letters(
             error=headers.get(wire.DEAD_ERROR, ""),
             attempts=_int(headers.get(wire.DEAD_ATTEMPTS)),
             time=raw.time or datetime.fromtimestamp(0, UTC),
-            payload=raw.data or b"",
+            payload=payload,
             headers=headers,
+            original_size=_int(headers.get(wire.DEAD_TRUNCATED)) or len(payload),
         )
         sequence = raw.seq + 1
 
 
 async def redrive(
-    js: JetStreamContext, group: str, *, stream: str = wire.DEAD_LETTER_STREAM
+    js: JetStreamContext,
+    group: str,
+    *,
+    stream: str = wire.DEAD_LETTER_STREAM,
+    max_payload: int | None = None,
+    refused: Refusal | None = None,
 ) -> list[DeadLetter]:
-    """Republish every dead letter of `group` to its origin subject, then delete it.
+    """Republish every dead letter of `group` to its origin subject, then delete it;
+    returns those redriven.
 
-    A dead letter whose republish fails stays where it is (the error propagates); those
-    before it are redriven already. Running it again is safe: a republish that reached the
-    origin stream before is de-duplicated by its `Nats-Msg-Id`.
+    A dead letter that cannot be redriven (a truncated one whose original is gone, or one
+    whose redriven event would exceed `max_payload`, the server's limit: pass it) is
+    reported to `refused` (default: a warning in the log) and stays. A dead letter whose
+    republish fails stays too (the error propagates); those before it are redriven
+    already. Running it again is safe: a republish that reached the origin stream before
+    is de-duplicated by its `Nats-Msg-Id`.
     """
+    report = refused or _log_refusal
     done: list[DeadLetter] = []
     async for dead in dead_letters(js, group, stream=stream):
         if not dead.origin_subject:
             continue
-        await js.publish(dead.origin_subject, dead.payload, headers=redrive_headers(dead))
+        try:
+            payload, headers = await redriven_event(js, dead)
+            size = wire.encoded_headers_size(headers) + len(payload)
+            if max_payload is not None and size > max_payload:
+                raise RedriveRefused(
+                    f"dead letter {dead.sequence}: the redriven event would take {size} bytes "
+                    f"with its redrive headers, over the server's max_payload {max_payload}"
+                )
+        except RedriveRefused as exc:
+            report(dead, str(exc))
+            continue
+        await js.publish(dead.origin_subject, payload, headers=headers)
         await js.delete_msg(stream, dead.sequence)
         done.append(dead)
     return done
+
+
+async def redriven_event(js: JetStreamContext, dead: DeadLetter) -> tuple[bytes, dict[str, str]]:
+    """The payload and headers to republish for `dead` (a truncated one: its original's).
+
+    Raises RedriveRefused when `dead` is truncated and its original is no longer stored.
+    """
+    if not dead.truncated:
+        return dead.payload, redrive_headers(dead)
+    where = f"{dead.origin_stream}/{dead.origin_sequence}"
+    try:
+        original = await js.get_msg(dead.origin_stream, dead.origin_sequence)
+    except NotFoundError:
+        original = None
+    headers = text_headers(original.headers) if original is not None else {}
+    if (
+        original is None
+        or original.subject != dead.origin_subject
+        or (dead.event_id and headers.get(wire.CE_ID) != dead.event_id)
+    ):
+        raise RedriveRefused(
+            f"dead letter {dead.sequence} holds a truncated copy of event {dead.event_id or '?'} "
+            f"({dead.original_size} bytes) and its original {where} is no longer stored: "
+            "not redriven (inspect it with `nats stream get`, or purge it)"
+        )
+    return original.data or b"", _redriven(headers, dead)
+
+
+def _log_refusal(dead: DeadLetter, reason: str) -> None:
+    log.warning("group %s: %s", dead.group, reason)
 
 
 async def purge(js: JetStreamContext, group: str, *, stream: str = wire.DEAD_LETTER_STREAM) -> int:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from nats.aio.msg import Msg
-
 from jetgate import wire
+
+Progress = Callable[[], Awaitable[None]]
+
+
+async def _no_progress() -> None:
+    return None
 
 
 class Reject(Exception):
@@ -30,6 +34,11 @@ class Delivery:
     `attempt` is 1 on the first delivery and counts redeliveries after failures,
     timeouts and worker crashes. `headers` are the user's headers (no `Nats-*`, `ce-*`
     or trace headers); `raw_headers` has them all.
+
+    It holds what a handler may know and do, and nothing that settles the event: the
+    worker alone acknowledges, naks or dead-letters it, from the handler's outcome (a
+    handler that could `ack()` the NATS message would settle it twice). The worker passes
+    `_progress`, the one thing a handler may do to the message (see `in_progress`).
     """
 
     event_id: str
@@ -44,7 +53,7 @@ class Delivery:
     group: str
     headers: Mapping[str, str] = field(default_factory=dict)
     raw_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    message: Msg | None = field(default=None, repr=False, compare=False)
+    _progress: Progress = field(default=_no_progress, repr=False, compare=False)
 
     async def in_progress(self) -> None:
         """Tell JetStream the handler is still working: restarts the ack_wait timer.
@@ -52,8 +61,7 @@ class Delivery:
         The worker already does this every ack_wait/2 while a handler runs; call it
         yourself only to be explicit.
         """
-        if self.message is not None:
-            await self.message.in_progress()
+        await self._progress()
 
     def follow_up_id(self, name: str) -> str:
         """The event id for follow-up `name` of this event (e.g. `"OrderPaid"`).

@@ -18,8 +18,9 @@ How the settings map onto the consumer (`nats consumer info ORDERS billing` show
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -31,6 +32,12 @@ from jetgate.errors import ConfigurationError
 
 M = TypeVar("M", bound=Message)
 Handler = Callable[[M, Delivery], Awaitable[None]]
+HandlerEntry = tuple[type[Message], Handler[Any]]
+
+
+# A handler kept alive with in_progress may run for several ack_waits; one running this
+# long is taken as hung (see `ConsumerGroup.effective_handler_timeout`).
+HANDLER_TIMEOUT_FACTOR = 10
 
 
 class GroupConfigError(ConfigurationError, ValueError):
@@ -48,8 +55,15 @@ class ConsumerGroup:
     async def charge(event: orders_pb2.OrderPlaced, delivery: Delivery) -> None: ...
     ```
     `ack_wait` is in seconds, `backoff` a list of seconds, `concurrency` the number of
-    events each worker process handles at once. Events of a type without a handler are
-    dead-lettered (`unknown-type`): filter the subjects to the types the group handles.
+    events each worker process handles at once. `handler_timeout` (seconds; default 10 x
+    ack_wait) bounds one handler call: a handler still running then is cancelled and the
+    attempt counts as failed (retried with backoff, dead-lettered after the last). Events
+    of a type without a handler are dead-lettered (`unknown-type`): filter the subjects to
+    the types the group handles.
+
+    `handlers` is a read-only view of the group's own registry. `dataclasses.replace()`
+    gives the copy the handlers registered so far in a registry of its own: a handler
+    registered on the copy later is not the original's.
     """
 
     name: str
@@ -62,14 +76,18 @@ class ConsumerGroup:
     concurrency: int = 16
     max_ack_pending: int = 1000
     description: str = ""
-    handlers: dict[str, tuple[type[Message], Handler[Any]]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    handler_timeout: float | None = None
+    handlers: Mapping[str, HandlerEntry] = field(default_factory=dict, repr=False, compare=False)
+    _registry: dict[str, HandlerEntry] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problem = wire.group_problem(self.name) or self._problem()
         if problem:
             raise GroupConfigError(problem)
+        # A registry of its own (never the mapping given, which may be another group's),
+        # seen from outside only through a read-only view.
+        object.__setattr__(self, "_registry", dict(self.handlers))
+        object.__setattr__(self, "handlers", MappingProxyType(self._registry))
         object.__setattr__(self, "filter_subjects", tuple(self.filter_subjects))
         object.__setattr__(self, "backoff", tuple(float(b) for b in self.backoff))
 
@@ -91,16 +109,26 @@ class ConsumerGroup:
             return f"concurrency must be at least 1, not {self.concurrency}"
         if self.max_ack_pending < 1:
             return f"max_ack_pending must be at least 1, not {self.max_ack_pending}"
+        if self.handler_timeout is not None and not self.handler_timeout > 0:
+            return f"handler_timeout must be positive, not {self.handler_timeout}"
         return None
+
+    @property
+    def effective_handler_timeout(self) -> float:
+        """Seconds one handler call may take: `handler_timeout`, by default
+        HANDLER_TIMEOUT_FACTOR x ack_wait (5 minutes for the default ack_wait of 30 s)."""
+        if self.handler_timeout is not None:
+            return self.handler_timeout
+        return HANDLER_TIMEOUT_FACTOR * self.ack_wait
 
     def handler(self, message_type: type[M]) -> Callable[[Handler[M]], Handler[M]]:
         """Register the decorated coroutine as the handler of events of `message_type`."""
         type_name = message_type.DESCRIPTOR.full_name
 
         def register(function: Handler[M]) -> Handler[M]:
-            if type_name in self.handlers:
+            if type_name in self._registry:
                 raise GroupConfigError(f"group {self.name!r} already handles {type_name}")
-            self.handlers[type_name] = (message_type, function)
+            self._registry[type_name] = (message_type, function)
             return function
 
         return register

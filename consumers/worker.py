@@ -20,9 +20,19 @@ What happens to each delivery (ack, retry, dead letter; its span and metrics) is
 Metrics: the consumer's lag and ack-pending counts are read from JetStream every
 `metrics_interval` seconds (only with a meter provider).
 
+Stuck slots: when every handler slot has been busy for ack_wait with no handler finishing
+(hung handlers, until the group's handler timeout cancels them), the prefetched events are
+handed back (nak without delay: another worker of the group takes them at once) and the
+worker prefetches no more until a slot frees up. Each hand-back counts as a delivery
+toward max_deliver.
+
 Resilience: a pull request that got no answer by its expiry (plus a second) is written
 off, so after a reconnect or a nats-server restart the worker simply asks again; "no
-responders" or a deleted consumer makes it create the consumer again. `run()` returns
+responders" or a deleted consumer makes it create the consumer again. A connection that
+nats-py closed for good (it does not reconnect after a server error, e.g. a message over
+max_payload) is replaced with `connect()` (one warning, not one per pull): new
+connection, inbox subscription and consumer set up again; events held on the old one come
+back after ack_wait. Without `connect`, `run()` raises ConnectionClosedError then. `run()` returns
 after `stop` is set and the drain is done: no new requests, the outstanding ones answered
 or expired, in-flight and prefetched events handled and acknowledged. After `drain_timeout`
 (default: the group's ack_wait) running handlers are cancelled (their events come back
@@ -38,20 +48,20 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError
 from nats.errors import Error as NatsError
-from nats.js.api import ConsumerConfig
-from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from consumers import deadletter
+from consumers import consumer
 from consumers.group import ConsumerGroup, GroupConfigError
 from consumers.handling import DeliveryHandler, WorkerStats
-from jetgate import wire
 from observability import messaging
 from observability.metrics import ConsumeMetrics
 
@@ -59,7 +69,6 @@ log = logging.getLogger("jetgate.consumers")
 
 STATUS = "Status"
 DESCRIPTION = "Description"
-STREAM_NOT_FOUND = 10059
 SETUP_RETRY = 1.0  # s between attempts to create the consumer while JetStream is away
 # Default prefetch per handler slot. Measured (`python -m bench --scenario consume`, no-op
 # handler, concurrency 16): 1x drains at 0.86-0.93x a plain fetch(100) loop, 2x 0.85-0.92x,
@@ -82,6 +91,9 @@ class _Running:
 class Worker:
     """Runs `group`'s handlers in this process over connection `nc` (owned by the caller).
 
+    `connect` makes a new connection when nats-py closed `nc` for good; the worker owns
+    (and closes) the connections it makes.
+
     `ready` is set once the consumer is set up and the first pull request is out: from then
     on the group's events flow to this worker.
     """
@@ -98,10 +110,14 @@ class Worker:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         metrics_interval: float = 5.0,
+        connect: Callable[[], Awaitable[NATS]] | None = None,
     ) -> None:
         self.group = group
         self._stats = WorkerStats()
         self._nc = nc
+        self._connect = connect
+        self._own_connection: NATS | None = None
+        self._sub: Subscription | None = None
         self._js = nc.jetstream()
         self._concurrency = concurrency or group.concurrency
         self._prefetch = PREFETCH_FACTOR * self._concurrency if prefetch is None else prefetch
@@ -115,9 +131,12 @@ class Worker:
         self._waiting: collections.deque[_Running] = collections.deque()
         self._wake = asyncio.Event()
         self._needs_setup = True
+        self._reconnecting = False
         self._set_up_once = False
         self._stopping = False
         self._tick = min(0.25, group.ack_wait / 4)
+        self._slot_started = time.monotonic()
+        self._stalled = False
         self._pending: tuple[int, int] | None = None
         self._metrics = ConsumeMetrics(
             meter_provider, group=group.name, stream=group.stream, pending=lambda: self._pending
@@ -145,14 +164,17 @@ class Worker:
 
         Raises GroupConfigError when JetStream refuses the group's consumer.
         """
-        sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
         stop_watch = asyncio.create_task(self._wake_on(stop))
         try:
             while not stop.is_set():
+                if self._nc.is_closed and not await self._reconnect(stop):
+                    continue
                 if self._needs_setup and not await self._set_up_again():
                     await _wait(stop, SETUP_RETRY)
                     continue
                 self._expire()
+                await self._hand_back()
                 await self._request()
                 await self._keep_alive()
                 self._read_pending()
@@ -164,8 +186,49 @@ class Worker:
             if self._pending_read is not None:
                 self._pending_read.cancel()
             with contextlib.suppress(NatsError):
-                await sub.unsubscribe()
+                await self._sub.unsubscribe()
+            if self._own_connection is not None:
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await self._own_connection.close()
         return self.stats
+
+    async def _reconnect(self, stop: asyncio.Event) -> bool:
+        """Replace a connection nats-py closed for good (it does not reconnect after a
+        server error, e.g. a message over max_payload); False: not yet, try again.
+
+        Without `connect` there is nothing to replace it with: ConnectionClosedError.
+        Events held on the closed connection cannot be settled any more; JetStream
+        redelivers them after ack_wait.
+        """
+        if self._connect is None:
+            log.error("group %s: NATS closed the connection; no way to reconnect", self.group.name)
+            raise ConnectionClosedError
+        if not self._reconnecting:
+            self._reconnecting = True
+            log.warning(
+                "group %s: NATS closed the connection (%r); connecting again",
+                *(self.group.name, self._nc.last_error),
+            )
+        try:
+            nc = await self._connect()
+        except (NatsError, OSError, TimeoutError) as exc:
+            log.warning("group %s: cannot connect to NATS (%r); retrying", self.group.name, exc)
+            await _wait(stop, SETUP_RETRY)
+            return False
+        if self._own_connection is not None:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await self._own_connection.close()
+        self._nc = self._own_connection = nc
+        self._js = nc.jetstream()
+        self._handler.use(nc)
+        self._inbox = nc.new_inbox()
+        self._pulls.clear()
+        self._waiting.clear()  # their acks went with the old connection
+        self._sub = await nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        self._needs_setup = True
+        self._reconnecting = False
+        log.warning("group %s: connected to NATS again", self.group.name)
+        return True
 
     def _read_pending(self) -> None:
         """Refresh the lag gauges in the background every `metrics_interval` s."""
@@ -200,36 +263,7 @@ class Worker:
 
     async def _setup(self) -> bool:
         """Create or update the group's consumer (and the DLQ stream); False: try later."""
-        group = self.group
-        try:
-            await deadletter.ensure_stream(self._js)
-            stream = await self._js.stream_info(group.stream)
-            subjects = stream.config.subjects or []
-            for subject_filter in group.filter_subjects:
-                if not any(wire.subject_filter_covers(s, subject_filter) for s in subjects):
-                    raise GroupConfigError(
-                        f"group {group.name!r}: filter {subject_filter!r} matches no subject of "
-                        f"stream {group.stream} ({', '.join(subjects)})"
-                    )
-            wanted = group.consumer_config()
-            with contextlib.suppress(NotFoundError):
-                current = (await self._js.consumer_info(group.stream, group.name)).config
-                if changes := _changes(current, wanted):
-                    # Expected after a deploy; a surprise when two modules share a name.
-                    log.warning("group %s: updating its consumer: %s", group.name, changes)
-            await self._js.add_consumer(group.stream, wanted)
-            log.info("group %s: consumer ready on stream %s", group.name, group.stream)
-        except NotFoundError as exc:
-            if exc.err_code != STREAM_NOT_FOUND:
-                raise GroupConfigError(f"group {group.name!r}: {exc.description}") from exc
-            log.warning("group %s: no stream %s yet", group.name, group.stream)
-            return False
-        except ServiceUnavailableError:
-            return False  # JetStream starting or electing a leader
-        except APIError as exc:
-            raise GroupConfigError(f"group {group.name!r}: {exc.description}") from exc
-        except (NatsError, TimeoutError) as exc:
-            log.warning("group %s: JetStream not reachable (%r); retrying", group.name, exc)
+        if not await consumer.ensure(self._js, self.group):
             return False
         self._needs_setup = False
         self._set_up_once = True
@@ -262,6 +296,8 @@ class Worker:
             self._waiting.append(_Running(msg))
 
     def _start(self, running: _Running) -> None:
+        self._slot_started = time.monotonic()
+        self._stalled = False
         task = asyncio.create_task(self._handler.handle(running.msg))
         self._running[task] = running
         task.add_done_callback(self._finished)
@@ -283,7 +319,8 @@ class Worker:
         if self._stopping or self._needs_setup:
             return
         requested = sum(p.credits for p in self._pulls.values())
-        room = self._concurrency + self._prefetch
+        # Every slot stuck: prefetching more would only hold events another worker can take.
+        room = self._concurrency + (0 if self._stalled else self._prefetch)
         free = room - len(self._running) - len(self._waiting) - requested
         # Ask in halves under load (fewer requests), at once when nothing is requested.
         if free <= 0 or (requested and free < max(1, room // 2)):
@@ -300,8 +337,31 @@ class Worker:
         self._pulls[token] = _Pull(free, time.monotonic() + self._expires + 1.0)
         self.ready.set()
 
+    async def _hand_back(self) -> None:
+        """When every handler slot has been busy for ack_wait with no handler finishing,
+        nak the prefetched events (no delay: another worker of the group takes them) and
+        prefetch no more until a slot frees up."""
+        if len(self._running) < self._concurrency:
+            return
+        busy = time.monotonic() - self._slot_started
+        if busy < self.group.ack_wait or (self._stalled and not self._waiting):
+            return
+        if not self._stalled:
+            self._stalled = True
+            log.warning(
+                "group %s: all %d handler slots busy for %.0fs; handing %d prefetched events "
+                "back to the group",
+                *(self.group.name, self._concurrency, busy, len(self._waiting)),
+            )
+        while self._waiting:
+            running = self._waiting.popleft()
+            self._stats.handed_back += 1
+            with contextlib.suppress(NatsError):
+                await running.msg.nak()
+
     async def _keep_alive(self) -> None:
         now = time.monotonic()
+        self._handler.expire_overdue(now)
         for running in [*self._running.values(), *self._waiting]:
             if now - running.last_progress >= self.group.ack_wait / 2:
                 running.last_progress = now
@@ -325,20 +385,6 @@ class Worker:
             await asyncio.gather(*self._running, return_exceptions=True)
         with contextlib.suppress(NatsError, TimeoutError):
             await self._nc.flush(timeout=2)
-
-
-def _changes(current: ConsumerConfig, wanted: ConsumerConfig) -> str:
-    """What updating consumer `current` to `wanted` changes (the settings a group sets)."""
-    fields = ("filter_subjects", "ack_wait", "max_deliver", "max_ack_pending", "description")
-    changed = [
-        f"{name} {getattr(current, name)!r} -> {getattr(wanted, name)!r}"
-        for name in fields
-        if getattr(current, name) != getattr(wanted, name)
-    ]
-    ours = {k: v for k, v in (current.metadata or {}).items() if k.startswith("jetgate.")}
-    if ours != wanted.metadata:
-        changed.append(f"metadata {ours!r} -> {wanted.metadata!r}")
-    return "; ".join(changed)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Final
 
 SPEC_VERSION: Final = "1.0"
@@ -103,11 +104,37 @@ ORIGIN_SUBJECT: Final = "Jetgate-Origin-Subject"
 ORIGIN_SEQUENCE: Final = "Jetgate-Origin-Sequence"
 DEAD_GROUP: Final = "Jetgate-Group"
 DEAD_ATTEMPTS: Final = "Jetgate-Attempts"
-DEAD_REASON: Final = "Jetgate-Reason"  # reject | unknown-type | undecodable | exhausted
+DEAD_REASON: Final = "Jetgate-Reason"  # a DeadLetterReason
 DEAD_ERROR: Final = "Jetgate-Error"
 DEAD_TIME: Final = "Jetgate-Dead-At"
+# A dead letter always fits nats-server's max_payload: when the original's payload and
+# headers plus the ones above do not, the dead letter keeps as much of the payload as fits
+# (possibly none) and says so: `Jetgate-Truncated: <original payload bytes>`; if even the
+# headers do not fit, it drops the original's headers (`Jetgate-Dropped-Headers: <count>`).
+# Origin stream and sequence then are the reference to the whole event: redrive re-reads it
+# from there, and refuses a truncated dead letter whose original is gone.
+DEAD_TRUNCATED: Final = "Jetgate-Truncated"
+DEAD_DROPPED_HEADERS: Final = "Jetgate-Dropped-Headers"
+# A dead letter keeps every header of the original but JetStream's own (id, TTL and
+# preconditions of the original publish, wrong for the copy); a redriven event drops the
+# dead letter's `Jetgate-*` headers too.
+DEAD_LETTER_HEADER_PREFIX: Final = "jetgate-"  # the headers a dead letter adds (case-insensitive)
+DEAD_LETTER_DROPS: Final = ("nats-",)
+REDRIVE_DROPS: Final = ("nats-", DEAD_LETTER_HEADER_PREFIX)
+# What a dead letter too big with all the original's headers keeps of them: CloudEvents only.
+DEAD_LETTER_KEEPS_WHEN_SHORT: Final = ("ce-",)
 # A redriven event is for the group that dead-lettered it; other groups skip it.
 REDRIVE_GROUP: Final = "Jetgate-Redrive-Group"
+
+
+class DeadLetterReason(StrEnum):
+    """Why a consumer group dead-lettered an event (`Jetgate-Reason`)."""
+
+    REJECT = "reject"  # the handler raised Reject
+    UNKNOWN_TYPE = "unknown-type"  # the group has no handler for the event's type
+    UNDECODABLE = "undecodable"  # not a jetgate event, or a payload not of its type
+    EXHAUSTED = "exhausted"  # the last allowed attempt failed (or timed out)
+
 
 RESERVED_HEADER_PREFIXES: Final = ("nats-", "ce-", "jetgate-")
 RESERVED_HEADER_NAMES: Final = frozenset({*TRACE_HEADERS, CONTENT_TYPE, "status", "description"})

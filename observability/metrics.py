@@ -10,6 +10,8 @@ Worker (`ConsumeMetrics`):
 - `messaging.process.duration` (histogram, s): handling one delivery, by event type and
   `jetgate.outcome` (ack, retry, dead_letter, skip), with `error.type` on failures;
 - `jetgate.consumer.dead_letters` (counter): by `jetgate.dead_letter.reason`;
+- `jetgate.consumer.dead_letter_failures` (counter): dead-letter stores that failed (the
+  event is held and the store retried; alert when it keeps growing);
 - `jetgate.consumer.lag` and `jetgate.consumer.ack_pending` (gauges): the group consumer's
   `num_pending` (stored, not yet delivered) and `num_ack_pending`, as last read by the
   worker (every few seconds).
@@ -113,6 +115,11 @@ class ConsumeMetrics:
             unit="{message}",
             description="Deliveries moved to the dead-letter stream",
         )
+        self._dead_failed = meter.create_counter(
+            "jetgate.consumer.dead_letter_failures",
+            unit="{message}",
+            description="Dead-letter stores that failed (the event is held and retried)",
+        )
         meter.create_observable_gauge(
             "jetgate.consumer.lag",
             callbacks=[self._observe(0)],
@@ -149,6 +156,10 @@ class ConsumeMetrics:
     def dead_lettered(self, reason: str) -> None:
         """One delivery went to the dead-letter stream for `reason`."""
         self._dead.add(1, {**self._base, sc.DEAD_LETTER_REASON: reason})
+
+    def dead_letter_failed(self) -> None:
+        """Storing one dead letter failed (it is retried)."""
+        self._dead_failed.add(1, self._base)
 
     def _observe(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:

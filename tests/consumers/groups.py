@@ -29,6 +29,8 @@ recorder = ConsumerGroup(
     ack_wait=10.0,
     backoff=(0.2,),
     concurrency=16,
+    # Longer than any handler of these tests sleeps: a "stuck" worker stays stuck until killed.
+    handler_timeout=600.0,
     description="tests: records every OrderPlaced it handles",
 )
 
