@@ -170,7 +170,10 @@ class JwtVerifier:
         kid = header.get("kid")
         if isinstance(kid, str) and kid in keys.by_kid:
             return keys.by_kid[kid]
-        if kid is None and keys.single is not None:
+        # A PEM file is one key: the token's kid does not matter. In a JWKS a kid that
+        # names no key is refused, even when the set has only one.
+        pem = keys.single is not None and not isinstance(keys.single, jwt.PyJWK)
+        if keys.single is not None and (pem or kid is None):
             return keys.single
         raise AuthError(Reason.TOKEN_SIGNATURE_INVALID, "the token's signing key is not known")
 

@@ -2,9 +2,10 @@
 
 By the time a call runs, grpc has verified the client certificate against the client CA
 (the handshake refuses any other). The name comes from the verified leaf certificate that
-grpc puts in the auth context (`x509_pem_cert`), parsed with `cryptography`: grpc's own
+grpc puts in the auth context (`x509_pem_cert`), parsed with `cryptography`: grpc's
 `x509_subject_alternative_name` entries mix URIs, DNS names, emails and IPs without saying
-which is which, and a DNS name that looks like a URI must not pass for a SPIFFE id.
+which is which (a DNS name must not pass for a SPIFFE id), and its typed keys (`peer_uri`,
+`peer_dns`) depend on the grpc version; the certificate itself says exactly what it holds.
 
 Sources, tried in order (default: URI SAN, then DNS SAN, then CN): `uri` (a SPIFFE id such
 as spiffe://example.org/ns/prod/sa/orders; `uri_prefix` restricts which URIs count), `dns`
