@@ -109,7 +109,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             principal = await self._authenticate(context)
             token = current_principal.set(principal)
             try:
-                return await behavior(request, context)
+                result = behavior(request, context)
+                # A plain function handler (grpc.aio allows them) returns its reply directly.
+                return await result if inspect.isawaitable(result) else result
             finally:
                 current_principal.reset(token)
 

@@ -7,6 +7,10 @@ the settings), with `leeway` seconds for clock skew. The principal name is a cla
 default); roles come from an optional claim holding a list of strings or one
 space-separated string (like OAuth's `scope`).
 
+A JWKS key serves the algorithm of its `alg` member (PyJWT infers RS256 or ES* from the key
+type when it has none: give `alg` for PS* keys); keys of algorithms not accepted are
+skipped, and `use: enc` keys are ignored.
+
 Only asymmetric algorithms are accepted: the gateway holds public keys only, so no file it
 reads can mint tokens, and the HMAC-with-a-public-key confusion cannot happen. PyJWT checks
 the signature before any claim, so a forged token learns nothing about the claims checks.

@@ -82,7 +82,12 @@ def peer_principal(
     pems = list(auth_context.get(PEM_CERT_KEY, ()))
     if not pems:
         return None
-    cert = x509.load_pem_x509_certificate(pems[0])
+    try:
+        cert = x509.load_pem_x509_certificate(pems[0])
+    except ValueError as exc:  # grpc verified it; still, no input may crash the call
+        raise AuthError(
+            Reason.CERTIFICATE_IDENTITY_MISSING, "the client certificate cannot be read"
+        ) from exc
     for source in settings.sources:
         names = [name for name in _names(cert, source, settings.uri_prefix) if name]
         if names:

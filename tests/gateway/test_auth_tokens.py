@@ -289,3 +289,37 @@ def test_a_bad_token_is_refused_even_with_a_client_certificate(tmp_path: Path) -
     with pytest.raises(AuthError) as caught:
         auth.authenticate([("authorization", "Bearer nope")], context)
     assert caught.value.reason is Reason.TOKEN_INVALID
+
+
+def test_token_and_key_files_follow_their_files(tmp_path: Path) -> None:
+    first, second = new_token(), new_token()
+    tokens = write(
+        tmp_path / "tokens.toml",
+        f'[[tokens]]\nname = "a"\nsha256 = "{hash_token(first)}"\n'.encode(),
+    )
+    old_key, new_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    keys = write(tmp_path / "jwks.json", jwks(old_key))
+    settings = AuthSettings(
+        tokens_file=tokens,
+        jwt=JwtSettings(issuer=ISSUER, audience=AUDIENCE, jwks_file=keys),
+        reload_interval=0,
+    )
+    auth = Authenticator(settings)
+
+    def name(token: str) -> str:
+        return auth.authenticate([("authorization", f"Bearer {token}")], {}).name
+
+    assert name(first) == "a"
+    assert name(sign(old_key)) == "alice"
+    write(tokens, f'[[tokens]]\nname = "b"\nsha256 = "{hash_token(second)}"\n'.encode())
+    write(keys, jwks(new_key))
+    assert name(second) == "b"
+    assert name(sign(new_key)) == "alice"
+    for revoked in (first, sign(old_key)):
+        with pytest.raises(AuthError):
+            name(revoked)
+    write(tokens, b"[[tokens]\n")  # broken: the last good tokens stay
+    assert name(second) == "b"
