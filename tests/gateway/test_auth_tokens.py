@@ -30,7 +30,7 @@ from jwt.algorithms import ECAlgorithm
 
 from gateway.auth.authenticator import Authenticator, AuthSettings, bearer_token
 from gateway.auth.interceptor import AuthInterceptor
-from gateway.auth.jwts import JwtKeyError, JwtSettings, load_keys
+from gateway.auth.jwts import JwtKeyError, JwtSettings, JwtVerifier, load_keys
 from gateway.auth.peer import PEM_CERT_KEY, PeerIdentitySettings
 from gateway.auth.principal import AuthError, Reason
 from gateway.auth.tls import TlsSettings, server_credentials
@@ -44,6 +44,7 @@ from tests.gateway.secure_serving import (
     whoami,
     write,
 )
+from tests.support.eventually import eventually
 
 ISSUER = "https://issuer.example.org"
 AUDIENCE = "jetgate"
@@ -312,14 +313,47 @@ def test_token_and_key_files_follow_their_files(tmp_path: Path) -> None:
     def name(token: str) -> str:
         return auth.authenticate([("authorization", f"Bearer {token}")], {}).name
 
+    old_jwt = sign(old_key)
     assert name(first) == "a"
-    assert name(sign(old_key)) == "alice"
+    assert name(old_jwt) == "alice"  # and remembered as verified
     write(tokens, f'[[tokens]]\nname = "b"\nsha256 = "{hash_token(second)}"\n'.encode())
     write(keys, jwks(new_key))
     assert name(second) == "b"
     assert name(sign(new_key)) == "alice"
-    for revoked in (first, sign(old_key)):
+    for revoked in (first, old_jwt):
         with pytest.raises(AuthError):
             name(revoked)
     write(tokens, b"[[tokens]\n")  # broken: the last good tokens stay
     assert name(second) == "b"
+
+
+async def test_verified_jwts_are_remembered_until_they_expire(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    settings = JwtSettings(
+        issuer=ISSUER, audience=AUDIENCE, jwks_file=write(tmp_path / "k.json", jwks(key)), leeway=0
+    )
+    keys = load_keys(settings)
+    verifier = JwtVerifier(settings, lambda: keys)
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    token = sign(key, exp=int(time.time()) + 2)
+    assert verifier.verify(token).name == "alice"
+    assert verifier.verify(token).name == "alice"
+    assert decoded == [token]  # the second call was answered from the cache
+
+    def expired() -> bool:
+        try:
+            verifier.verify(token)
+        except AuthError as exc:
+            return exc.reason is Reason.TOKEN_EXPIRED
+        return False
+
+    await eventually(expired, within=30, what="the remembered token expires")
