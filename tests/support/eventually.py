@@ -11,12 +11,34 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
 # Generous: a loaded two-core machine can be ten times slower than an idle one.
 DEFAULT_WITHIN = 30.0
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    *,
+    within: float = ...,
+    interval: float = ...,
+    retry_on: tuple[type[BaseException], ...] = ...,
+    what: str = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T],
+    *,
+    within: float = ...,
+    interval: float = ...,
+    retry_on: tuple[type[BaseException], ...] = ...,
+    what: str = ...,
+) -> T: ...
 
 
 async def eventually(
