@@ -1,0 +1,61 @@
+"""The gateway's NATS connection: replaced when the server closes it, health follows it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.server import Gateway
+from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.integration.conftest import request
+from tests.support.eventually import eventually
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture
+async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        yield channel
+
+
+async def health(channel: grpc.aio.Channel, service: str = "jetgate.v1.EventGateway") -> int:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service)
+    )
+    return int(reply.status)
+
+
+async def test_a_connection_the_server_closes_is_replaced(
+    gateway: Gateway, channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jetgate.gateway")
+    stub = gateway_pb2_grpc.EventGatewayStub(channel)
+    assert (await stub.Publish(request("before"))).sequence == 1
+
+    # nats-py checks only the payload against max_payload; headers push the message over
+    # it, so nats-server closes the connection ("maximum payload exceeded"), which nats-py
+    # does not reconnect.
+    closed = gateway.nats
+    await closed.publish("oversize", b"x" * closed.max_payload, headers={"X-Over": "1"})
+    await eventually(lambda: closed.is_closed, what="the server closes the connection")
+
+    async def serving_again() -> bool:
+        return await health(channel) == SERVING and await health(channel, "") == SERVING
+
+    await eventually(serving_again, what="health SERVING again")
+
+    async def publish() -> gateway_pb2.PublishResponse:
+        return await stub.Publish(request("after"))
+
+    reply = await eventually(publish, retry_on=(grpc.aio.AioRpcError,), what="Publish")
+    assert reply.sequence == 2
+    assert gateway.nats is not closed
+    assert gateway.nats.is_connected
+    replaced = [r for r in caplog.records if "closed the connection for good" in r.message]
+    assert len(replaced) == 1, replaced
