@@ -120,6 +120,10 @@ class GatewayConfig:
     publish_timeout: float = 5.0
     # Largest PublishBatch / PublishStream request (JetStream atomic batches stop at 1000).
     max_batch_entries: int = 1000
+    # Health: how often the gateway checks that JetStream answers, and how long it waits
+    # for the answer before saying NOT_SERVING (see gateway.connection).
+    health_interval: float = 2.0
+    health_timeout: float = 2.0
     # Messages awaiting a JetStream ack at once, over all RPCs (the pipeline window).
     max_pending: int = 4096
     # PublishStream request messages in flight per stream before reading pauses.
@@ -143,6 +147,8 @@ class GatewayConfig:
             _check_address("metrics_listen", self.metrics_listen)
         if self.publish_timeout <= 0:
             raise ConfigError("publish_timeout must be positive")
+        if self.health_interval <= 0 or self.health_timeout <= 0:
+            raise ConfigError("health_interval and health_timeout must be positive")
         if not 1 <= self.max_batch_entries <= 1000:
             raise ConfigError("max_batch_entries must be within 1..1000")
         if self.max_pending < 1 or self.stream_window < 1:
@@ -183,7 +189,13 @@ def _coerce(cls: type[Any], name: str, raw: object, where: str) -> object:
     """Convert a TOML/env/flag value to the type of dataclass field `name`."""
     kind = {f.name: f for f in dataclasses.fields(cls)}[name].type
     try:
-        if name in {"max_age", "duplicate_window", "publish_timeout"}:
+        if name in {
+            "max_age",
+            "duplicate_window",
+            "publish_timeout",
+            "health_interval",
+            "health_timeout",
+        }:
             return parse_duration(raw)
         if name in {"max_bytes", "max_msg_size"}:
             return parse_size(raw)

@@ -4,7 +4,19 @@
 
 - connected: nats-py is connected (not disconnected, reconnecting or closed);
 - ready: the declared streams are reconciled on this connection (a restarted server may
-  have lost them, e.g. with memory storage).
+  have lost them, e.g. with memory storage);
+- answering: the last health check passed. A watchdog checks every `check_interval` s
+  (setting `health_interval`, default 2 s) whether JetStream answers an API request within
+  `check_timeout` s (`health_timeout`, default 2 s). A server that stops answering (e.g.
+  stopped with SIGSTOP, or a dead peer the kernel has not noticed) keeps the TCP connection
+  open, so nats-py stays "connected" until its own pings give up (minutes); the watchdog
+  turns health NOT_SERVING within about `check_interval + check_timeout`, and SERVING again
+  at the first check that passes. Each change is logged once.
+
+The check is a request (one reply inbox, cancellation-safe), not `nc.flush(timeout)`: in
+nats-py 2.16 a flush that times out leaves a cancelled future behind, and the PONG that
+arrives later kills the client's read loop (InvalidStateError) while it still reports
+itself connected.
 
 Lifecycle:
 
@@ -61,11 +73,19 @@ class NatsSupervisor:
         name: str,
         prepare: Callable[[NATS], Awaitable[None]],
         on_serving: Callable[[bool], Awaitable[None]],
+        check_interval: float = 2.0,
+        check_timeout: float = 2.0,
     ) -> None:
         self._url = url
         self._name = name
         self._prepare = prepare
         self._on_serving = on_serving
+        self._check_interval = check_interval
+        self._check_timeout = check_timeout
+        # Why the last health check failed; empty when it passed.
+        self._problem = ""
+        self._checked = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
         self._nc: NATS | None = None
         self._listeners: list[ConnectionListener] = []
         self._connected = False
@@ -105,19 +125,21 @@ class NatsSupervisor:
         self._listeners.append(listener)
 
     async def watch(self) -> None:
-        """Start reporting health (call once the gateway listens)."""
+        """Start reporting health and checking NATS (call once the gateway listens)."""
         self._watching = True
         await self._update()
+        self._watchdog = asyncio.create_task(self._watch())
 
     async def close(self) -> None:
         """Stop recovering and drain the connection."""
         self._stopping = True
         self._watching = False
         await self._update()
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+        for task in (self._watchdog, self._recovery):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(NatsError, asyncio.TimeoutError):
                 await self._nc.drain()
@@ -159,7 +181,7 @@ class NatsSupervisor:
         return nc
 
     async def _update(self) -> None:
-        serving = self._watching and self._connected and self._ready
+        serving = self._watching and self._connected and self._ready and not self._problem
         if serving != self._serving:
             self._serving = serving
             await self._on_serving(serving)
@@ -221,6 +243,7 @@ class NatsSupervisor:
                 delay = min(delay * 2, LAST_RETRY_DELAY)
                 continue
             self._ready = True
+            self._checked.set()  # check at once rather than wait for the next round
             await self._update()
             return
 
@@ -245,6 +268,34 @@ class NatsSupervisor:
         await self._reconcile(nc)
         if self._ready:
             log.info("NATS connection replaced (after %d attempt(s)); SERVING again", attempt)
+
+    async def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._checked.wait(), self._check_interval)
+            self._checked.clear()
+            nc = self._nc
+            if nc is None or not self._connected or not nc.is_connected:
+                continue  # the disconnection already made health NOT_SERVING
+            problem = await self._check(nc)
+            if nc is not self._nc or problem == self._problem:
+                continue
+            if problem:
+                log.warning("health check failed: %s; NOT_SERVING until it passes", problem)
+            else:
+                log.info("health check passes again")
+            self._problem = problem
+            await self._update()
+
+    async def _check(self, nc: NATS) -> str:
+        """Why NATS cannot take publishes now; empty when it can."""
+        try:
+            await nc.jetstream(timeout=self._check_timeout).account_info()
+        except TimeoutError:
+            return f"JetStream did not answer within {self._check_timeout:g}s"
+        except NatsError as exc:
+            return f"JetStream did not answer: {exc!r}"
+        return ""
 
     async def _on_error(self, exc: Exception) -> None:
         # While NATS is down the client reports every reconnect attempt: say it once.

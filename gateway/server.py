@@ -65,6 +65,8 @@ class Gateway:
             name="jetgate-gateway",
             prepare=self._reconcile_streams,
             on_serving=self._set_serving,
+            check_interval=config.health_interval,
+            check_timeout=config.health_timeout,
         )
         self._publisher: Publisher | None = None
         self._server: grpc.aio.Server | None = None

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.config import GatewayConfig
+from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.integration.conftest import request
+from tests.integration.conftest import request, serving
 from tests.support.eventually import eventually
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -59,3 +64,33 @@ async def test_a_connection_the_server_closes_is_replaced(
     assert gateway.nats.is_connected
     replaced = [r for r in caplog.records if "closed the connection for good" in r.message]
     assert len(replaced) == 1, replaced
+
+
+async def test_health_turns_not_serving_while_nats_does_not_answer(
+    nats_server: NatsServer, gateway_config: GatewayConfig
+) -> None:
+    config = dataclasses.replace(gateway_config, health_interval=0.2, health_timeout=0.5)
+    async with serving(config) as gateway, grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = gateway_pb2_grpc.EventGatewayStub(channel)
+        assert await health(channel) == SERVING
+        pid = nats_server.pid
+        assert pid is not None
+        # The TCP connection stays open: only an unanswered request shows the stall.
+        os.kill(pid, signal.SIGSTOP)
+        try:
+
+            async def not_serving() -> bool:
+                return (
+                    await health(channel) == NOT_SERVING
+                    and await health(channel, "") == NOT_SERVING
+                )
+
+            await eventually(not_serving, what="health NOT_SERVING while NATS is stopped")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+        async def serving_again() -> bool:
+            return await health(channel) == SERVING
+
+        await eventually(serving_again, what="health SERVING once NATS answers again")
+        assert (await stub.Publish(request("after-stall"))).sequence == 1
