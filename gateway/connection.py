@@ -5,13 +5,33 @@
 - connected: nats-py is connected (not disconnected, reconnecting or closed);
 - ready: the declared streams are reconciled on this connection (a restarted server may
   have lost them, e.g. with memory storage);
-- answering: the last health check passed. A watchdog checks every `check_interval` s
-  (setting `health_interval`, default 2 s) whether JetStream answers an API request within
-  `check_timeout` s (`health_timeout`, default 2 s). A server that stops answering (e.g.
-  stopped with SIGSTOP, or a dead peer the kernel has not noticed) keeps the TCP connection
-  open, so nats-py stays "connected" until its own pings give up (minutes); the watchdog
-  turns health NOT_SERVING within about `check_interval + check_timeout`, and SERVING again
-  at the first check that passes. Each change is logged once.
+- storing: the last health check passed. A watchdog checks every `check_interval` s
+  (setting `health_interval`, default 2 s) that JetStream stores a message, answering
+  within `check_timeout` s (`health_timeout`, default 2 s). Health turns NOT_SERVING at the
+  first check that fails and SERVING again at the first that passes; each change is
+  logged once.
+
+The check stores an empty message in the gateway's own probe stream (`probe_stream`,
+setting `health_stream`, default `JETGATE_HEALTH`; created on connecting like the declared
+streams; one subject per gateway process, one message kept per subject, an hour at most).
+That is the one sound test of "can an event be stored now", and it catches:
+
+- a server that stops answering (SIGSTOP, a dead peer the kernel has not noticed): the
+  TCP connection stays open, so nats-py stays "connected" until its own pings give up
+  (minutes); the check times out, NOT_SERVING within about `check_interval +
+  check_timeout`;
+- storage exhausted: JetStream refuses every store once the server's store limit
+  (`max_file_store`) or the account's storage limit is reached (err_code 10023
+  "insufficient resources", 10002...), and a really full disk makes nats-server disable
+  JetStream (no responders). Neither is visible otherwise: account info shows no server
+  limit, and the client stays connected. NOT_SERVING until a store succeeds again (space
+  freed, limit raised). The probe uses the declared streams' storage type (memory when all
+  of them are memory, else file): it tests the store the events go to, on the server it
+  lands on (with several servers, the probe stream's may not be the streams' own).
+
+A stream limit (a declared stream's `max_bytes` with discard `new`) is that stream's
+business, answered per publish (RESOURCE_EXHAUSTED), not health. With `health_stream`
+empty the check asks for JetStream account info instead (answering, not storing).
 
 The check is a request (one reply inbox, cancellation-safe), not `nc.flush(timeout)`: in
 nats-py 2.16 a flush that times out leaves a cancelled future behind, and the PONG that
@@ -36,17 +56,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
+from nats.js import api
+from nats.js.errors import APIError, NoStreamResponseError
 
 log = logging.getLogger("jetgate.gateway")
 
 # Replacement and reconciliation retries back off from the first to the last delay (s).
 FIRST_RETRY_DELAY = 0.1
 LAST_RETRY_DELAY = 5.0
+# The probe stream keeps one message per subject (one subject per gateway process) for
+# at most this long (s): stores are tiny, and the subjects of gone processes expire.
+PROBE_MAX_AGE = 3600.0
+# JetStream: "stream name already in use with a different configuration".
+_STREAM_NAME_IN_USE = 10058
 
 
 class ConnectionListener(Protocol):
@@ -75,6 +103,8 @@ class NatsSupervisor:
         on_serving: Callable[[bool], Awaitable[None]],
         check_interval: float = 2.0,
         check_timeout: float = 2.0,
+        probe_stream: str = "",
+        probe_storage: api.StorageType = api.StorageType.FILE,
     ) -> None:
         self._url = url
         self._name = name
@@ -82,6 +112,21 @@ class NatsSupervisor:
         self._on_serving = on_serving
         self._check_interval = check_interval
         self._check_timeout = check_timeout
+        self._probe = (
+            api.StreamConfig(
+                name=probe_stream,
+                subjects=[f"_jetgate.health.{probe_stream}.*"],
+                description="jetgate gateway health checks: can JetStream store now?",
+                storage=probe_storage,
+                num_replicas=1,
+                max_msgs_per_subject=1,
+                max_age=PROBE_MAX_AGE,
+                discard=api.DiscardPolicy.OLD,
+            )
+            if probe_stream
+            else None
+        )
+        self._probe_subject = f"_jetgate.health.{probe_stream}.{uuid.uuid4().hex}"
         # Why the last health check failed; empty when it passed.
         self._problem = ""
         self._checked = asyncio.Event()
@@ -116,7 +161,7 @@ class NatsSupervisor:
             raise ConnectionError(f"cannot reach NATS at {self._url} within {within:g}s") from None
         self._nc = nc
         self._connected = True
-        await self._prepare(nc)
+        await self._prepare_connection(nc)
         self._ready = True
         return nc
 
@@ -236,7 +281,7 @@ class NatsSupervisor:
         while nc.is_connected:
             attempt += 1
             try:
-                await self._prepare(nc)
+                await self._prepare_connection(nc)
             except Exception as exc:
                 log.warning("stream reconciliation failed (attempt %d): %s", attempt, exc)
                 await asyncio.sleep(delay)
@@ -277,7 +322,10 @@ class NatsSupervisor:
             nc = self._nc
             if nc is None or not self._connected or not nc.is_connected:
                 continue  # the disconnection already made health NOT_SERVING
-            problem = await self._check(nc)
+            try:
+                problem = await self._check(nc)
+            except Exception as exc:  # the watchdog must outlive any surprise
+                problem = f"health check failed: {exc!r}"
             if nc is not self._nc or problem == self._problem:
                 continue
             if problem:
@@ -287,12 +335,38 @@ class NatsSupervisor:
             self._problem = problem
             await self._update()
 
-    async def _check(self, nc: NATS) -> str:
-        """Why NATS cannot take publishes now; empty when it can."""
+    async def _prepare_connection(self, nc: NATS) -> None:
+        await self._prepare(nc)
+        await self._ensure_probe_stream(nc)
+
+    async def _ensure_probe_stream(self, nc: NATS) -> None:
+        if self._probe is None:
+            return
+        js = nc.jetstream(timeout=self._check_timeout)
         try:
-            await nc.jetstream(timeout=self._check_timeout).account_info()
+            await js.add_stream(self._probe)
+        except APIError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
+            await js.update_stream(self._probe)
+
+    async def _check(self, nc: NATS) -> str:
+        """Why JetStream cannot store now; empty when it can."""
+        js = nc.jetstream(timeout=self._check_timeout)
+        try:
+            if self._probe is None:
+                await js.account_info()
+                return ""
+            try:
+                await js.publish(self._probe_subject, b"", stream=self._probe.name)
+            except NoStreamResponseError:
+                # JetStream is down, or someone deleted the probe stream: make it again.
+                await self._ensure_probe_stream(nc)
+                await js.publish(self._probe_subject, b"", stream=self._probe.name)
         except TimeoutError:
             return f"JetStream did not answer within {self._check_timeout:g}s"
+        except APIError as exc:
+            return f"JetStream cannot store: {exc.description} (err_code {exc.err_code})"
         except NatsError as exc:
             return f"JetStream did not answer: {exc!r}"
         return ""

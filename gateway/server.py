@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
+from nats.js import api
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
@@ -67,6 +68,13 @@ class Gateway:
             on_serving=self._set_serving,
             check_interval=config.health_interval,
             check_timeout=config.health_timeout,
+            probe_stream=config.health_stream,
+            # Probe the store the events go to.
+            probe_storage=(
+                api.StorageType.MEMORY
+                if config.streams and all(s.storage == "memory" for s in config.streams)
+                else api.StorageType.FILE
+            ),
         )
         self._publisher: Publisher | None = None
         self._server: grpc.aio.Server | None = None

@@ -6,11 +6,14 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
+import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.js.errors import APIError
 
 from gateway.config import GatewayConfig
 from gateway.embedded import NatsServer
@@ -21,6 +24,26 @@ from tests.support.eventually import eventually
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+INSUFFICIENT_RESOURCES = 10023
+
+
+class SmallStoreServer(NatsServer):
+    """A nats-server whose JetStream file store holds 64 KiB in all (`max_file_store`)."""
+
+    def command(self) -> list[str]:
+        config = self.store_dir / "small-store.conf"
+        config.write_text("jetstream {\n  max_file_store: 64KB\n}\n")
+        return [*super().command(), "-c", str(config)]
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Iterator[NatsServer]:
+    server = SmallStoreServer(tmp_path / "small")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -94,3 +117,47 @@ async def test_health_turns_not_serving_while_nats_does_not_answer(
 
         await eventually(serving_again, what="health SERVING once NATS answers again")
         assert (await stub.Publish(request("after-stall"))).sequence == 1
+
+
+async def test_health_turns_not_serving_while_jetstream_cannot_store(
+    small_store: NatsServer, gateway_config: GatewayConfig
+) -> None:
+    config = dataclasses.replace(
+        gateway_config, nats_url=small_store.url, health_interval=0.2, health_timeout=1.0
+    )
+    async with (
+        serving(config) as gateway,
+        grpc.aio.insecure_channel(gateway.address) as channel,
+    ):
+        stub = gateway_pb2_grpc.EventGatewayStub(channel)
+        assert await health(channel) == SERVING
+        nc = await nats.connect(small_store.url)
+        try:
+            js = nc.jetstream()
+            # Fill the server's store (a stream limit would be the stream's business).
+            refused: APIError | None = None
+            for index in range(1000):  # bounded: 64 KiB takes about 16
+                try:
+                    await js.publish(f"orders.Filler.f{index}", b"x" * 4096, stream="ORDERS")
+                except APIError as exc:
+                    refused = exc
+                    break
+            assert refused is not None, "the store never filled up"
+            assert refused.err_code == INSUFFICIENT_RESOURCES, refused
+
+            async def not_serving() -> bool:
+                return (
+                    await health(channel) == NOT_SERVING
+                    and await health(channel, "") == NOT_SERVING
+                )
+
+            await eventually(not_serving, what="health NOT_SERVING while nothing can be stored")
+            await js.purge_stream("ORDERS")
+        finally:
+            await nc.close()
+
+        async def serving_again() -> bool:
+            return await health(channel) == SERVING
+
+        await eventually(serving_again, what="health SERVING once storage works again")
+        assert (await stub.Publish(request("after-full"))).event_id
