@@ -9,9 +9,12 @@
   (setting `health_interval`, default 2 s) that JetStream stores a message, answering
   within `check_timeout` s (`health_timeout`, default 2 s). Health turns NOT_SERVING at the
   first check that fails and SERVING again at the first that passes; each change is
-  logged once.
+  logged once. The probe queues behind the publishes on the same connection, so
+  `health_timeout` must exceed the acknowledgement latency at peak load. Health covers
+  both the overall ("") and the `jetgate.v1.EventGateway` service: publishing is the
+  gateway's whole job.
 
-The check stores an empty message in the gateway's own probe stream (`probe_stream`,
+The check stores a 1 KiB message in the gateway's own probe stream (`probe_stream`,
 setting `health_stream`, default `JETGATE_HEALTH`; created on connecting like the declared
 streams; one subject per gateway process, one message kept per subject, an hour at most).
 That is the one sound test of "can an event be stored now", and it catches:
@@ -21,13 +24,15 @@ That is the one sound test of "can an event be stored now", and it catches:
   (minutes); the check times out, NOT_SERVING within about `check_interval +
   check_timeout`;
 - storage exhausted: JetStream refuses every store once the server's store limit
-  (`max_file_store`) or the account's storage limit is reached (err_code 10023
-  "insufficient resources", 10002...), and a really full disk makes nats-server disable
-  JetStream (no responders). Neither is visible otherwise: account info shows no server
-  limit, and the client stays connected. NOT_SERVING until a store succeeds again (space
-  freed, limit raised). The probe uses the declared streams' storage type (memory when all
-  of them are memory, else file): it tests the store the events go to, on the server it
-  lands on (with several servers, the probe stream's may not be the streams' own).
+  (`max_file_store`, by default sized from the disk's free space at start-up) or the
+  account's storage limit is reached (err_code 10023 "insufficient resources"), and on a
+  really full disk (ENOSPC; nats-server 2.15 logs "critical write error") it stops
+  answering stores, so the check times out. Neither is visible otherwise: account info
+  shows no server limit, and the client stays connected. NOT_SERVING until a store
+  succeeds again (space freed, limit raised; after ENOSPC nats-server may need a restart).
+  The probe uses the declared streams' storage type (memory when all of them are memory,
+  else file): it tests the store the events go to, on the server it lands on (with
+  several servers, the probe stream's may not be the streams' own).
 
 A stream limit (a declared stream's `max_bytes` with discard `new`) is that stream's
 business, answered per publish (RESOURCE_EXHAUSTED), not health. With `health_stream`
@@ -71,8 +76,11 @@ log = logging.getLogger("jetgate.gateway")
 FIRST_RETRY_DELAY = 0.1
 LAST_RETRY_DELAY = 5.0
 # The probe stream keeps one message per subject (one subject per gateway process) for
-# at most this long (s): stores are tiny, and the subjects of gone processes expire.
+# at most this long (s): the subjects of gone processes expire.
 PROBE_MAX_AGE = 3600.0
+# A probe the size of a small event, not an empty one: on a really full disk the slack of
+# the last written page can take tiny records for a minute while no event fits.
+PROBE_PAYLOAD = bytes(1024)
 # JetStream: "stream name already in use with a different configuration".
 _STREAM_NAME_IN_USE = 10058
 
@@ -358,15 +366,16 @@ class NatsSupervisor:
                 await js.account_info()
                 return ""
             try:
-                await js.publish(self._probe_subject, b"", stream=self._probe.name)
+                await js.publish(self._probe_subject, PROBE_PAYLOAD, stream=self._probe.name)
             except NoStreamResponseError:
                 # JetStream is down, or someone deleted the probe stream: make it again.
                 await self._ensure_probe_stream(nc)
-                await js.publish(self._probe_subject, b"", stream=self._probe.name)
+                await js.publish(self._probe_subject, PROBE_PAYLOAD, stream=self._probe.name)
         except TimeoutError:
             return f"JetStream did not answer within {self._check_timeout:g}s"
         except APIError as exc:
-            return f"JetStream cannot store: {exc.description} (err_code {exc.err_code})"
+            code = f" (err_code {exc.err_code})" if exc.err_code else ""
+            return f"JetStream cannot store: {exc.description or repr(exc)}{code}"
         except NatsError as exc:
             return f"JetStream did not answer: {exc!r}"
         return ""
