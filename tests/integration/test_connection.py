@@ -89,10 +89,32 @@ async def test_a_connection_the_server_closes_is_replaced(
     assert len(replaced) == 1, replaced
 
 
-async def test_health_turns_not_serving_while_nats_does_not_answer(
-    nats_server: NatsServer, gateway_config: GatewayConfig
+async def test_a_connection_closed_while_nats_is_away_is_replaced_once_it_is_back(
+    nats_server: NatsServer, gateway: Gateway, channel: grpc.aio.Channel
 ) -> None:
-    config = dataclasses.replace(gateway_config, health_interval=0.2, health_timeout=0.5)
+    # As when nats-py's reconnect attempts run out: closed for good while the server is down.
+    nats_server.stop()
+    closed = gateway.nats
+    await closed.close()
+    assert await health(channel) == NOT_SERVING
+    nats_server.start()
+
+    async def serving_again() -> bool:
+        return await health(channel) == SERVING
+
+    await eventually(serving_again, what="health SERVING once NATS is back")
+    assert gateway.nats is not closed
+    stub = gateway_pb2_grpc.EventGatewayStub(channel)
+    assert (await stub.Publish(request("back"))).sequence == 1
+
+
+@pytest.mark.parametrize("health_stream", ["JETGATE_HEALTH", ""], ids=["probe", "no-probe"])
+async def test_health_turns_not_serving_while_nats_does_not_answer(
+    nats_server: NatsServer, gateway_config: GatewayConfig, health_stream: str
+) -> None:
+    config = dataclasses.replace(
+        gateway_config, health_interval=0.2, health_timeout=0.5, health_stream=health_stream
+    )
     async with serving(config) as gateway, grpc.aio.insecure_channel(gateway.address) as channel:
         stub = gateway_pb2_grpc.EventGatewayStub(channel)
         assert await health(channel) == SERVING
