@@ -169,7 +169,14 @@ class NatsSupervisor:
             raise ConnectionError(f"cannot reach NATS at {self._url} within {within:g}s") from None
         self._nc = nc
         self._connected = True
-        await self._prepare_connection(nc)
+        try:
+            await self._prepare_connection(nc)
+        except BaseException:
+            self._nc = None  # first: closing it must not start a replacement
+            self._connected = False
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await nc.close()
+            raise
         self._ready = True
         return nc
 
