@@ -190,11 +190,15 @@ class NatsSupervisor:
         await self._update()
         self._watchdog = asyncio.create_task(self._watch())
 
+    async def unwatch(self) -> None:
+        """Report NOT_SERVING from now on (the gateway is stopping; recovery goes on)."""
+        self._watching = False
+        await self._update()
+
     async def close(self) -> None:
         """Stop recovering and drain the connection."""
         self._stopping = True
-        self._watching = False
-        await self._update()
+        await self.unwatch()
         for task in (self._watchdog, self._recovery):
             if task is not None:
                 task.cancel()

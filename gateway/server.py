@@ -139,7 +139,7 @@ class Gateway:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting RPCs, let in-flight publishes finish (up to `grace` s), disconnect."""
-        await self._set_serving(False)
+        await self._nats.unwatch()
         if self._server is not None:
             await self._server.stop(grace)
         if self._publisher is not None:
