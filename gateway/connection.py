@@ -5,43 +5,14 @@
 - connected: nats-py is connected (not disconnected, reconnecting or closed);
 - ready: the declared streams are reconciled on this connection (a restarted server may
   have lost them, e.g. with memory storage);
-- storing: the last health check passed. A watchdog checks every `check_interval` s
-  (setting `health_interval`, default 2 s) that JetStream stores a message, answering
-  within `check_timeout` s (`health_timeout`, default 2 s). Health turns NOT_SERVING at the
-  first check that fails and SERVING again at the first that passes; each change is
-  logged once. The probe queues behind the publishes on the same connection, so
-  `health_timeout` must exceed the acknowledgement latency at peak load. Health covers
-  both the overall ("") and the `jetgate.v1.EventGateway` service: publishing is the
-  gateway's whole job.
-
-The check stores a 1 KiB message in the gateway's own probe stream (`probe_stream`,
-setting `health_stream`, default `JETGATE_HEALTH`; created on connecting like the declared
-streams; one subject per gateway process, one message kept per subject, an hour at most).
-That is the one sound test of "can an event be stored now", and it catches:
-
-- a server that stops answering (SIGSTOP, a dead peer the kernel has not noticed): the
-  TCP connection stays open, so nats-py stays "connected" until its own pings give up
-  (minutes); the check times out, NOT_SERVING within about `check_interval +
-  check_timeout`;
-- storage exhausted: JetStream refuses every store once the server's store limit
-  (`max_file_store`, by default sized from the disk's free space at start-up) or the
-  account's storage limit is reached (err_code 10023 "insufficient resources"), and on a
-  really full disk (ENOSPC; nats-server 2.15 logs "critical write error") it stops
-  answering stores, so the check times out. Neither is visible otherwise: account info
-  shows no server limit, and the client stays connected. NOT_SERVING until a store
-  succeeds again (space freed, limit raised; after ENOSPC nats-server may need a restart).
-  The probe uses the declared streams' storage type (memory when all of them are memory,
-  else file): it tests the store the events go to, on the server it lands on (with
-  several servers, the probe stream's may not be the streams' own).
-
-A stream limit (a declared stream's `max_bytes` with discard `new`) is that stream's
-business, answered per publish (RESOURCE_EXHAUSTED), not health. With `health_stream`
-empty the check asks for JetStream account info instead (answering, not storing).
-
-The check is a request (one reply inbox, cancellation-safe), not `nc.flush(timeout)`: in
-nats-py 2.16 a flush that times out leaves a cancelled future behind, and the PONG that
-arrives later kills the client's read loop (InvalidStateError) while it still reports
-itself connected.
+- storing: the last health check passed. A watchdog runs the check every
+  `check_interval` s (setting `health_interval`, default 2 s): `gateway.health_check`
+  stores a 1 KiB probe in the gateway's own stream, so a stalled server or exhausted
+  storage fails it. Health turns NOT_SERVING at the first check that fails and SERVING
+  again at the first that passes; each change is logged once. The probe queues behind
+  the publishes on the same connection, so `health_timeout` must exceed the
+  acknowledgement latency at peak load. Health covers both the overall ("") and the
+  `jetgate.v1.EventGateway` service: publishing is the gateway's whole job.
 
 Lifecycle:
 
@@ -61,28 +32,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
-from nats.js import api
-from nats.js.errors import APIError, NoStreamResponseError
+
+from gateway.health_check import StoreCheck
 
 log = logging.getLogger("jetgate.gateway")
 
 # Replacement and reconciliation retries back off from the first to the last delay (s).
 FIRST_RETRY_DELAY = 0.1
 LAST_RETRY_DELAY = 5.0
-# The probe stream keeps one message per subject (one subject per gateway process) for
-# at most this long (s): the subjects of gone processes expire.
-PROBE_MAX_AGE = 3600.0
-# A probe the size of a small event, not an empty one: on a really full disk the slack of
-# the last written page can take tiny records for a minute while no event fits.
-PROBE_PAYLOAD = bytes(1024)
-# JetStream: "stream name already in use with a different configuration".
-_STREAM_NAME_IN_USE = 10058
 
 
 class ConnectionListener(Protocol):
@@ -109,32 +71,15 @@ class NatsSupervisor:
         name: str,
         prepare: Callable[[NATS], Awaitable[None]],
         on_serving: Callable[[bool], Awaitable[None]],
+        check: StoreCheck,
         check_interval: float = 2.0,
-        check_timeout: float = 2.0,
-        probe_stream: str = "",
-        probe_storage: api.StorageType = api.StorageType.FILE,
     ) -> None:
         self._url = url
         self._name = name
         self._prepare = prepare
         self._on_serving = on_serving
+        self._check = check
         self._check_interval = check_interval
-        self._check_timeout = check_timeout
-        self._probe = (
-            api.StreamConfig(
-                name=probe_stream,
-                subjects=[f"_jetgate.health.{probe_stream}.*"],
-                description="jetgate gateway health checks: can JetStream store now?",
-                storage=probe_storage,
-                num_replicas=1,
-                max_msgs_per_subject=1,
-                max_age=PROBE_MAX_AGE,
-                discard=api.DiscardPolicy.OLD,
-            )
-            if probe_stream
-            else None
-        )
-        self._probe_subject = f"_jetgate.health.{probe_stream}.{uuid.uuid4().hex}"
         # Why the last health check failed; empty when it passed.
         self._problem = ""
         self._checked = asyncio.Event()
@@ -342,7 +287,7 @@ class NatsSupervisor:
             if nc is None or not self._connected or not nc.is_connected:
                 continue  # the disconnection already made health NOT_SERVING
             try:
-                problem = await self._check(nc)
+                problem = await self._check.run(nc)
             except Exception as exc:  # the watchdog must outlive any surprise
                 problem = f"health check failed: {exc!r}"
             if nc is not self._nc or problem == self._problem:
@@ -356,40 +301,7 @@ class NatsSupervisor:
 
     async def _prepare_connection(self, nc: NATS) -> None:
         await self._prepare(nc)
-        await self._ensure_probe_stream(nc)
-
-    async def _ensure_probe_stream(self, nc: NATS) -> None:
-        if self._probe is None:
-            return
-        js = nc.jetstream(timeout=self._check_timeout)
-        try:
-            await js.add_stream(self._probe)
-        except APIError as exc:
-            if exc.err_code != _STREAM_NAME_IN_USE:
-                raise
-            await js.update_stream(self._probe)
-
-    async def _check(self, nc: NATS) -> str:
-        """Why JetStream cannot store now; empty when it can."""
-        js = nc.jetstream(timeout=self._check_timeout)
-        try:
-            if self._probe is None:
-                await js.account_info()
-                return ""
-            try:
-                await js.publish(self._probe_subject, PROBE_PAYLOAD, stream=self._probe.name)
-            except NoStreamResponseError:
-                # JetStream is down, or someone deleted the probe stream: make it again.
-                await self._ensure_probe_stream(nc)
-                await js.publish(self._probe_subject, PROBE_PAYLOAD, stream=self._probe.name)
-        except TimeoutError:
-            return f"JetStream did not answer within {self._check_timeout:g}s"
-        except APIError as exc:
-            code = f" (err_code {exc.err_code})" if exc.err_code else ""
-            return f"JetStream cannot store: {exc.description or repr(exc)}{code}"
-        except NatsError as exc:
-            return f"JetStream did not answer: {exc!r}"
-        return ""
+        await self._check.prepare(nc)
 
     async def _on_error(self, exc: Exception) -> None:
         # While NATS is down the client reports every reconnect attempt: say it once.

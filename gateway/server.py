@@ -19,6 +19,7 @@ from opentelemetry.trace import TracerProvider
 
 from gateway.config import GatewayConfig
 from gateway.connection import NatsSupervisor
+from gateway.health_check import StoreCheck
 from gateway.publisher import Publisher
 from gateway.registry import TypeRegistry
 from gateway.routing import Router
@@ -66,15 +67,17 @@ class Gateway:
             name="jetgate-gateway",
             prepare=self._reconcile_streams,
             on_serving=self._set_serving,
-            check_interval=config.health_interval,
-            check_timeout=config.health_timeout,
-            probe_stream=config.health_stream,
-            # Probe the store the events go to.
-            probe_storage=(
-                api.StorageType.MEMORY
-                if config.streams and all(s.storage == "memory" for s in config.streams)
-                else api.StorageType.FILE
+            check=StoreCheck(
+                stream=config.health_stream,
+                # Probe the store the events go to.
+                storage=(
+                    api.StorageType.MEMORY
+                    if config.streams and all(s.storage == "memory" for s in config.streams)
+                    else api.StorageType.FILE
+                ),
+                timeout=config.health_timeout,
             ),
+            check_interval=config.health_interval,
         )
         self._publisher: Publisher | None = None
         self._server: grpc.aio.Server | None = None

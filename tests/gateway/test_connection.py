@@ -6,6 +6,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from gateway.connection import NatsSupervisor
+from gateway.health_check import StoreCheck
 
 
 async def test_a_failed_preparation_closes_the_connection_and_raises(nats_url: str) -> None:
@@ -18,7 +19,9 @@ async def test_a_failed_preparation_closes_the_connection_and_raises(nats_url: s
     async def on_serving(serving: bool) -> None:
         raise AssertionError(f"health reported ({serving}) before the gateway listens")
 
-    supervisor = NatsSupervisor(nats_url, name="test", prepare=prepare, on_serving=on_serving)
+    supervisor = NatsSupervisor(
+        nats_url, name="test", prepare=prepare, on_serving=on_serving, check=StoreCheck(stream="")
+    )
     with pytest.raises(ValueError, match="unsafe stream change"):
         await supervisor.connect(5.0)
     assert len(seen) == 1
@@ -38,7 +41,11 @@ async def test_health_is_reported_from_watch_until_close(nats_url: str) -> None:
         reported.append(serving)
 
     supervisor = NatsSupervisor(
-        nats_url, name="test", prepare=prepare, on_serving=on_serving, probe_stream="PROBE"
+        nats_url,
+        name="test",
+        prepare=prepare,
+        on_serving=on_serving,
+        check=StoreCheck(stream="PROBE"),
     )
     nc = await supervisor.connect(5.0)
     assert reported == []
