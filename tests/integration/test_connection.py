@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -13,6 +15,8 @@ import grpc
 import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import APIError
 
 from gateway.config import GatewayConfig
@@ -87,6 +91,64 @@ async def test_a_connection_the_server_closes_is_replaced(
     assert gateway.nats.is_connected
     replaced = [r for r in caplog.records if "closed the connection for good" in r.message]
     assert len(replaced) == 1, replaced
+
+
+async def test_a_connection_dropped_under_load_loses_no_acknowledged_event(
+    gateway: Gateway, channel: grpc.aio.Channel, nc: Client
+) -> None:
+    acknowledged: set[str] = set()
+    failed = 0
+
+    async def publish_forever(worker: int) -> None:
+        nonlocal failed
+        stub = gateway_pb2_grpc.EventGatewayStub(channel)
+        for batch in range(10_000):  # bounded; cancelled long before
+            ids = [f"w{worker}-{batch}-{i}" for i in range(20)]
+            entries = [request(event_id, event_id=event_id) for event_id in ids]
+            try:
+                reply = await stub.PublishBatch(
+                    gateway_pb2.PublishBatchRequest(entries=entries), timeout=10
+                )
+            except grpc.aio.AioRpcError:
+                failed += len(ids)
+                await asyncio.sleep(0.01)
+                continue
+            acknowledged.update(r.ok.event_id for r in reply.results if r.HasField("ok"))
+            failed += sum(1 for r in reply.results if not r.HasField("ok"))
+
+    workers = [asyncio.create_task(publish_forever(w)) for w in range(4)]
+    try:
+        await eventually(lambda: len(acknowledged) >= 500, what="publishing under way")
+        dropped = gateway.nats
+        await dropped.publish("oversize", b"x" * dropped.max_payload, headers={"X-Over": "1"})
+        # Which nats-py sees first decides: the server's -ERR (closed for good: replaced)
+        # or the reset socket (reconnected). Either way the gateway must carry on.
+        await eventually(
+            lambda: dropped.is_closed or dropped.stats["reconnects"] > 0,
+            what="the server drops the connection",
+        )
+        before = len(acknowledged)
+        await eventually(lambda: len(acknowledged) >= before + 500, what="publishing again")
+        assert await health(channel) == SERVING
+    finally:
+        for task in workers:
+            task.cancel()
+        for task in workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    assert failed > 0  # the close really hit publishes in flight
+    stored: set[str] = set()
+    js = nc.jetstream()
+    consumer = await js.pull_subscribe(
+        "orders.>", stream="ORDERS", config=ConsumerConfig(ack_policy=AckPolicy.NONE)
+    )
+    remaining = (await js.stream_info("ORDERS")).state.messages
+    while remaining > 0:
+        msgs = await consumer.fetch(min(remaining, 1000), timeout=5)
+        stored.update((msg.headers or {})["Nats-Msg-Id"] for msg in msgs)
+        remaining -= len(msgs)
+    assert acknowledged <= stored, f"lost {len(acknowledged - stored)} acknowledged events"
 
 
 async def test_a_connection_closed_while_nats_is_away_is_replaced_once_it_is_back(
