@@ -132,7 +132,10 @@ class NatsSupervisor:
     async def watch(self) -> None:
         """Start reporting health and checking NATS (call once the gateway listens)."""
         self._watching = True
-        await self._update()
+        if self._nc is not None:  # SERVING only once a first check passed
+            self._record(self._nc, await self._run_check(self._nc))
+        self._serving = self._can_serve()
+        await self._on_serving(self._serving)  # the first report, whatever it says
         self._watchdog = asyncio.create_task(self._watch())
 
     async def unwatch(self) -> None:
@@ -189,8 +192,11 @@ class NatsSupervisor:
             raise
         return nc
 
+    def _can_serve(self) -> bool:
+        return self._watching and self._connected and self._ready and not self._problem
+
     async def _update(self) -> None:
-        serving = self._watching and self._connected and self._ready and not self._problem
+        serving = self._can_serve()
         if serving != self._serving:
             self._serving = serving
             await self._on_serving(serving)
@@ -286,18 +292,24 @@ class NatsSupervisor:
             nc = self._nc
             if nc is None or not self._connected or not nc.is_connected:
                 continue  # the disconnection already made health NOT_SERVING
-            try:
-                problem = await self._check.run(nc)
-            except Exception as exc:  # the watchdog must outlive any surprise
-                problem = f"health check failed: {exc!r}"
-            if nc is not self._nc or problem == self._problem:
-                continue
-            if problem:
-                log.warning("health check failed: %s; NOT_SERVING until it passes", problem)
-            else:
-                log.info("health check passes again")
-            self._problem = problem
+            self._record(nc, await self._run_check(nc))
             await self._update()
+
+    async def _run_check(self, nc: NATS) -> str:
+        try:
+            return await self._check.run(nc)
+        except Exception as exc:  # the watchdog must outlive any surprise
+            return f"health check failed: {exc!r}"
+
+    def _record(self, nc: NATS, problem: str) -> None:
+        """Keep the outcome of a check of `nc`; log a change."""
+        if nc is not self._nc or problem == self._problem:
+            return
+        if problem:
+            log.warning("health check failed: %s; NOT_SERVING until it passes", problem)
+        else:
+            log.info("health check passes again")
+        self._problem = problem
 
     async def _prepare_connection(self, nc: NATS) -> None:
         await self._prepare(nc)

@@ -245,3 +245,35 @@ async def test_health_turns_not_serving_while_jetstream_cannot_store(
 
         await eventually(serving_again, what="health SERVING once storage works again")
         assert (await stub.Publish(request("after-full"))).event_id
+
+
+async def test_a_gateway_started_on_a_full_store_is_not_serving_from_the_start(
+    small_store: NatsServer, gateway_config: GatewayConfig
+) -> None:
+    nc = await nats.connect(small_store.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="FILL", subjects=["fill.>"])
+        refused: APIError | None = None
+        for index in range(1000):  # bounded: 64 KiB takes about 16
+            try:
+                await js.publish(f"fill.f{index}", b"x" * 4096, stream="FILL")
+            except APIError as exc:
+                refused = exc
+                break
+        assert refused is not None, "the store never filled up"
+        assert refused.err_code == INSUFFICIENT_RESOURCES, refused
+        config = dataclasses.replace(gateway_config, nats_url=small_store.url)
+        async with (
+            serving(config) as gateway,
+            grpc.aio.insecure_channel(gateway.address) as channel,
+        ):
+            assert await health(channel) == NOT_SERVING
+            await js.delete_stream("FILL")
+
+            async def serving_now() -> bool:
+                return await health(channel) == SERVING
+
+            await eventually(serving_now, what="health SERVING once storage works")
+    finally:
+        await nc.close()
