@@ -26,8 +26,8 @@ from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import request, serving
 from tests.support.eventually import eventually
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING: int = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 INSUFFICIENT_RESOURCES = 10023
 
 
@@ -85,7 +85,9 @@ async def test_a_connection_the_server_closes_is_replaced(
     async def publish() -> gateway_pb2.PublishResponse:
         return await stub.Publish(request("after"))
 
-    reply = await eventually(publish, retry_on=(grpc.aio.AioRpcError,), what="Publish")
+    reply: gateway_pb2.PublishResponse = await eventually(
+        publish, retry_on=(grpc.aio.AioRpcError,), what="Publish"
+    )
     assert reply.sequence == 2
     assert gateway.nats is not closed
     assert gateway.nats.is_connected
