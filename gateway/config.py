@@ -122,6 +122,13 @@ class GatewayConfig:
     publish_timeout: float = 5.0
     # Largest PublishBatch / PublishStream request (JetStream atomic batches stop at 1000).
     max_batch_entries: int = 1000
+    # Health: how often the gateway checks that JetStream answers, and how long it waits
+    # for the answer before saying NOT_SERVING (see gateway.connection).
+    health_interval: float = 2.0
+    health_timeout: float = 2.0
+    # The stream health checks store a tiny message in (can JetStream store now?); empty:
+    # only ask JetStream to answer.
+    health_stream: str = "JETGATE_HEALTH"
     # Messages awaiting a JetStream ack at once, over all RPCs (the pipeline window).
     max_pending: int = 4096
     # PublishStream request messages in flight per stream before reading pauses.
@@ -148,6 +155,12 @@ class GatewayConfig:
             _check_address("metrics_listen", self.metrics_listen)
         if self.publish_timeout <= 0:
             raise ConfigError("publish_timeout must be positive")
+        if self.health_interval <= 0 or self.health_timeout <= 0:
+            raise ConfigError("health_interval and health_timeout must be positive")
+        if self.health_stream and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.health_stream):
+            raise ConfigError(
+                f"health_stream {self.health_stream!r}: use 1-64 letters, digits, '_' or '-'"
+            )
         if not 1 <= self.max_batch_entries <= 1000:
             raise ConfigError("max_batch_entries must be within 1..1000")
         if self.max_pending < 1 or self.stream_window < 1:
@@ -161,6 +174,8 @@ class GatewayConfig:
         names = [s.name for s in self.streams]
         if len(set(names)) != len(names):
             raise ConfigError(f"stream names must be unique: {names}")
+        if self.health_stream in names:
+            raise ConfigError(f"health_stream {self.health_stream!r} is a declared stream")
         for route in self.routes:
             if route.stream not in names:
                 raise ConfigError(f"route {route.match!r} names unknown stream {route.stream!r}")
@@ -190,7 +205,13 @@ def _coerce(cls: type[Any], name: str, raw: object, where: str) -> object:
     """Convert a TOML/env/flag value to the type of dataclass field `name`."""
     kind = {f.name: f for f in dataclasses.fields(cls)}[name].type
     try:
-        if name in {"max_age", "duplicate_window", "publish_timeout"}:
+        if name in {
+            "max_age",
+            "duplicate_window",
+            "publish_timeout",
+            "health_interval",
+            "health_timeout",
+        }:
             return parse_duration(raw)
         if name in {"max_bytes", "max_msg_size", "max_inflight_request_bytes"}:
             return parse_size(raw)

@@ -125,6 +125,20 @@ class Publisher:
             f"{self._prefix}.*", cb=self._on_reply, pending_msgs_limit=0, pending_bytes_limit=0
         )
 
+    async def rebind(self, nc: NATS) -> None:
+        """Move to `nc`, a new connection replacing a closed one (see `gateway.connection`).
+
+        What was pending on the old connection fails as `unavailable` (its acknowledgements
+        can no longer arrive); the reply inbox is subscribed anew on `nc`.
+        """
+        self.fail_pending("NATS connection closed before JetStream acknowledged")
+        old, self._sub = self._sub, None
+        if old is not None:
+            with contextlib.suppress(NatsError):  # normally gone with its connection
+                await old.unsubscribe()
+        self._nc = nc
+        await self.start()
+
     async def close(self) -> None:
         """Fail what is still pending and drop the inbox subscription."""
         self.fail_pending("gateway shutting down")

@@ -1,26 +1,24 @@
-"""The running gateway: NATS connection, stream reconciliation, and the gRPC server.
+"""The running gateway: stream reconciliation and the gRPC server, over one NATS connection.
 
 Serves `jetgate.v1.EventGateway`, `grpc.health.v1.Health` and server reflection (so
-grpcurl works without .proto files). Health is SERVING only while NATS is connected and
-the streams are reconciled: it turns NOT_SERVING on disconnect (pending publishes fail
-with UNAVAILABLE at once), and back to SERVING after a reconnect once the streams are
-reconciled again (a restarted server may have lost them, e.g. with memory storage).
+grpcurl works without .proto files). The NATS connection, its recovery and replacement,
+and what health says are `gateway.connection.NatsSupervisor`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 import grpc
-import nats
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NATS
+from nats.js import api
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from gateway.config import GatewayConfig
+from gateway.connection import NatsSupervisor
+from gateway.health_check import StoreCheck
 from gateway.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported (bench)
 from gateway.limits import InFlightBudget, RequestGuard, server_options
 from gateway.publisher import Publisher
@@ -38,7 +36,7 @@ from observability.metrics import PublishMetrics
 log = logging.getLogger("jetgate.gateway")
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["EventGateway"].full_name
-# Start-up gives NATS this long to answer; afterwards reconnects go on for ever.
+# Start-up gives NATS this long to answer; afterwards recovery goes on for ever.
 CONNECT_TIMEOUT = 10.0
 
 
@@ -64,12 +62,25 @@ class Gateway:
         self._health = health.aio.HealthServicer()
         self._tracer_provider = tracer_provider
         self._metrics = PublishMetrics(meter_provider)
-        self._nc: NATS | None = None
+        self._nats = NatsSupervisor(
+            config.nats_url,
+            name="jetgate-gateway",
+            prepare=self._reconcile_streams,
+            on_serving=self._set_serving,
+            check=StoreCheck(
+                stream=config.health_stream,
+                # Probe the store the events go to.
+                storage=(
+                    api.StorageType.MEMORY
+                    if config.streams and all(s.storage == "memory" for s in config.streams)
+                    else api.StorageType.FILE
+                ),
+                timeout=config.health_timeout,
+            ),
+            check_interval=config.health_interval,
+        )
         self._publisher: Publisher | None = None
         self._server: grpc.aio.Server | None = None
-        self._reconcile: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._last_error = ""
         self.port = 0
 
     async def start(self) -> None:
@@ -78,22 +89,17 @@ class Gateway:
             log.info("registered but not routed (cannot be published): %s", ", ".join(unrouted))
         for route in self.router.unused_routes():
             log.warning("route %r matches no registered event type", route.match)
-        try:
-            self._nc = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
-        except TimeoutError:
-            raise ConnectionError(
-                f"cannot reach NATS at {self.config.nats_url} within {CONNECT_TIMEOUT:g}s"
-            ) from None
-        await self._reconcile_streams()
-        self._publisher = Publisher(self._nc, max_pending=self.config.max_pending)
+        nc = await self._nats.connect(CONNECT_TIMEOUT)
+        self._publisher = Publisher(nc, max_pending=self.config.max_pending)
         await self._publisher.start()
-        nc = self._nc
+        self._nats.attach(self._publisher)
+        supervisor = self._nats
         validator = Validator(
             registry=self.registry,
             router=self.router,
             streams={s.name: s for s in self.config.streams},
             default_source=self.config.source,
-            max_payload=lambda: nc.max_payload,
+            max_payload=lambda: supervisor.nc.max_payload,
         )
         self._server = grpc.aio.server(
             interceptors=[
@@ -116,12 +122,17 @@ class Gateway:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self._server.start()
-        await self._set_serving(True)
+        await self._nats.watch()
 
     @property
     def address(self) -> str:
         """HOST:PORT the gRPC server listens on (the real port when configured as 0)."""
         return f"{self.config.listen.rpartition(':')[0]}:{self.port}"
+
+    @property
+    def nats(self) -> NATS:
+        """The current NATS connection (replaced when NATS closes one: do not keep it)."""
+        return self._nats.nc
 
     async def wait(self) -> None:
         """Until the gRPC server terminates."""
@@ -130,39 +141,20 @@ class Gateway:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting RPCs, let in-flight publishes finish (up to `grace` s), disconnect."""
-        self._stopping = True
-        await self._set_serving(False)
+        await self._nats.unwatch()
         if self._server is not None:
             await self._server.stop(grace)
-        if self._reconcile is not None:
-            self._reconcile.cancel()
         if self._publisher is not None:
             await self._publisher.close()
-        if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-                await self._nc.drain()
+        await self._nats.close()
 
     def _nats_server(self) -> messaging.Attributes:
-        url = self._nc.connected_url if self._nc is not None else None
+        url = self._nats.nc.connected_url
         return messaging.server_attributes(url.hostname, url.port) if url else {}
 
-    async def _connect(self) -> NATS:
-        return await nats.connect(
-            self.config.nats_url,
-            name="jetgate-gateway",
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-            error_cb=self._on_error,
-        )
-
-    async def _reconcile_streams(self) -> None:
-        assert self._nc is not None
+    async def _reconcile_streams(self, nc: NATS) -> None:
         changes = await reconcile_streams(
-            self._nc.jetstream(), self.config.streams, self.router.event_types_by_stream()
+            nc.jetstream(), self.config.streams, self.router.event_types_by_stream()
         )
         for change in changes:
             log.info("%s", change)
@@ -175,36 +167,3 @@ class Gateway:
         )
         for service in ("", SERVICE_NAME):
             await self._health.set(service, status)
-
-    async def _on_disconnected(self) -> None:
-        if self._stopping:
-            return
-        log.warning("NATS connection lost; NOT_SERVING until it is back")
-        await self._set_serving(False)
-        if self._publisher is not None:
-            self._publisher.fail_pending("NATS connection lost before JetStream acknowledged")
-
-    async def _on_reconnected(self) -> None:
-        self._last_error = ""
-        log.info("NATS reconnected; reconciling streams")
-        if self._reconcile is None or self._reconcile.done():
-            self._reconcile = asyncio.create_task(self._recover())
-
-    async def _recover(self) -> None:
-        for attempt in range(1, 61):
-            try:
-                await self._reconcile_streams()
-            except Exception as exc:
-                log.warning("stream reconciliation after reconnect failed (%d): %s", attempt, exc)
-                await asyncio.sleep(min(0.2 * attempt, 2.0))
-                continue
-            if self._nc is not None and self._nc.is_connected:
-                await self._set_serving(True)
-            return
-        log.error("streams could not be reconciled after reconnect; staying NOT_SERVING")
-
-    async def _on_error(self, exc: Exception) -> None:
-        # While NATS is down the client reports every reconnect attempt: say it once.
-        if repr(exc) != self._last_error:
-            self._last_error = repr(exc)
-            log.warning("NATS: %r", exc)
