@@ -26,7 +26,7 @@ Supervision (one task per worker): `jetgate up` never runs on with half a pipeli
 - A worker that dies after it was ready is restarted after a backoff (0.5 s, doubling, at
   most 8 s), logged each time. More than `max_restarts` deaths within `restart_window`
   seconds (it keeps dying, or a restart cannot start) give up: `failed()` returns the
-  `WorkerFailed` that `jetgate up` then stops on, with a non-zero exit code.
+  `WorkerFailed` (a `StartupError`) that `jetgate up` then stops on, with exit code 1.
 Process exits are watched with a pidfd in the event loop (no thread per worker; a thread
 blocked in waitpid() on hosts without pidfd).
 """

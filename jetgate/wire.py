@@ -1,7 +1,8 @@
 """The NATS wire contract of jetgate: header names, subject rules, event encoding.
 
-Gateway and consumers both import this module and nothing of each other, so what a
-stored event looks like is decided here only.
+Gateway and consumers both take the wire format from this module and from nowhere else
+(the gateway imports `consumers` only for its CLI), so what a stored event looks like is
+decided here only.
 
 A stored event is a JetStream message with
 - subject `<route prefix>.<EventTypeName>.<key>` (e.g. `orders.OrderPlaced.o-42`),
