@@ -65,7 +65,12 @@ SETTING_HELP = {
     "nats_url": "NATS server URL(s), comma-separated, credentials allowed (never printed); "
     "`up` without one starts an embedded nats-server",
     "source": "ce-source of events published without one",
-    "publish_timeout": "longest wait for JetStream's acknowledgement of a publish (e.g. 5s, 500ms)",
+    "publish_timeout": "longest a publish may take, all of it: room in the pipeline, sending, "
+    "JetStream's acknowledgement (e.g. 5s, 500ms)",
+    "health_interval": "how often health checks that JetStream stores (e.g. 2s)",
+    "health_timeout": "longest a health check may take before health turns NOT_SERVING",
+    "health_stream": "stream of the health check's probe messages ('': only ask JetStream "
+    "for account info)",
     "max_batch_entries": "most entries in one PublishBatch / PublishStream request (1..1000)",
     "max_pending": "publishes awaiting a JetStream acknowledgement at once, over all RPCs",
     "stream_window": "PublishStream request messages in flight per stream before reading pauses",
