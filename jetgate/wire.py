@@ -14,7 +14,7 @@ CloudEvents: every stored event is a CloudEvent 1.0 (core spec v1.0.2) in the bi
 content mode of the NATS protocol binding (v1.0.3-wip, the first with binary mode; sdk-go's
 `protocol/nats_jetstream` reads it): one `ce-<attribute>` header per context attribute.
 - `ce-specversion: 1.0`; `ce-id` (the event id); `ce-type` (full proto name);
-  `ce-source` (a URI-reference, checked by the gateway); `ce-subject` (the key);
+  `ce-source` (a URI-reference or IRI-reference, checked by the gateway); `ce-subject` (the key);
   `ce-time` (RFC 3339, UTC, microseconds).
 - `ce-dataschema: https://type.googleapis.com/<full proto name>`. CloudEvents wants an
   absolute URI (SDKs refuse anything else: sdk-go's `Validate`, which its receiver runs);
@@ -252,8 +252,12 @@ def header_value_problem(what: str, value: str, limit: int = MAX_HEADER_VALUE_LE
     return None
 
 
-# RFC 3986: the characters of a URI (unreserved, reserved) and `%XX` escapes.
-_URI_CHARACTERS = re.compile(r"^(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+$")
+# RFC 3986: the characters of a URI (unreserved, reserved) and `%XX` escapes; plus the
+# non-ASCII characters of an IRI (RFC 3987), which the header's percent-encoding turns into
+# the URI of that IRI (`srcé` is stored as `src%C3%A9`).
+_URI_CHARACTERS = re.compile(
+    r"^(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=\u00a0-\ud7ff\uf900-\U0010ffff]|%[0-9A-Fa-f]{2})+$"
+)
 _URI_SPLIT = re.compile(r"^(?:([^:/?#]+):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(?:#(.*))?$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
 _AUTHORITY = re.compile(r"^(?:[^@\[\]]*@)?(?:\[[0-9A-Fa-f:.vV]+\]|[^:\[\]@]*)(?::[0-9]*)?$")
@@ -264,14 +268,15 @@ def uri_reference_problem(what: str, value: str) -> str | None:
 
     CloudEvents `source` is one (e.g. `https://shop.example/orders`, `urn:shop:orders`,
     `/orders/eu-1`, `orders-service`); SDKs parse it as a URI and refuse the event otherwise.
-    `what` names the value in the message.
+    Non-ASCII letters are accepted as in an IRI-reference (RFC 3987): `header_attribute`
+    stores them percent-encoded, which is the URI of that IRI. `what` names the value.
     """
     if not value:
         return f"{what} must not be empty (a URI-reference)"
     if not _URI_CHARACTERS.match(value):
         return (
-            f"{what} must be a URI-reference (RFC 3986): ASCII letters, digits, "
-            "-._~:/?#[]@!$&'()*+,;= and %XX escapes only"
+            f"{what} must be a URI-reference (RFC 3986): letters, digits, "
+            "-._~:/?#[]@!$&'()*+,;= and %XX escapes only (no spaces or control characters)"
         )
     parts = _URI_SPLIT.match(value)
     assert parts is not None  # every string matches

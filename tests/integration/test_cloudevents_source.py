@@ -13,7 +13,7 @@ from tests.integration.conftest import field_violations, request, rich_status
 Stub = gateway_pb2_grpc.EventGatewayStub
 
 
-@pytest.mark.parametrize("source", ["check out", "café", "1a:b", "/a%zz"])
+@pytest.mark.parametrize("source", ["check out", "1a:b", "/a%zz", "x#a#b"])
 async def test_a_source_that_is_no_uri_reference_is_refused(
     source: str, stub: Stub, nc: Client
 ) -> None:
@@ -33,3 +33,11 @@ async def test_a_uri_source_is_stored_as_it_is(stub: Stub, nc: Client) -> None:
     reply = await stub.Publish(req)
     stored = await nc.jetstream().get_msg("ORDERS", reply.sequence)
     assert (stored.headers or {})["ce-source"] == "https://shop.example/checkout?region=eu"
+
+
+async def test_an_iri_source_is_stored_as_its_uri(stub: Stub, nc: Client) -> None:
+    req = request("o-1")
+    req.event.source = "/läden/köln"
+    reply = await stub.Publish(req)
+    stored = await nc.jetstream().get_msg("ORDERS", reply.sequence)
+    assert (stored.headers or {})["ce-source"] == "/l%C3%A4den/k%C3%B6ln"

@@ -117,6 +117,7 @@ def test_a_ce_time_that_is_not_rfc3339_makes_the_event_undecodable() -> None:
         "//checkout:8080/a%20b",
         "http://[::1]:80/x",
         "mailto:ops@shop.example",
+        "/läden/köln",  # an IRI: stored percent-encoded, its URI
     ],
 )
 def test_uri_references_are_sources(source: str) -> None:
@@ -125,7 +126,7 @@ def test_uri_references_are_sources(source: str) -> None:
 
 @pytest.mark.parametrize(
     "source",
-    ["", "check out", "café", "/a%2", "1a:b", "http://h:ab/", "x#a#b", "/a]b", 'a"b', "a\\b"],
+    ["", "check out", "tab\there", "/a%2", "1a:b", "http://h:ab/", "x#a#b", "/a]b", 'a"b', "a\\b"],
 )
 def test_what_is_no_uri_reference_is_refused(source: str) -> None:
     problem = wire.uri_reference_problem("source", source)
