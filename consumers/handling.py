@@ -131,9 +131,9 @@ class DeliveryHandler:
                 sequence=meta.sequence.stream,
                 delivery_count=meta.num_delivered,
                 body_size=len(msg.data),
-                message_id=headers.get(wire.CE_ID, ""),
+                message_id=wire.attribute_value(headers.get(wire.CE_ID, "")),
                 event_type=headers.get(wire.CE_TYPE, ""),
-                key=headers.get(wire.CE_SUBJECT, ""),
+                key=wire.attribute_value(headers.get(wire.CE_SUBJECT, "")),
                 server=messaging.server_attributes(url.hostname, url.port) if url else {},
             ) as span:
                 outcome, error_type = await self._process(msg, meta, headers)
