@@ -22,8 +22,8 @@ content mode of the NATS protocol binding (v1.0.3-wip, the first with binary mod
   with the `https` scheme is both: `Any` accepts it (the name is after the last `/`).
   Events stored before held the scheme-less `type.googleapis.com/<name>`; readers take the
   type from `ce-type` and `type_from_url` reads either form.
-- `ce-datacontenttype: application/protobuf`, and the same value in `content-type` (what
-  sdk-go 2.16 and older jetgate readers look at; the binding names only `ce-datacontenttype`).
+- `ce-datacontenttype: application/protobuf`, and the same value in `content-type` (which
+  sdk-go 2.16 reads too; the binding names only `ce-datacontenttype`).
 - Values are percent-encoded as the binding says (space, `"`, `%` and anything outside
   printable ASCII as `%XX` of its UTF-8), which changes nothing for the ids, keys and
   sources of ordinary events; `attribute_value` decodes (also a double-quoted value). sdk-go
