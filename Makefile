@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint proto tools node-deps bench soak clean
+.PHONY: venv run test lint proto tools cloudevents-peer node-deps bench soak clean
 
 venv: $(STAMP)
 
@@ -28,10 +28,23 @@ lint: venv
 	$(BIN)/lint-imports
 
 # The interop tests run real third-party peers, built from the Go module proxy into .tools/bin.
-tools:
+tools: cloudevents-peer
 	bash tools/install-go-tool.sh nats github.com/nats-io/natscli/nats v0.5.0
 	bash tools/install-go-tool.sh grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl v1.9.3
 	bash tools/install-go-tool.sh jaeger github.com/jaegertracing/jaeger/cmd/jaeger v1.76.0
+
+# The CloudEvents Go SDK peer (tests/interop/cloudevents: sdk-go and its NATS JetStream
+# binding, pinned by its go.mod and go.sum), rebuilt when its sources change.
+GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
+TOOLS_BIN ?= .tools/bin
+CE_PEER := tests/interop/cloudevents
+cloudevents-peer: $(TOOLS_BIN)/cloudevents
+
+$(TOOLS_BIN)/cloudevents: $(CE_PEER)/go.mod $(CE_PEER)/go.sum $(CE_PEER)/main.go
+	mkdir -p $(TOOLS_BIN)
+	cd $(CE_PEER) && HOME="$${HOME:-$$(getent passwd $$(id -u) | cut -d: -f6)}" \
+		GOWORK=off GOFLAGS="-mod=readonly -buildvcs=false" \
+		$(GO) build -trimpath -o $(abspath $(TOOLS_BIN))/cloudevents .
 
 # The Node client the interop tests run (docs/clients.md's recipe), from the committed lock.
 NODE_CLIENT := tests/interop/node

@@ -19,6 +19,9 @@ whole event. (The limit is the connection's `max_payload`; the DLQ stream jetgat
 sets no smaller `max_msg_size`: an operator who sets one gets failed stores, held and
 retried, see `consumers.handling`.)
 
+Every `ce-*` header is kept, so the CloudEvents extension attributes of an event a
+CloudEvents SDK published (`ce-tenant`) survive the dead letter and its redrive.
+
 `redrive` republishes a dead letter to its origin subject with the same payload and event
 id, marked for its group only (`Jetgate-Redrive-Group`: workers of other groups
 acknowledge it without handling it), then deletes the dead letter. A truncated dead
@@ -207,7 +210,7 @@ async def dead_letters(
             origin_stream=headers.get(wire.ORIGIN_STREAM, ""),
             origin_subject=headers.get(wire.ORIGIN_SUBJECT, ""),
             origin_sequence=_int(headers.get(wire.ORIGIN_SEQUENCE)),
-            event_id=headers.get(wire.CE_ID, ""),
+            event_id=wire.attribute_value(headers.get(wire.CE_ID, "")),
             event_type=headers.get(wire.CE_TYPE, ""),
             reason=headers.get(wire.DEAD_REASON, ""),
             error=headers.get(wire.DEAD_ERROR, ""),
@@ -276,7 +279,7 @@ async def redriven_event(js: JetStreamContext, dead: DeadLetter) -> tuple[bytes,
     if (
         original is None
         or original.subject != dead.origin_subject
-        or (dead.event_id and headers.get(wire.CE_ID) != dead.event_id)
+        or (dead.event_id and wire.attribute_value(headers.get(wire.CE_ID, "")) != dead.event_id)
     ):
         raise RedriveRefused(
             f"dead letter {dead.sequence} holds a truncated copy of event {dead.event_id or '?'} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 
 from jetgate import wire
 
@@ -13,6 +14,9 @@ Progress = Callable[[], Awaitable[None]]
 
 async def _no_progress() -> None:
     return None
+
+
+_NO_EXTENSIONS: Mapping[str, str] = MappingProxyType({})
 
 
 class Reject(Exception):
@@ -33,7 +37,10 @@ class Delivery:
 
     `attempt` is 1 on the first delivery and counts redeliveries after failures,
     timeouts and worker crashes. `headers` are the user's headers (no `Nats-*`, `ce-*`
-    or trace headers); `raw_headers` has them all.
+    or trace headers); `raw_headers` has them all. `extensions` are the event's
+    CloudEvents extension attributes, read-only, by attribute name (`ce-tenant: acme` is
+    `{"tenant": "acme"}`): events published by the gateway have none; an event a
+    CloudEvents SDK published straight into the stream has those its producer set.
 
     It holds what a handler may know and do, and nothing that settles the event: the
     worker alone acknowledges, naks or dead-letters it, from the handler's outcome (a
@@ -53,6 +60,7 @@ class Delivery:
     group: str
     headers: Mapping[str, str] = field(default_factory=dict)
     raw_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    extensions: Mapping[str, str] = field(default_factory=lambda: _NO_EXTENSIONS)
     _progress: Progress = field(default=_no_progress, repr=False, compare=False)
 
     async def in_progress(self) -> None:

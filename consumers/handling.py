@@ -1,5 +1,9 @@
 """What the worker does with one delivery: decode it, run its handler, settle it.
 
+Events published straight into a stream by a CloudEvents SDK (binary mode) are handled
+like the gateway's: their extension attributes reach the handler (`Delivery.extensions`)
+and stay on their dead letters (every `ce-*` header does).
+
 Outcomes: handler returns -> ack; `Reject`, an unknown type or an undecodable payload ->
 dead letter at once; any other exception -> nak with the group's backoff, or dead letter
 when it was the last allowed attempt; an event redriven for another group -> ack unseen.
@@ -33,6 +37,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -126,9 +131,9 @@ class DeliveryHandler:
                 sequence=meta.sequence.stream,
                 delivery_count=meta.num_delivered,
                 body_size=len(msg.data),
-                message_id=headers.get(wire.CE_ID, ""),
+                message_id=wire.attribute_value(headers.get(wire.CE_ID, "")),
                 event_type=headers.get(wire.CE_TYPE, ""),
-                key=headers.get(wire.CE_SUBJECT, ""),
+                key=wire.attribute_value(headers.get(wire.CE_SUBJECT, "")),
                 server=messaging.server_attributes(url.hostname, url.port) if url else {},
             ) as span:
                 outcome, error_type = await self._process(msg, meta, headers)
@@ -195,6 +200,7 @@ class DeliveryHandler:
             group=group.name,
             headers=envelope.headers,
             raw_headers=headers,
+            extensions=MappingProxyType(wire.extensions(headers)),
             _progress=_progress(msg),
         )
         task = asyncio.current_task()

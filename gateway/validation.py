@@ -1,8 +1,9 @@
 """Turns one PublishRequest into a validated event, or the field violations it has.
 
 Everything is checked before anything is sent: type registered and routed, payload parses
-as its type, key, id, source, headers, time, ttl, precondition, and size. Output-only Event
-fields (stream, subject, sequence) are ignored on input.
+as its type, key, id, source (a URI-reference: CloudEvents SDKs refuse any other), headers,
+time, ttl, precondition, and size. Output-only Event fields (stream, subject, sequence) are
+ignored on input.
 
 Size: nats-server closes the connection of a client that sends a message over its
 max_payload, and JetStream refuses a header block over 64 KiB, so no accepted event may
@@ -146,7 +147,10 @@ class Validator:
         if problem := wire.event_id_problem(event.id):
             bad.append((f"{at}event.id", problem))
         source = event.source or self._default_source
-        if problem := wire.header_value_problem("source", source, MAX_SOURCE_LENGTH):
+        # CloudEvents `source`: a URI-reference (the length and header rules come first).
+        if problem := wire.header_value_problem(
+            "source", source, MAX_SOURCE_LENGTH
+        ) or wire.uri_reference_problem("source", source):
             bad.append((f"{at}event.source", problem))
         user_headers = event.headers
         for name, value in sorted(user_headers.items()) if user_headers else ():

@@ -7,11 +7,30 @@ decided here only.
 A stored event is a JetStream message with
 - subject `<route prefix>.<EventTypeName>.<key>` (e.g. `orders.OrderPlaced.o-42`),
 - payload: the serialized typed protobuf message (not the `Any` wrapper),
-- headers (CloudEvents NATS binding, binary mode): `Nats-Msg-Id` (= event id, JetStream
-  de-duplication), `ce-specversion`, `ce-id`, `ce-type` (full proto name), `ce-source`,
-  `ce-time` (RFC 3339, UTC), `ce-subject` (the key), `ce-dataschema` (type URL),
-  `content-type: application/protobuf`, optional `Nats-TTL`, W3C trace context headers,
-  and the user's headers.
+- headers: `Nats-Msg-Id` (= event id, JetStream de-duplication), the CloudEvents context
+  attributes (below), optional `Nats-TTL`, W3C trace context headers, and the user's headers.
+
+CloudEvents: every stored event is a CloudEvent 1.0 (core spec v1.0.2) in the binary
+content mode of the NATS protocol binding (v1.0.3-wip, the first with binary mode; sdk-go's
+`protocol/nats_jetstream` reads it): one `ce-<attribute>` header per context attribute.
+- `ce-specversion: 1.0`; `ce-id` (the event id); `ce-type` (full proto name);
+  `ce-source` (a URI-reference or IRI-reference, checked by the gateway); `ce-subject` (the key);
+  `ce-time` (RFC 3339, UTC, microseconds).
+- `ce-dataschema: https://type.googleapis.com/<full proto name>`. CloudEvents wants an
+  absolute URI (SDKs refuse anything else: sdk-go's `Validate`, which its receiver runs);
+  the protobuf event format says dataschema SHOULD be the type URL of the data. A type URL
+  with the `https` scheme is both: `Any` accepts it (the name is after the last `/`).
+  Events stored before held the scheme-less `type.googleapis.com/<name>`; readers take the
+  type from `ce-type` and `type_from_url` reads either form.
+- `ce-datacontenttype: application/protobuf`, and the same value in `content-type` (which
+  sdk-go 2.16 reads too; the binding names only `ce-datacontenttype`).
+- Values are percent-encoded as the binding says (space, `"`, `%` and anything outside
+  printable ASCII as `%XX` of its UTF-8), which changes nothing for the ids, keys and
+  sources of ordinary events; `attribute_value` decodes (also a double-quoted value). sdk-go
+  2.16 does not decode: an id, key or source with `%`, `"` or non-ASCII characters shows
+  there in its encoded form.
+- Any other `ce-*` header is an extension attribute (`extensions`): jetgate writes none;
+  events published straight into a stream by a CloudEvents SDK carry theirs to consumers.
 """
 
 from __future__ import annotations
@@ -29,6 +48,8 @@ from typing import Final
 SPEC_VERSION: Final = "1.0"
 CONTENT_TYPE_PROTOBUF: Final = "application/protobuf"
 TYPE_URL_PREFIX: Final = "type.googleapis.com/"
+# `ce-dataschema`: the type URL with a scheme, so that it is an absolute URI (see above).
+DATA_SCHEMA_PREFIX: Final = "https://" + TYPE_URL_PREFIX
 
 # JetStream headers.
 MSG_ID: Final = "Nats-Msg-Id"
@@ -91,7 +112,22 @@ CE_SOURCE: Final = "ce-source"
 CE_TIME: Final = "ce-time"
 CE_SUBJECT: Final = "ce-subject"
 CE_DATASCHEMA: Final = "ce-dataschema"
+CE_DATACONTENTTYPE: Final = "ce-datacontenttype"
 CONTENT_TYPE: Final = "content-type"
+CE_PREFIX: Final = "ce-"
+# The context attributes of CloudEvents 1.0 (headers); any other `ce-*` is an extension.
+CE_ATTRIBUTES: Final = frozenset(
+    {
+        CE_SPECVERSION,
+        CE_ID,
+        CE_TYPE,
+        CE_SOURCE,
+        CE_TIME,
+        CE_SUBJECT,
+        CE_DATASCHEMA,
+        CE_DATACONTENTTYPE,
+    }
+)
 
 # W3C trace context, injected by the gateway, never by users.
 TRACE_HEADERS: Final = ("traceparent", "tracestate", "baggage")
@@ -216,6 +252,47 @@ def header_value_problem(what: str, value: str, limit: int = MAX_HEADER_VALUE_LE
     return None
 
 
+# RFC 3986: the characters of a URI (unreserved, reserved) and `%XX` escapes; plus the
+# non-ASCII characters of an IRI (RFC 3987), which the header's percent-encoding turns into
+# the URI of that IRI (`srcé` is stored as `src%C3%A9`).
+_URI_CHARACTERS = re.compile(
+    r"^(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=\u00a0-\ud7ff\uf900-\U0010ffff]|%[0-9A-Fa-f]{2})+$"
+)
+_URI_SPLIT = re.compile(r"^(?:([^:/?#]+):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(?:#(.*))?$")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
+_AUTHORITY = re.compile(r"^(?:[^@\[\]]*@)?(?:\[[0-9A-Fa-f:.vV]+\]|[^:\[\]@]*)(?::[0-9]*)?$")
+
+
+def uri_reference_problem(what: str, value: str) -> str | None:
+    """Why `value` is not a non-empty URI-reference (RFC 3986 section 4.1), or None.
+
+    CloudEvents `source` is one (e.g. `https://shop.example/orders`, `urn:shop:orders`,
+    `/orders/eu-1`, `orders-service`); SDKs parse it as a URI and refuse the event otherwise.
+    Non-ASCII letters are accepted as in an IRI-reference (RFC 3987): `header_attribute`
+    stores them percent-encoded, which is the URI of that IRI. `what` names the value.
+    """
+    if not value:
+        return f"{what} must not be empty (a URI-reference)"
+    if not _URI_CHARACTERS.match(value):
+        return (
+            f"{what} must be a URI-reference (RFC 3986): letters, digits, "
+            "-._~:/?#[]@!$&'()*+,;= and %XX escapes only (no spaces or control characters)"
+        )
+    parts = _URI_SPLIT.match(value)
+    assert parts is not None  # every string matches
+    scheme, authority, path, query, fragment = parts.groups()
+    if scheme is not None and not _SCHEME.match(scheme):
+        return (
+            f"{what} {value!r} is not a URI-reference: {scheme!r} is no URI scheme, and a "
+            "relative reference cannot have ':' in its first path segment"
+        )
+    if authority is not None and not _AUTHORITY.match(authority):
+        return f"{what} {value!r} is not a URI-reference: bad authority {authority!r}"
+    if any("[" in p or "]" in p or "#" in p for p in (path, query or "", fragment or "")):
+        return f"{what} {value!r} is not a URI-reference: '[', ']' or a second '#' out of place"
+    return None
+
+
 def ttl_problem(seconds: int, nanos: int = 0) -> str | None:
     """Why `seconds` (+ `nanos`) cannot be a message's `Nats-TTL`, or None."""
     if nanos or not MIN_TTL_SECONDS <= seconds <= MAX_TTL_SECONDS:
@@ -294,11 +371,17 @@ def key_filter(prefix: str, key: str) -> str:
 
 
 def type_url(full_type_name: str) -> str:
+    """The `Any` type URL of a proto type: `type.googleapis.com/<full name>`."""
     return TYPE_URL_PREFIX + full_type_name
 
 
+def data_schema(full_type_name: str) -> str:
+    """The `ce-dataschema` of a proto type: `https://type.googleapis.com/<full name>`."""
+    return DATA_SCHEMA_PREFIX + full_type_name
+
+
 def type_from_url(url: str) -> str:
-    """The full proto name of a type URL (the part after the last '/')."""
+    """The full proto name of a type URL or dataschema (the part after the last '/')."""
     return url.rsplit("/", 1)[-1]
 
 
@@ -347,8 +430,54 @@ def format_time(moment: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime:
-    """Inverse of `format_time` (accepts any RFC 3339 time with an offset or `Z`)."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    """Inverse of `format_time`: any RFC 3339 time with an offset or `Z` (`t`/`z` too, and
+    more than 6 fractional digits, cut to microseconds, as CloudEvents SDKs write them).
+
+    Raises ValueError for anything else.
+    """
+    return datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+
+
+# What the NATS binding percent-encodes in a header value: space, `"`, `%` and anything
+# outside printable ASCII (control characters included).
+_NEEDS_ENCODING = re.compile(r'[^\x21-\x7e]|["%]')
+_PERCENT_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+
+
+def header_attribute(value: str) -> str:
+    """`value` as a CloudEvents attribute header value (the NATS binding's percent-encoding)."""
+    if not _NEEDS_ENCODING.search(value):
+        return value
+    return _NEEDS_ENCODING.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), value)
+
+
+def attribute_value(header: str) -> str:
+    """The attribute value of a `ce-*` header value: a double-quoted string unescaped, then
+    percent-decoded once (UTF-8); a run of escapes that is not valid UTF-8 is kept as it is."""
+    if len(header) >= 2 and header[0] == header[-1] == '"':
+        header = re.sub(r"\\(.)", r"\1", header[1:-1])
+    if "%" not in header:
+        return header
+    return _PERCENT_ESCAPES.sub(_decode_escapes, header)
+
+
+def _decode_escapes(match: re.Match[str]) -> str:
+    text = match.group()
+    try:
+        return bytes.fromhex(text.replace("%", "")).decode("utf-8")
+    except UnicodeDecodeError:
+        return text
+
+
+def extensions(headers: Mapping[str, str]) -> dict[str, str]:
+    """The CloudEvents extension attributes in `headers`: every `ce-*` header that is not a
+    context attribute, by attribute name (lower case, without `ce-`), values decoded."""
+    found = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith(CE_PREFIX) and lower not in CE_ATTRIBUTES:
+            found[lower[len(CE_PREFIX) :]] = attribute_value(value)
+    return found
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -378,12 +507,13 @@ def encode_headers(
         {
             MSG_ID: envelope.id,
             CE_SPECVERSION: SPEC_VERSION,
-            CE_ID: envelope.id,
+            CE_ID: header_attribute(envelope.id),
             CE_TYPE: envelope.type,
-            CE_SOURCE: envelope.source,
+            CE_SOURCE: header_attribute(envelope.source),
             CE_TIME: format_time(envelope.time),
-            CE_SUBJECT: envelope.key,
-            CE_DATASCHEMA: type_url(envelope.type),
+            CE_SUBJECT: header_attribute(envelope.key),
+            CE_DATASCHEMA: data_schema(envelope.type),
+            CE_DATACONTENTTYPE: CONTENT_TYPE_PROTOBUF,
             CONTENT_TYPE: CONTENT_TYPE_PROTOBUF,
         }
     )
@@ -411,7 +541,10 @@ def encoded_headers_size(headers: Mapping[str, str]) -> int:
 def decode_envelope(subject_: str, headers: Mapping[str, str]) -> Envelope:
     """The envelope of a stored event from its subject and headers (consumers, replay).
 
-    Raises ValueError when the message is not a jetgate event (missing ce-type/ce-id).
+    Reads what the gateway stores and what a CloudEvents SDK publishes in binary mode
+    (attribute values decoded, `ce-subject` optional: the key is then the last subject
+    token). Raises ValueError when the message is not a jetgate event (missing ce-type or
+    ce-id, or a ce-time that is not RFC 3339).
     """
     try:
         event_type = headers[CE_TYPE]
@@ -421,12 +554,17 @@ def decode_envelope(subject_: str, headers: Mapping[str, str]) -> Envelope:
     raw_time = headers.get(CE_TIME)
     user = {k: v for k, v in headers.items() if not is_reserved_header(k)}
     ttl = headers.get(TTL)
+    key = headers.get(CE_SUBJECT)
+    try:
+        moment = parse_time(attribute_value(raw_time)) if raw_time else None
+    except ValueError:
+        raise ValueError(f"{CE_TIME} {raw_time!r} is not an RFC 3339 time") from None
     return Envelope(
-        id=event_id,
-        type=event_type,
-        source=headers.get(CE_SOURCE, ""),
-        key=headers.get(CE_SUBJECT) or subject_.rsplit(".", 1)[-1],
-        time=parse_time(raw_time) if raw_time else datetime.fromtimestamp(0, UTC),
+        id=attribute_value(event_id),
+        type=attribute_value(event_type),
+        source=attribute_value(headers.get(CE_SOURCE, "")),
+        key=attribute_value(key) if key else subject_.rsplit(".", 1)[-1],
+        time=moment or datetime.fromtimestamp(0, UTC),
         headers=user,
         ttl_seconds=int(ttl) if ttl and ttl.isdigit() else None,
     )

@@ -341,7 +341,8 @@ def test_encode_headers_sets_every_cloudevents_header() -> None:
         "ce-source": "checkout-service",
         "ce-time": "2026-11-26T14:00:00.123456Z",
         "ce-subject": "o-42",
-        "ce-dataschema": "type.googleapis.com/jetgate.examples.orders.v1.OrderPlaced",
+        "ce-dataschema": "https://type.googleapis.com/jetgate.examples.orders.v1.OrderPlaced",
+        "ce-datacontenttype": "application/protobuf",
         "content-type": "application/protobuf",
     }
     assert headers["Nats-Msg-Id"] == headers["ce-id"]
