@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint proto tools bench clean
+.PHONY: venv run test lint proto tools bench clean fuzz faults
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ tools:
 
 test: venv tools lint
 	$(BIN)/python -m pytest -q
+
+# The fuzz suite's long profile: 3000 random examples per test against a live gateway (tests/fuzz;
+# `make test` runs the bounded, derandomized `ci` profile), with hypothesis' case counts.
+fuzz: venv
+	JETGATE_FUZZ_PROFILE=long $(BIN)/python -m pytest -q tests/fuzz --hypothesis-show-statistics
 
 # Publish, consume, end-to-end and tracing-cost figures next to their baselines, on its own servers (about 4 min).
 bench: venv
