@@ -40,6 +40,10 @@ test: venv tools lint
 fuzz: venv
 	JETGATE_FUZZ_PROFILE=long $(BIN)/python -m pytest -q tests/fuzz --hypothesis-show-statistics
 
+# The fault suite (tests/faults) with ten times the events per scenario of `make test`.
+faults: venv
+	JETGATE_FAULTS_EVENTS=3000 $(BIN)/python -m pytest -q tests/faults
+
 # Publish, consume, end-to-end and tracing-cost figures next to their baselines, on its own servers (about 4 min).
 bench: venv
 	$(BIN)/python -m bench
