@@ -30,7 +30,6 @@ from tests.faults import groups
 from tests.faults.harness import CODES, SERVING, Cluster, Load
 from tests.fuzz.strategies import MAX_PAYLOAD, pad_to
 from tests.integration.conftest import request
-from tests.support.eventually import eventually
 
 # Events per scenario: a few hundred in `make test`; `make faults` runs more.
 EVENTS = int(os.environ.get("JETGATE_FAULTS_EVENTS", "300"))
@@ -81,7 +80,7 @@ async def not_serving_within(cluster: Cluster, within: float) -> bool:
         assert await cluster.health() != SERVING
 
     try:
-        await eventually(not_serving, within=within)
+        await cluster.eventually(not_serving, "gateway not SERVING", within=within)
     except AssertionError:
         return False
     return True
