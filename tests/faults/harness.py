@@ -289,6 +289,8 @@ class Load:
     prefix: str = "e"
     acknowledged: dict[str, int] = field(default_factory=dict)
     refusals: Counter[str] = field(default_factory=Counter)
+    # The text of the latest refusal, for failure messages.
+    last_refusal: str = ""
 
     @property
     def ids(self) -> list[str]:
@@ -310,6 +312,7 @@ class Load:
                 )
             except grpc.aio.AioRpcError as error:
                 self.refusals[error.code().name] += 1
+                self.last_refusal = f"{error.code().name}: {error.details()}"
                 pending = batch + pending
                 await asyncio.sleep(0.05)  # a client's retry pause, not a wait for a state
                 continue
@@ -319,6 +322,7 @@ class Load:
                     self.acknowledged[event_id] = result.ok.sequence
                 else:
                     self.refusals[CODES[result.error.code].name] += 1
+                    self.last_refusal = f"{CODES[result.error.code].name}: {result.error.message}"
                     retry.append(event_id)
             if retry:
                 pending = retry + pending

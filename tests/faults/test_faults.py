@@ -68,7 +68,8 @@ async def with_fault(cluster: Cluster, fault: Callable[[Load], Awaitable[None]])
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert not load.unexpected(), f"refusals a fault must not cause: {load.refusals}"
+    unexpected = load.unexpected()
+    assert not unexpected, f"refusals a fault must not cause: {unexpected} ({load.last_refusal})"
     assert len(load.acknowledged) == EVENTS
     return load
 
@@ -212,6 +213,7 @@ async def publish_until_refused(cluster: Cluster, limit: int, padding: int = 0) 
                 load.acknowledged[event_id] = result.ok.sequence
             else:
                 load.refusals[CODES[result.error.code].name] += 1
+                load.last_refusal = f"{CODES[result.error.code].name}: {result.error.message}"
         if load.refusals:
             return load
     raise AssertionError(f"{limit} events stored, none refused")
@@ -221,7 +223,7 @@ async def test_stream_limit_reached(make_cluster: ClusterFactory) -> None:
     limit = ["--stream-set", "ORDERS.max_msgs=95", "--stream-set", "ORDERS.discard=new"]
     cluster = await make_cluster(gateway_args=limit)
     load = await publish_until_refused(cluster, 200)
-    assert set(load.refusals) == {"RESOURCE_EXHAUSTED"}, load.refusals
+    assert set(load.refusals) == {"RESOURCE_EXHAUSTED"}, load.last_refusal
     assert len(load.acknowledged) == 95
     await cluster.check_invariants(load.acknowledged)
 
@@ -256,7 +258,7 @@ async def test_jetstream_storage_full(small_server: NatsServer, tmp_path: Path) 
     try:
         await cluster.start()
         load = await publish_until_refused(cluster, 1000, padding=8000)
-        assert set(load.refusals) == {"RESOURCE_EXHAUSTED"}, load.refusals
+        assert set(load.refusals) == {"RESOURCE_EXHAUSTED"}, load.last_refusal
         await cluster.check_invariants(load.acknowledged)
     finally:
         await cluster.close()
