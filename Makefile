@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint proto tools cloudevents-peer node-deps bench soak clean
+.PHONY: venv run test lint proto tools cloudevents-peer node-deps bench soak fuzz faults clean
 
 venv: $(STAMP)
 
@@ -55,6 +55,15 @@ $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
 
 test: venv tools node-deps lint
 	$(BIN)/python -m pytest -q
+
+# The fuzz suite's long profile: 3000 random examples per test against a live gateway (tests/fuzz;
+# `make test` runs the bounded, derandomized `ci` profile), with hypothesis' case counts.
+fuzz: venv
+	JETGATE_FUZZ_PROFILE=long $(BIN)/python -m pytest -q tests/fuzz --hypothesis-show-statistics
+
+# The fault suite (tests/faults) with ten times the events per scenario of `make test`.
+faults: venv
+	JETGATE_FAULTS_EVENTS=3000 $(BIN)/python -m pytest -q tests/faults
 
 # Publish, consume, end-to-end and tracing-cost figures next to their baselines, on its own servers (about 4 min).
 bench: venv

@@ -1,0 +1,248 @@
+"""The properties every fuzz example must keep, checked against the live gateway.
+
+For each request entry the answer is an `Answer` (a status code and, when OK, the
+PublishResponse; else the google.rpc.Status). The properties:
+- the code is one a correct gateway can give for that entry: never UNKNOWN, INTERNAL,
+  UNAVAILABLE or DEADLINE_EXCEEDED (the gateway is healthy and JetStream is local);
+  INVALID_ARGUMENT always with a google.rpc.BadRequest; FAILED_PRECONDITION only for a
+  precondition, with a SequenceConflict whose actual value differs from the expected one;
+  ABORTED only in an atomic batch; ALREADY_EXISTS only for an atomic batch holding an id
+  acknowledged before;
+- an atomic batch is stored whole or not at all;
+- a refusal stores nothing: the stream's last sequence grows by exactly the number of OKs
+  that are not duplicates;
+- an OK is stored exactly as sent: subject, payload bytes, every user header byte for byte
+  (raw header block from `$JS.API.STREAM.MSG.GET`), the CloudEvents attributes; and a
+  worker of a consumer group gets the same payload and headers;
+- the gateway is SERVING afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from typing import TypeVar
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2
+
+from jetgate import wire
+from jetgate.v1 import event_pb2, gateway_pb2
+from tests.fuzz.live import STREAM, LiveGateway
+from tests.support.eventually import eventually
+
+NEVER = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    code: grpc.StatusCode
+    ok: gateway_pb2.PublishResponse | None = None
+    status: status_pb2.Status | None = None
+
+
+def rpc_error_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The google.rpc.Status of a failed RPC (from its details trailer, else code + text)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            return status_pb2.Status.FromString(value)
+    return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
+
+
+def from_result(result: gateway_pb2.PublishResult) -> Answer:
+    if result.HasField("ok"):
+        return Answer(code=grpc.StatusCode.OK, ok=result.ok)
+    return Answer(code=CODES[result.error.code], status=result.error)
+
+
+def from_error(error: grpc.aio.AioRpcError) -> Answer:
+    return Answer(code=error.code(), status=rpc_error_status(error))
+
+
+M = TypeVar("M", error_details_pb2.BadRequest, event_pb2.SequenceConflict)
+
+
+def _detail(status: status_pb2.Status | None, kind: type[M]) -> M | None:
+    for item in status.details if status is not None else ():
+        found = kind()
+        if item.Unpack(found):
+            return found
+    return None
+
+
+def check_code(
+    answer: Answer,
+    entry: gateway_pb2.PublishRequest,
+    entries: Sequence[gateway_pb2.PublishRequest],
+    *,
+    atomic: bool,
+    acknowledged: set[str],
+) -> None:
+    """The answer's code is one a correct gateway gives for `entry` of this request."""
+    code, status = answer.code, answer.status
+    where = f"{code.name}: {status.message if status else ''!r}"
+    assert code not in NEVER, where
+    if code == grpc.StatusCode.OK:
+        return
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert _detail(status, error_details_pb2.BadRequest) is not None, f"no BadRequest: {where}"
+        return
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        scope = entries if atomic else [entry]
+        assert any(e.HasField("precondition") for e in scope), f"no precondition sent: {where}"
+        conflict = _detail(status, event_pb2.SequenceConflict)
+        if conflict is None:  # atomic batch to a stream without allow_atomic: not here
+            raise AssertionError(f"no SequenceConflict: {where}")
+        if conflict.condition == "expected_last_event_id":
+            assert conflict.actual_event_id != conflict.expected_event_id, where
+        else:
+            assert conflict.actual_sequence != conflict.expected_sequence, (where, conflict)
+        return
+    if code == grpc.StatusCode.ABORTED:
+        assert atomic, where
+        return
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        assert atomic, where
+        assert any(e.event.id in acknowledged for e in entries), f"no id stored before: {where}"
+        return
+    raise AssertionError(f"unexpected {where}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Exchange:
+    """One request message and its answers, one per entry (a lone Publish: one entry)."""
+
+    entries: Sequence[gateway_pb2.PublishRequest]
+    answers: Sequence[Answer]
+    atomic: bool = False
+
+
+async def check_example(
+    live: LiveGateway, exchanges: Sequence[Exchange], *, before: int
+) -> list[str]:
+    """Every property of one example (its request messages and their answers).
+
+    `before`: the stream's last sequence before the example was sent. Returns labels of
+    what the example covered, for hypothesis' statistics (`hypothesis.event`).
+    """
+    oks = [
+        (entry, answer.ok)
+        for exchange in exchanges
+        for entry, answer in zip(exchange.entries, exchange.answers, strict=True)
+        if answer.ok is not None
+    ]
+    # An atomic batch may meet an id acknowledged earlier in this same example.
+    acknowledged = live.acknowledged | {ok.event_id for _, ok in oks}
+    for exchange in exchanges:
+        assert len(exchange.answers) == len(exchange.entries)
+        for entry, answer in zip(exchange.entries, exchange.answers, strict=True):
+            check_code(
+                answer,
+                entry,
+                exchange.entries,
+                atomic=exchange.atomic,
+                acknowledged=acknowledged,
+            )
+        if exchange.atomic:
+            stored = sum(answer.ok is not None for answer in exchange.answers)
+            assert stored in (0, len(exchange.entries)), [a.code.name for a in exchange.answers]
+    new = [(entry, ok) for entry, ok in oks if not ok.duplicate]
+    after = await live.last_sequence()
+    assert after - before == len(new), f"{after - before} stored, {len(new)} acknowledged"
+    assert len({ok.sequence for _, ok in new}) == len(new), "two OKs with one sequence"
+    for entry, ok in oks:
+        await check_stored(live, entry, ok, fresh=not ok.duplicate, before=before)
+        live.acknowledged.add(ok.event_id)
+    for entry, ok in new:
+        await check_handled(live, entry, ok)
+    status = await live.health()
+    assert status == health_pb2.HealthCheckResponse.SERVING, f"health {status} after the example"
+    return coverage(exchanges, live.max_payload)
+
+
+def coverage(exchanges: Sequence[Exchange], max_payload: int) -> list[str]:
+    """What the example exercised: answer codes, and the edges it came near."""
+    labels: set[str] = set()
+    for exchange in exchanges:
+        for entry, answer in zip(exchange.entries, exchange.answers, strict=True):
+            labels.add(f"answer {answer.code.name}" + (" (atomic)" if exchange.atomic else ""))
+            event = entry.event
+            if answer.ok is not None and answer.ok.duplicate:
+                labels.add("OK duplicate")
+            if abs(max_payload - event.ByteSize()) < 2048:
+                labels.add(f"size within 2 KiB of max_payload: {answer.code.name}")
+            if any(not v.isascii() for v in event.headers.values()):
+                labels.add(f"non-ASCII header value: {answer.code.name}")
+            if sum(len(v) for v in event.headers.values()) > 60_000:
+                labels.add(f"headers over 60 KB: {answer.code.name}")
+            if entry.HasField("precondition"):
+                labels.add(f"precondition: {answer.code.name}")
+    return sorted(labels)
+
+
+def user_headers(pairs: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return sorted((k, v) for k, v in pairs if not wire.is_reserved_header(k.decode()))
+
+
+def sent_headers(event: event_pb2.Event) -> list[tuple[bytes, bytes]]:
+    return sorted((k.encode(), v.encode()) for k, v in event.headers.items())
+
+
+async def check_stored(
+    live: LiveGateway,
+    entry: gateway_pb2.PublishRequest,
+    ok: gateway_pb2.PublishResponse,
+    *,
+    fresh: bool,
+    before: int,
+) -> None:
+    """The stored message at the OK's sequence is the event as sent."""
+    event = entry.event
+    assert ok.stream == STREAM
+    if event.id:
+        assert ok.event_id == event.id
+    if fresh:
+        assert ok.sequence > before, (ok.sequence, before)
+    stored = await live.stored(ok.sequence)
+    assert stored is not None, f"OK sequence {ok.sequence} is not in the stream"
+    assert stored.header(wire.CE_ID) == ok.event_id
+    assert stored.header(wire.MSG_ID) == ok.event_id
+    if not fresh:  # the original is stored: this request's content was not
+        return
+    name = wire.type_from_url(event.payload.type_url)
+    assert stored.subject == ok.subject == wire.subject("orders", name, event.key)
+    assert stored.data == event.payload.value
+    assert user_headers(stored.headers) == sent_headers(event)
+    assert stored.header(wire.CE_TYPE) == name
+    assert stored.header(wire.CE_SUBJECT) == event.key
+    assert stored.header(wire.CE_SOURCE) == (event.source or "jetgate")
+    assert stored.header(wire.CE_DATASCHEMA) == wire.type_url(name)
+    if event.HasField("time"):
+        assert stored.header(wire.CE_TIME) == wire.format_time(event.time.ToDatetime(tzinfo=UTC))
+    ttl = str(event.ttl.seconds) if event.HasField("ttl") else None
+    assert stored.header(wire.TTL) == ttl
+
+
+async def check_handled(
+    live: LiveGateway, entry: gateway_pb2.PublishRequest, ok: gateway_pb2.PublishResponse
+) -> None:
+    """A worker of consumer group `fuzz` got the payload and headers as sent."""
+
+    def handled() -> None:
+        assert ok.sequence in live.handled, f"sequence {ok.sequence} not handled yet"
+
+    await eventually(handled, what=f"the worker handling sequence {ok.sequence}")
+    got = live.handled[ok.sequence]
+    assert got.event_id == ok.event_id
+    assert got.data == entry.event.payload.value
+    assert got.headers == dict(entry.event.headers), "headers as the worker got them"
