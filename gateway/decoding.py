@@ -54,6 +54,8 @@ class Decoder:
     registry: TypeRegistry
     # (route prefix, simple type name) -> full proto name, for every routed type.
     by_subject: Mapping[tuple[str, str], str]
+    # stream -> the route prefixes of the types stored in it.
+    prefixes: Mapping[str, frozenset[str]]
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Decoder:
@@ -61,10 +63,20 @@ class Decoder:
         registry = TypeRegistry.load(config.type_modules, config.descriptor_sets)
         router = Router.build(config.routes, registry, config.streams)
         by_subject: dict[tuple[str, str], str] = {}
+        prefixes: dict[str, set[str]] = {}
         for full_name in registry.names():
             if (route := router.route(full_name)) is not None:
                 by_subject[(route.subject_prefix, wire.type_name(full_name))] = full_name
-        return cls(registry=registry, by_subject=by_subject)
+                prefixes.setdefault(route.stream, set()).add(route.subject_prefix)
+        return cls(
+            registry=registry,
+            by_subject=by_subject,
+            prefixes={stream: frozenset(p) for stream, p in prefixes.items()},
+        )
+
+    def prefixes_of_stream(self, stream: str) -> frozenset[str]:
+        """The route prefixes of the types stored in `stream` (empty: none routed there)."""
+        return self.prefixes.get(stream, frozenset())
 
     def type_for_subject(self, subject: str) -> str:
         """The full name of the type stored on `subject`; UsageError when no route makes it."""

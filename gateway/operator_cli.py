@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from gateway import decoding
+from gateway import decoding, events
 
 
 def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     """Add every operator command with `add_parser` (a subparsers action's)."""
     decoding.add_command(add_parser)
+    events.add_command(add_parser)
