@@ -307,13 +307,7 @@ async def _events(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        nc = await asyncio.wait_for(
-            nats.connect(url, name="jetgate-events", max_reconnect_attempts=-1, error_cb=_quiet),
-            CONNECT_TIMEOUT,
-        )
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise StartupError(f"cannot reach NATS at {redact(url)}: {exc!r}") from None
+    nc = await connect(url, "jetgate-events")
     colour = not args.json and use_colour(sys.stdout)
 
     def emit(msg: Msg) -> None:
@@ -327,6 +321,17 @@ async def _events(args: argparse.Namespace) -> None:
             print(f"no events in {args.stream} match", file=sys.stderr)
     finally:
         await nc.close()
+
+
+async def connect(url: str, name: str) -> NATS:
+    """A NATS connection that reconnects; StartupError (exit 1) when NATS is unreachable."""
+    try:
+        return await asyncio.wait_for(
+            nats.connect(url, name=name, max_reconnect_attempts=-1, error_cb=_quiet),
+            CONNECT_TIMEOUT,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        raise StartupError(f"cannot reach NATS at {redact(url)}: {exc!r}") from None
 
 
 async def _quiet(exc: Exception) -> None:
