@@ -9,7 +9,7 @@ import pytest
 
 from gateway import cli, operator_cli
 
-COMMANDS = ("decode", "events", "publish", "streams", "groups")
+COMMANDS = ("decode", "events", "publish", "streams", "groups", "init")
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
