@@ -16,6 +16,9 @@ from the gateway configuration (`--config`, as `jetgate decode`), which turns th
 the typed message. The gateway's address: `--gateway`, else `JETGATE_GATEWAY`, else the
 configuration's `listen` (plaintext; TLS is not wired in yet).
 
+With stdin, stderr a terminal and stdout not (results to a file), a live count of the
+events sent and refused shows on stderr (rich).
+
 Output, one JSON object per line on stdout: the result of each event (`event_id`,
 `stream`, `subject`, `sequence`, `duplicate`; with stdin also `line`), or for a refused one
 `line` and `error` (`code`, `message`, `details`: the google.rpc.Status details from the
@@ -42,6 +45,8 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2, json_format
 from google.rpc import status_pb2
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from gateway.config import load_config
 from gateway.decoding import DEFAULT_CONFIG, Decoder, add_config_argument
@@ -212,7 +217,11 @@ async def _many(
             yield gateway_pb2.PublishBatchRequest(entries=entries)
         await sent.put(None)
 
+    progress = _progress()
+    task = progress.add_task("publishing", total=None, refused=0) if progress else None
     try:
+        if progress is not None:
+            progress.start()
         async for response in stub.PublishStream(requests()):
             numbers = await sent.get()
             assert numbers is not None  # one response per request, in order
@@ -222,15 +231,36 @@ async def _many(
                 else:
                     refused += 1
                     _print_row({"line": number, "error": _status_row(result.error)})
+            if progress is not None and task is not None:
+                progress.update(task, advance=len(numbers), refused=refused)
     except grpc.aio.AioRpcError as exc:
         status = _status_of(exc)
         raise StartupError(
             f"gateway {address}: {_code_name(status.code)}: {status.message}{_details_text(status)}"
         ) from None
+    finally:
+        if progress is not None:
+            progress.stop()
     if refused:
         print(f"jetgate publish: {refused} events refused (see their lines)", file=sys.stderr)
         return Rejected.exit_code
     return 0
+
+
+def _progress() -> Progress | None:
+    """A live count on stderr for long input, when stderr is a terminal and the results go
+    elsewhere (`jetgate publish < events.jsonl > results.jsonl`); on a terminal stdout the
+    results themselves show the progress."""
+    if not sys.stderr.isatty() or sys.stdout.isatty():
+        return None
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.completed} events sent, {task.fields[refused]} refused"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        redirect_stdout=False,  # the results stay on stdout, where they were sent
+        redirect_stderr=False,
+    )
 
 
 def publish_request(

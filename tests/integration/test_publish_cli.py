@@ -4,8 +4,10 @@ prints is what JetStream stored, refused events show their status details, exit 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import pty
 import sys
 from pathlib import Path
 from typing import Any
@@ -154,3 +156,40 @@ async def test_json_lines_on_stdin_go_in_batches_each_with_its_result(
     stored = await nc.jetstream().get_msg("ORDERS", rows[4]["sequence"])
     assert orders_pb2.OrderShipped.FromString(stored.data or b"") == shipped
     assert text_headers(stored.headers)["ce-id"] == "ship-1"
+
+
+async def test_long_input_shows_a_live_count_on_a_terminal_stderr(gateway: Gateway) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JETGATE_", "NO_COLOR"))}
+    lines = "".join(
+        json.dumps({"key": f"o-{n}", "payload": {"orderId": f"o-{n}"}}) + "\n" for n in range(250)
+    )
+    terminal, stderr = pty.openpty()
+    shown = bytearray()
+    os.set_blocking(terminal, False)
+
+    def drain() -> None:  # the terminal's reader: rich redraws, the pty buffer is small
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(terminal, 65536):
+                shown.extend(chunk)
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(terminal, drain)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *(JETGATE, "publish", "OrderPlaced", "--gateway", gateway.address),
+            *("--config", str(REPO / "jetgate.toml")),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(lines.encode()), 60)
+        drain()
+    finally:
+        loop.remove_reader(terminal)
+        os.close(terminal)
+        os.close(stderr)
+
+    assert process.returncode == 0, shown
+    assert len(_rows(out.decode())) == 250, bytes(shown)[-600:]
+    assert b"250 events sent, 0 refused" in bytes(shown)
