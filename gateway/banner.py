@@ -1,6 +1,7 @@
 """The start-up banner of `jetgate serve|up`: where the gateway, NATS, metrics and workers
 run, and copy-paste commands to publish one event and inspect it (grpcurl, nats CLI,
-jetgate dlq), with the real addresses.
+jetgate events/decode/dlq), with the real addresses; when nothing is publishable (no types,
+or no route for any), it says so and names the settings to add.
 
 No secret is printed: the NATS URL goes through `jetgate.urls.redact` everywhere it is
 shown, and a line says so when credentials were hidden (the nats CLI hints then need them
@@ -59,9 +60,32 @@ def announce(
             f"  nats --server {url} stream info {route.stream}",
             f"  nats --server {url} stream get {route.stream} --last-for {subject}",
         ]
+        lines += [
+            "Read it decoded (jetgate, and the nats CLI with --translate):",
+            f"  jetgate events {route.stream} --key o-42 --nats-url {url}",
+            f"  nats --server {url} stream get {route.stream} --last-for {subject} "
+            "--translate 'jetgate decode --subject {{Subject}}'",
+        ]
         if workers.pids:
             lines += _pipeline_lines(gateway, route.stream, workers)
+    else:
+        lines += ["", *nothing_publishable(gateway)]
     print("\n".join(lines), flush=True)
+
+
+def nothing_publishable(gateway: Gateway) -> list[str]:
+    """Why no event can be published, and the settings that fix it."""
+    if not len(gateway.registry):
+        why = "no event types are registered"
+        fix = "set type_modules or descriptor_sets (JETGATE_TYPE_MODULES, JETGATE_DESCRIPTOR_SETS)"
+    else:
+        why = f"none of the {len(gateway.registry)} registered event types has a route"
+        fix = "add a [[routes]] entry (match, stream, subject_prefix) and its [[streams]]"
+    return [
+        f"Nothing is publishable yet: {why}; every Publish fails with INVALID_ARGUMENT.",
+        f"  To fix: {fix}.",
+        "  `jetgate init` writes a commented jetgate.toml and an example .proto to start from.",
+    ]
 
 
 def _pipeline_lines(gateway: Gateway, stream: str, workers: WorkerProcesses) -> list[str]:

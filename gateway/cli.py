@@ -45,6 +45,7 @@ from typing import Any
 
 import observability
 from consumers import cli as consumers_cli
+from gateway import operator_cli
 from gateway.banner import announce
 from gateway.config import ENV_PREFIX, GATEWAY_SETTINGS, GatewayConfig, load_config
 from gateway.embedded import NatsServer
@@ -149,12 +150,15 @@ def _parser() -> argparse.ArgumentParser:
                 "0: any free)",
             )
     consumers_cli.add_commands(commands.add_parser)
+    operator_cli.add_commands(commands.add_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `jetgate` console script."""
     args = _parser().parse_args(argv)
+    if (operator_command := getattr(args, "operator_command", None)) is not None:
+        raise SystemExit(operator_command(args))  # decode, events, publish: gateway/operator_cli.py
     if args.command in consumers_cli.COMMANDS:
         consumers_cli.run(args)
         return
