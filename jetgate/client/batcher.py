@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import random
 import time
 from collections.abc import Callable
@@ -102,7 +103,11 @@ class Batcher:
     def submit(self, pending: Pending) -> None:
         """Queue `pending` for sending (behind its key's earlier events when ordered)."""
         if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_loop(), name="jetgate-client-sender")
+            # Not in the first caller's context (its trace, its baggage): the sender and the
+            # streams it opens serve every caller.
+            self._sender = asyncio.create_task(
+                self._send_loop(), name="jetgate-client-sender", context=contextvars.Context()
+            )
         if self._batching.ordered_keys:
             if pending.key in self._waiting:
                 self._waiting[pending.key].append(pending)

@@ -7,6 +7,13 @@ Each `publish()` waits for its own event's result (`Published`, or a `PublishErr
 the decoded details) while concurrent calls share PublishStream request messages (see
 `jetgate.client.batcher`). The client gives every event without an id a UUIDv7
 (`jetgate.wire.new_event_id`) before the first attempt, so its own retries are stored once.
+
+Trace context: events of different traces share a request message, so the call's gRPC
+metadata cannot carry it. Each publish() puts the caller's current OpenTelemetry context
+(W3C `traceparent`, `tracestate`, `baggage`, by the globally configured propagator) into
+its entry's `trace_context`; the gateway parents that event's producer span on it. The
+client makes no span of its own: the caller's span is the event's parent. The stream
+itself is opened outside any caller's context (it outlives them all).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from types import TracebackType
 import grpc
 from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
+from opentelemetry import propagate
 
 from jetgate import wire
 from jetgate.client.batcher import ENTRY_OVERHEAD, Batcher, Metadata, Pending
@@ -128,6 +136,10 @@ class Client:
             stamp.FromDatetime(time)
             event.time.CopyFrom(stamp)
         request = gateway_pb2.PublishRequest(event=event, precondition=precondition)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if carrier:
+            request.trace_context.update(carrier)
         await room.acquire()
         self._in_flight += 1
         loop = asyncio.get_running_loop()
