@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -13,12 +15,13 @@ from gateway.server import Gateway
 from jetgate.client import (
     BatchSettings,
     Client,
+    DeadlineExceeded,
     InvalidEvent,
     PreconditionFailed,
     Published,
     RetrySettings,
 )
-from jetgate.v1 import event_pb2
+from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import order_placed, serving
 from tests.support.eventually import eventually
 
@@ -174,3 +177,31 @@ async def test_order_of_a_key_holds_across_retries(gateway_config: GatewayConfig
             results = await asyncio.gather(*tasks)
     sequences = [r.sequence for r in results]
     assert sequences == sorted(sequences)
+
+
+class _Silent(gateway_pb2_grpc.EventGatewayServicer):
+    """Reads PublishStream requests and never answers (a gateway hung past any deadline)."""
+
+    async def PublishStream(
+        self, request_iterator: AsyncIterator[gateway_pb2.PublishBatchRequest], context: object
+    ) -> AsyncIterator[gateway_pb2.PublishBatchResponse]:
+        async for _ in request_iterator:
+            pass
+        await asyncio.Event().wait()
+        yield gateway_pb2.PublishBatchResponse()
+
+
+async def test_an_unanswered_stream_fails_its_events_after_attempt_timeout() -> None:
+    server = grpc.aio.server()
+    gateway_pb2_grpc.add_EventGatewayServicer_to_server(_Silent(), server)  # type: ignore[abstract]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        retry = RetrySettings(attempt_timeout=0.2, max_attempts=2, initial_backoff=0.01)
+        async with Client(f"127.0.0.1:{port}", retry=retry) as client:
+            with pytest.raises(DeadlineExceeded) as caught:
+                await asyncio.wait_for(client.publish(order_placed(), key="o-1"), 10.0)
+        assert caught.value.attempts == 2
+        assert client.streams_opened == 2
+    finally:
+        await server.stop(grace=None)
