@@ -171,7 +171,18 @@ class Batcher:
             while self._in_flight() >= settings.max_batches_in_flight:
                 self._wake.clear()
                 await self._wake.wait()
-            await self._send(self._take())
+            batch = self._take()
+            try:
+                await self._send(batch)
+            except Exception as exc:  # a bug, not the stream: these events fail, others go on
+                failed = _status(grpc.StatusCode.INTERNAL, f"client failed to send: {exc!r}")
+                for pending in batch:
+                    if not any(pending in sent for _, sent in self._sent_batches()):
+                        self._fail(pending, failed)
+
+    def _sent_batches(self) -> collections.deque[tuple[float, list[Pending]]]:
+        session = self._session
+        return collections.deque() if session is None else session.in_flight
 
     def _busy(self) -> bool:
         return self._in_flight() > 0
