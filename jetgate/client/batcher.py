@@ -93,6 +93,7 @@ class Batcher:
         self._retry = retry
         self._metadata = metadata
         self._ready: collections.deque[Pending] = collections.deque()
+        self._ready_bytes = 0
         self._waiting: dict[str, collections.deque[Pending]] = {}  # busy keys (ordered_keys)
         self._wake = asyncio.Event()
         self._session: _Session | None = None
@@ -141,6 +142,7 @@ class Batcher:
         for queue in self._waiting.values():
             unsent.extend(queue)
         self._ready.clear()
+        self._ready_bytes = 0
         self._waiting.clear()
         for pending in unsent:
             self._fail(pending, closed)
@@ -148,6 +150,7 @@ class Batcher:
     def _enqueue(self, pending: Pending) -> None:
         pending.queued_at = time.monotonic()
         self._ready.append(pending)
+        self._ready_bytes += pending.size
         self._wake.set()
 
     # -- sending --------------------------------------------------------------------------
@@ -193,14 +196,7 @@ class Batcher:
 
     def _full(self) -> bool:
         settings = self._batching
-        if len(self._ready) >= settings.max_events:
-            return True
-        size = 0
-        for pending in self._ready:
-            size += pending.size
-            if size >= settings.max_bytes:
-                return True
-        return False
+        return len(self._ready) >= settings.max_events or self._ready_bytes >= settings.max_bytes
 
     def _take(self) -> list[Pending]:
         """The next batch: ready events up to max_events and max_bytes (at least one)."""
@@ -213,6 +209,7 @@ class Batcher:
             pending = self._ready.popleft()
             size += pending.size
             batch.append(pending)
+        self._ready_bytes -= size
         return batch
 
     async def _send(self, batch: list[Pending]) -> None:

@@ -205,3 +205,17 @@ async def test_an_unanswered_stream_fails_its_events_after_attempt_timeout() -> 
         assert client.streams_opened == 2
     finally:
         await server.stop(grace=None)
+
+
+async def test_batches_stay_within_max_events_and_max_bytes(gateway: Gateway) -> None:
+    size = order_placed().ByteSize()
+    for settings, least in (
+        (BatchSettings(max_events=10), 6),  # 60 events, 10 per message
+        (BatchSettings(max_bytes=1024), -(-60 * size // 1024)),
+    ):
+        async with Client(gateway.address, batching=settings) as client:
+            results = await asyncio.gather(
+                *(client.publish(order_placed(), key=f"o-{i}") for i in range(60))
+            )
+            assert len(results) == 60
+            assert client.batches_sent >= least, (settings, client.batches_sent)
