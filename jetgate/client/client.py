@@ -130,6 +130,8 @@ class Client:
         )
         if ttl is not None:
             seconds = ttl if isinstance(ttl, int) else ttl.total_seconds()
+            if seconds != int(seconds):
+                raise ValueError(f"ttl must be whole seconds, not {seconds}")
             event.ttl.CopyFrom(duration_pb2.Duration(seconds=int(seconds)))
         if time is not None:
             stamp = timestamp_pb2.Timestamp()

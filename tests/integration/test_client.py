@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -219,3 +220,13 @@ async def test_batches_stay_within_max_events_and_max_bytes(gateway: Gateway) ->
             )
             assert len(results) == 60
             assert client.batches_sent >= least, (settings, client.batches_sent)
+
+
+async def test_ttl_is_whole_seconds_and_needs_a_stream_that_allows_it(gateway: Gateway) -> None:
+    async with Client(gateway.address) as client:
+        with pytest.raises(ValueError, match="whole seconds"):
+            await client.publish(order_placed(), key="o-1", ttl=timedelta(seconds=1.5))
+        with pytest.raises(InvalidEvent) as caught:
+            await client.publish(order_placed(), key="o-1", ttl=timedelta(minutes=1))
+    assert "allow" in caught.value.field_violations["event.ttl"]
+    assert client.in_flight == 0
