@@ -191,6 +191,7 @@ async def _run(
             channels.append(channel := grpc.aio.insecure_channel(address))
             await wait_serving(channel, gateway)
             ctx.gateway = gateway_pb2_grpc.EventGatewayStub(channel)
+            ctx.gateway_channel = channel
             ctx.gateway_pid = gateway.pid if gateway else None
         if echo is not None:
             channels.append(channel := grpc.aio.insecure_channel(echo.address))

@@ -82,6 +82,7 @@ class Context:
     workdir: Path
     # EventGatewayStubs on grpc.aio channels (their type stubs describe the sync API).
     gateway: Any = None
+    gateway_channel: Any = None  # the grpc.aio channel of `gateway` (jetgate.client rows)
     echo: Any = None
     gateway_pid: int | None = None  # None: not started, or in this process
     echo_pid: int | None = None

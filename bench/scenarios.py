@@ -4,7 +4,9 @@ Baselines (no gateway): `raw-async` and `raw-pipelined` (nats-py JetStream publi
 the gateway's messages), `grpc-echo` (a grpc.aio server answering Publish without NATS,
 `bench.echo`) and `natscli-async` (the Go client, `nats bench js pub async`,
 `bench.natscli`). Gateway scenarios: `publish-unary`, `publish-batch-100/500`,
-`publish-stream`. A scenario's ratio is its events/s over its baseline's, next to a target.
+`publish-stream`; `publish-client`, `publish-unary-1`, `publish-client-1` (`bench.client`);
+`pipeline-unary` and `pipeline` (the demo's two groups, `bench.pipeline`).
+A scenario's ratio is its events/s over its baseline's, next to a target.
 
 The cost of tracing: `publish-unary-traced` and `publish-batch-100-traced` put the same load
 on a second gateway process with tracing on (`servers.traced_env`: always sampled, OTLP/gRPC
@@ -50,7 +52,7 @@ from typing import Any
 import grpc
 from nats.aio.msg import Msg
 
-from bench import consume, natscli
+from bench import client, consume, natscli, pipeline
 from bench.events import STREAM
 from bench.measure import (
     DRAIN_TIMEOUT,
@@ -322,6 +324,30 @@ SCENARIOS: dict[str, Scenario] = {
             baseline="grpc-echo",
             target=0.75,
         ),
+        Scenario(
+            "publish-client",
+            f"jetgate.client publish(), {UNARY_CONCURRENCY} coroutines, one event each at a time",
+            timed(client.run_client(UNARY_CONCURRENCY), server="gateway", latency=client.LATENCY),
+            needs=GATEWAY,
+            baseline="publish-unary",
+            target=5.0,
+        ),
+        Scenario(
+            "publish-unary-1",
+            "Publish, 1 call at a time (latency at low load)",
+            timed(run_unary("gateway", concurrency=1), server="gateway"),
+            needs=GATEWAY,
+            nats_bound=False,
+        ),
+        # The latency columns are the figure (a lone publish() next to a lone Publish).
+        Scenario(
+            "publish-client-1",
+            "jetgate.client publish(), 1 at a time (latency at low load)",
+            timed(client.run_client(1), server="gateway", latency=client.LATENCY),
+            needs=GATEWAY,
+            baseline="publish-unary-1",
+            nats_bound=False,
+        ),
         # No target: nothing says what tracing may cost; the ratio is the figure.
         Scenario(
             "publish-unary-traced",
@@ -360,6 +386,23 @@ SCENARIOS: dict[str, Scenario] = {
             needs=GATEWAY,
             baseline="raw-pipelined",
             target=0.9,
+        ),
+        Scenario(
+            "pipeline-unary",
+            f"orders/s through billing + shipping, follow-ups by Publish ({pipeline.CONCURRENCY}"
+            " handlers each)",
+            pipeline.measure(via_client=False),
+            needs=GATEWAY,
+            nats_bound=False,
+        ),
+        Scenario(
+            "pipeline",
+            "orders/s through billing + shipping, follow-ups by jetgate.client",
+            pipeline.measure(via_client=True),
+            needs=GATEWAY,
+            baseline="pipeline-unary",
+            target=4.0,
+            nats_bound=False,
         ),
         Scenario(
             "e2e-latency",

@@ -5,35 +5,38 @@
 Run by `jetgate up` (config `workers`), or by hand:
 `jetgate consume consumers.demo:billing` and `jetgate consume consumers.demo:shipping`.
 
-Follow-up events go through the gateway's gRPC API with the generated client stubs, as
-any service would publish them (`JETGATE_GATEWAY`, default 127.0.0.1:50051). Their event
+Follow-up events go through the gateway's gRPC API with `jetgate.client`, as any Python
+service would publish them (`JETGATE_GATEWAY`, default 127.0.0.1:50051): one client per
+worker process, so the follow-ups of concurrently handled events share PublishStream
+batches instead of costing one Publish call each. Their event
 id is derived from the event that caused them (`Delivery.follow_up_id`), so a redelivered
 OrderPlaced (a worker killed after publishing OrderPaid but before its ack) publishes the
 same OrderPaid id again, which the stream de-duplicates inside its duplicate window
 (2 minutes in jetgate.toml): one OrderPaid per OrderPlaced. A failed publish raises, so
-the event is retried with the group's backoff.
+the event is retried with the group's backoff (after the client's own retries of
+UNAVAILABLE and DEADLINE_EXCEEDED with the same id).
 
-The channel carries OpenTelemetry's gRPC client instrumentation (global tracer provider,
-which `jetgate consume` sets): each follow-up Publish is a client span inside the
-handler's process span, so OrderPaid and OrderShipped continue the OrderPlaced's trace.
+Tracing: the client sends the handler's current context (its process span) with each
+event, and the gateway makes the follow-up's producer span a child of it, so OrderPaid and
+OrderShipped continue the OrderPlaced's trace although events of many orders share a batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import weakref
 from datetime import UTC, datetime
 
-import grpc
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from consumers import ConsumerGroup, Delivery
 from jetgate import processes
+from jetgate.client import Client, RetrySettings
 from jetgate.examples.orders.v1 import orders_pb2
-from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
-PUBLISH_TIMEOUT = 10.0  # s
+PUBLISH_TIMEOUT = 10.0  # s: the client's retries of one follow-up stop after it
 
 billing = ConsumerGroup(
     "billing",
@@ -48,30 +51,30 @@ shipping = ConsumerGroup(
     description="demo: ships every paid order (OrderPaid -> OrderShipped)",
 )
 
-_stubs: dict[str, gateway_pb2_grpc.EventGatewayAsyncStub] = {}
+# One client per event loop and gateway address, made on first use inside the worker's loop
+# (a client's channel and tasks belong to the loop that made them).
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Client]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _gateway() -> gateway_pb2_grpc.EventGatewayAsyncStub:
-    """One channel per process, made on first use (inside the worker's event loop)."""
+def _client() -> Client:
     address = os.environ.get(processes.GATEWAY_ADDRESS, "127.0.0.1:50051")
-    if address not in _stubs:
-        interceptors = aio_client_interceptors()  # type: ignore[no-untyped-call]
-        channel = grpc.aio.insecure_channel(address, interceptors=interceptors)
-        _stubs[address] = gateway_pb2_grpc.EventGatewayStub(channel)
-    return _stubs[address]
+    clients = _clients.setdefault(asyncio.get_running_loop(), {})
+    if address not in clients:
+        retry = RetrySettings(deadline=PUBLISH_TIMEOUT, attempt_timeout=PUBLISH_TIMEOUT)
+        clients[address] = Client(address, retry=retry)
+    return clients[address]
 
 
 async def publish_follow_up(message: Message, cause: Delivery, source: str) -> None:
     """Publish `message` for the key of `cause`, with an id derived from it."""
-    payload = any_pb2.Any()
-    payload.Pack(message)
-    event = event_pb2.Event(
+    await _client().publish(
+        message,
+        key=cause.key,
         id=cause.follow_up_id(message.DESCRIPTOR.name),
         source=source,
-        key=cause.key,
-        payload=payload,
     )
-    await _gateway().Publish(gateway_pb2.PublishRequest(event=event), timeout=PUBLISH_TIMEOUT)
 
 
 def _now() -> timestamp_pb2.Timestamp:

@@ -13,6 +13,11 @@ keeps head sampling cheap (`python -m bench --scenario publish-batch-100-traced-
 Tracing off: no spans, but a trace context the client sent (gRPC metadata) is still copied
 into the events' headers, so consumers continue the client's trace.
 
+An entry with its own trace context (`PublishRequest.trace_context`: a batching client's
+events of different traces share one request message) overrides the call's for that event:
+its producer span is a child of the entry's context (sampled as that context says), not of
+the call's server span, and with tracing off its trace headers are the entry's.
+
 Metrics (`PublishMetrics`): events sent by stream, type and outcome, and the duration of
 each publish call.
 
@@ -79,6 +84,8 @@ class PublishTelemetry:
         """
         spans: list[trace.Span] = []
         headers: list[dict[str, str]] | None = None
+        if any(event.trace_context for event in events):
+            return self._start_each(events, context)
         if self._tracer is None:
             headers = _shared(events, propagation.trace_headers(_client_context(context)))
         elif not trace.get_current_span().is_recording():
@@ -101,6 +108,34 @@ class PublishTelemetry:
                 )
                 spans.append(span)
                 headers.append(messaging.span_headers(span))
+        return PublishTrace(self._metrics, events, spans, headers)
+
+    def _start_each(self, events: Sequence[PreparedEvent], context: Context) -> PublishTrace:
+        """`start` for events of which some carry their own trace context."""
+        headers: list[dict[str, str]] = []
+        spans: list[trace.Span] = []
+        if self._tracer is None:
+            call = propagation.trace_headers(_client_context(context))
+            for event in events:
+                own = event.trace_context
+                headers.append(propagation.trace_headers(propagation.extract(own)) or call)
+            return PublishTrace(self._metrics, events, spans, headers)
+        server = self._server()
+        for event in events:
+            parent = _entry_context(event)
+            span = messaging.start_publish(
+                self._tracer,
+                subject=event.subject,
+                stream=event.stream,
+                message_id=event.event_id,
+                body_size=len(event.payload),
+                event_type=event.event_type,
+                key=event.key,
+                server=server,
+                context=parent,
+            )
+            spans.append(span)
+            headers.append(messaging.span_headers(span, parent))
         return PublishTrace(self._metrics, events, spans, headers)
 
 
@@ -160,6 +195,16 @@ def _shared(
 ) -> list[dict[str, str]] | None:
     """The same trace headers for every event (None when there are none)."""
     return [headers] * len(events) if headers else None
+
+
+def _entry_context(event: PreparedEvent) -> otel_context.Context | None:
+    """The event's own trace context (None: it has none, or no valid traceparent)."""
+    if not event.trace_context:
+        return None
+    parent = propagation.extract(event.trace_context)
+    if not trace.get_current_span(parent).get_span_context().is_valid:
+        return None
+    return parent
 
 
 def _client_context(context: Context) -> otel_context.Context | None:

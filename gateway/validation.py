@@ -12,6 +12,12 @@ when the event is checked: the envelope, `Nats-Msg-Id`, `Nats-TTL` and the preco
 expectation headers are encoded here; the atomic batch headers (`prepare(atomic=True)`) are
 reserved at their largest. What is left (`PreparedEvent.room`) is where trace headers may
 go (`outbound`); trace headers that do not fit are left out, never the event.
+
+Trace context per entry (`PublishRequest.trace_context`, set by batching clients whose
+events of different traces share a request): only the W3C names (`traceparent`,
+`tracestate`, `baggage`) with values NATS can carry; kept on the event
+(`PreparedEvent.trace_context`) for `gateway.telemetry`, which parents the event's span on
+it. A malformed `traceparent` is ignored, as W3C asks (the call's context applies).
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class PreparedEvent:
     conflict: event_pb2.SequenceConflict | None
     # Bytes its headers may still grow by under every size limit: room for trace headers.
     room: int = 0
+    # The entry's own W3C trace context (None: the call's context applies).
+    trace_context: Mapping[str, str] | None = None
 
 
 def outbound(
@@ -156,6 +164,14 @@ class Validator:
         for name, value in sorted(user_headers.items()) if user_headers else ():
             if problem := wire.header_problem(name, value):
                 bad.append((f"{at}event.headers[{name!r}]", problem))
+        trace_context = request.trace_context
+        for name, value in sorted(trace_context.items()) if trace_context else ():
+            if name not in wire.TRACE_HEADERS:
+                bad.append(
+                    (f"{at}trace_context[{name!r}]", "only traceparent, tracestate, baggage")
+                )
+            elif problem := wire.header_value_problem(f"trace context {name!r}", value):
+                bad.append((f"{at}trace_context[{name!r}]", problem))
         moment = None
         if event.HasField("time"):
             try:
@@ -214,6 +230,7 @@ class Validator:
             headers=headers,
             conflict=conflict,
             room=min(limit - size, wire.MAX_HEADERS_SIZE - header_size),
+            trace_context=dict(trace_context) if trace_context else None,
         )
 
 

@@ -49,8 +49,10 @@ def start_publish(
     event_type: str,
     key: str,
     server: Attributes,
+    context: otel_context.Context | None = None,
 ) -> Span:
-    """Start the PRODUCER span of one event, a child of the current span (if any)."""
+    """Start the PRODUCER span of one event, a child of `context` (default: the current
+    span, if any)."""
     return tracer.start_span(
         f"{sc.PUBLISH} {subject}",
         kind=SpanKind.PRODUCER,
@@ -66,12 +68,14 @@ def start_publish(
             sc.EVENT_KEY: key,
             **server,
         },
+        context=context,
     )
 
 
-def span_headers(span: Span) -> dict[str, str]:
-    """The trace headers of `span`'s context (and the current baggage), a fresh dict."""
-    return propagation.trace_headers(trace.set_span_in_context(span))
+def span_headers(span: Span, context: otel_context.Context | None = None) -> dict[str, str]:
+    """The trace headers of `span` with the baggage of `context` (default: the current
+    one), a fresh dict."""
+    return propagation.trace_headers(trace.set_span_in_context(span, context))
 
 
 def end_publish(

@@ -27,7 +27,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from jetgate.v1 import event_pb2 as jetgate_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jetgate/v1/gateway.proto\x12\njetgate.v1\x1a\x17google/rpc/status.proto\x1a\x16jetgate/v1/event.proto\"b\n\x0ePublishRequest\x12 \n\x05\x65vent\x18\x01 \x01(\x0b\x32\x11.jetgate.v1.Event\x12.\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x18.jetgate.v1.Precondition\"i\n\x0fPublishResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"R\n\x13PublishBatchRequest\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.jetgate.v1.PublishRequest\x12\x0e\n\x06\x61tomic\x18\x02 \x01(\x08\"i\n\rPublishResult\x12)\n\x02ok\x18\x01 \x01(\x0b\x32\x1b.jetgate.v1.PublishResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"B\n\x14PublishBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.jetgate.v1.PublishResult2\xfd\x01\n\x0c\x45ventGateway\x12\x42\n\x07Publish\x12\x1a.jetgate.v1.PublishRequest\x1a\x1b.jetgate.v1.PublishResponse\x12Q\n\x0cPublishBatch\x12\x1f.jetgate.v1.PublishBatchRequest\x1a .jetgate.v1.PublishBatchResponse\x12V\n\rPublishStream\x12\x1f.jetgate.v1.PublishBatchRequest\x1a .jetgate.v1.PublishBatchResponse(\x01\x30\x01\x42X\n\x0e\x64\x65v.jetgate.v1B\x0cGatewayProtoP\x01Z)jetgate.dev/genproto/jetgate/v1;jetgatev1\xaa\x02\nJetgate.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jetgate/v1/gateway.proto\x12\njetgate.v1\x1a\x17google/rpc/status.proto\x1a\x16jetgate/v1/event.proto\"\xdc\x01\n\x0ePublishRequest\x12 \n\x05\x65vent\x18\x01 \x01(\x0b\x32\x11.jetgate.v1.Event\x12.\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x18.jetgate.v1.Precondition\x12\x43\n\rtrace_context\x18\x03 \x03(\x0b\x32,.jetgate.v1.PublishRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x0fPublishResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"R\n\x13PublishBatchRequest\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.jetgate.v1.PublishRequest\x12\x0e\n\x06\x61tomic\x18\x02 \x01(\x08\"i\n\rPublishResult\x12)\n\x02ok\x18\x01 \x01(\x0b\x32\x1b.jetgate.v1.PublishResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"B\n\x14PublishBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.jetgate.v1.PublishResult2\xfd\x01\n\x0c\x45ventGateway\x12\x42\n\x07Publish\x12\x1a.jetgate.v1.PublishRequest\x1a\x1b.jetgate.v1.PublishResponse\x12Q\n\x0cPublishBatch\x12\x1f.jetgate.v1.PublishBatchRequest\x1a .jetgate.v1.PublishBatchResponse\x12V\n\rPublishStream\x12\x1f.jetgate.v1.PublishBatchRequest\x1a .jetgate.v1.PublishBatchResponse(\x01\x30\x01\x42X\n\x0e\x64\x65v.jetgate.v1B\x0cGatewayProtoP\x01Z)jetgate.dev/genproto/jetgate/v1;jetgatev1\xaa\x02\nJetgate.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jetgate.v1.gateway_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.jetgate.v1B\014GatewayProtoP\001Z)jetgate.dev/genproto/jetgate/v1;jetgatev1\252\002\nJetgate.V1'
-  _globals['_PUBLISHREQUEST']._serialized_start=89
-  _globals['_PUBLISHREQUEST']._serialized_end=187
-  _globals['_PUBLISHRESPONSE']._serialized_start=189
-  _globals['_PUBLISHRESPONSE']._serialized_end=294
-  _globals['_PUBLISHBATCHREQUEST']._serialized_start=296
-  _globals['_PUBLISHBATCHREQUEST']._serialized_end=378
-  _globals['_PUBLISHRESULT']._serialized_start=380
-  _globals['_PUBLISHRESULT']._serialized_end=485
-  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=487
-  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=553
-  _globals['_EVENTGATEWAY']._serialized_start=556
-  _globals['_EVENTGATEWAY']._serialized_end=809
+  _globals['_PUBLISHREQUEST_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_PUBLISHREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_PUBLISHREQUEST']._serialized_start=90
+  _globals['_PUBLISHREQUEST']._serialized_end=310
+  _globals['_PUBLISHREQUEST_TRACECONTEXTENTRY']._serialized_start=259
+  _globals['_PUBLISHREQUEST_TRACECONTEXTENTRY']._serialized_end=310
+  _globals['_PUBLISHRESPONSE']._serialized_start=312
+  _globals['_PUBLISHRESPONSE']._serialized_end=417
+  _globals['_PUBLISHBATCHREQUEST']._serialized_start=419
+  _globals['_PUBLISHBATCHREQUEST']._serialized_end=501
+  _globals['_PUBLISHRESULT']._serialized_start=503
+  _globals['_PUBLISHRESULT']._serialized_end=608
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=610
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=676
+  _globals['_EVENTGATEWAY']._serialized_start=679
+  _globals['_EVENTGATEWAY']._serialized_end=932
 # @@protoc_insertion_point(module_scope)

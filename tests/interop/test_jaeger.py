@@ -153,10 +153,8 @@ async def test_one_event_is_one_trace_across_gateway_and_workers(
             (GATEWAY, PUBLISH),
             (GATEWAY, f"publish orders.OrderPlaced.{key}"),
             ("billing", f"process orders.OrderPlaced.{key}"),
-            ("billing", PUBLISH),
             (GATEWAY, f"publish orders.OrderPaid.{key}"),
             ("shipping", f"process orders.OrderPaid.{key}"),
-            ("shipping", PUBLISH),
             (GATEWAY, f"publish orders.OrderShipped.{key}"),
         }
         found = await _poll(
@@ -203,22 +201,23 @@ def _check_pipeline(jaeger: Jaeger, found: dict[str, Any], key: str) -> None:
 
     client = one(CLIENT, PUBLISH, "client")
     assert client["references"] == []
-    servers = by_name[(GATEWAY, PUBLISH)]
-    assert len(servers) == 3, servers
+    # One Publish call: the follow-ups go through jetgate.client's PublishStream batches
+    # (their own long-lived traces); each follow-up carries its handler's context.
+    [server] = by_name[(GATEWAY, PUBLISH)]
+    assert _tag(server, "span.kind") == "server"
+    assert server["references"] == [_ref("CHILD_OF", client)]
     otlp = _otlp_spans_by_id(jaeger, found["traceID"])
 
-    caller = client
-    for event, worker, follow_up in (
-        ("OrderPlaced", "billing", "OrderPaid"),
-        ("OrderPaid", "shipping", "OrderShipped"),
-        ("OrderShipped", None, None),
+    parent = server
+    for event, worker in (
+        ("OrderPlaced", "billing"),
+        ("OrderPaid", "shipping"),
+        ("OrderShipped", None),
     ):
-        # The gateway's server span is the caller's child, its producer span the server's.
-        [server] = [s for s in servers if _parent(s) == caller["spanID"]]
-        assert _tag(server, "span.kind") == "server"
-        assert server["references"][0]["refType"] == "CHILD_OF"
+        # The producer span is the child of the gateway's server span (the first event) or
+        # of the process span whose handler published the follow-up.
         producer = one(GATEWAY, f"publish orders.{event}.{key}", "producer")
-        assert producer["references"] == [_ref("CHILD_OF", server)]
+        assert producer["references"] == [_ref("CHILD_OF", parent)], event
         if worker is None:
             break
         # The worker's process span: parent and link to the producer span.
@@ -229,9 +228,7 @@ def _check_pipeline(jaeger: Jaeger, found: dict[str, Any], key: str) -> None:
         assert links == [(found["traceID"], producer["spanID"])]
         assert _tag(process, "messaging.system") == "nats"
         assert _tag(process, "messaging.consumer.group.name") == worker
-        # Its follow-up Publish is a client span inside the process span.
-        caller = one(worker, PUBLISH, "client")
-        assert process["spanID"] in _ancestors(caller, spans), (worker, follow_up)
+        parent = process
 
 
 # --- helpers -----------------------------------------------------------------------------
