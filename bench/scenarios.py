@@ -67,6 +67,7 @@ from bench.measure import (
     Window,
     measure_run,
 )
+from jetgate import wire
 from jetgate.v1 import gateway_pb2
 
 UNARY_CONCURRENCY = 64
@@ -205,7 +206,7 @@ async def run_raw_pipelined(ctx: Context, tally: Tally, stop: asyncio.Event) -> 
         if started is None:
             return
         slots.release()
-        if msg.headers and msg.headers.get("Status") == "503":
+        if msg.headers and msg.headers.get(wire.STATUS) == wire.STATUS_NO_RESPONDERS:
             tally.error("503 no responders")
         else:
             body = json.loads(msg.data)

@@ -21,8 +21,6 @@ from jetgate import wire
 
 log = logging.getLogger("jetgate.consumers")
 
-STREAM_NOT_FOUND = 10059
-
 
 async def ensure(js: JetStreamContext, group: ConsumerGroup) -> bool:
     """Create or update `group`'s consumer (and the DLQ stream); False: try again later.
@@ -48,7 +46,7 @@ async def ensure(js: JetStreamContext, group: ConsumerGroup) -> bool:
         await js.add_consumer(group.stream, wanted)
         log.info("group %s: consumer ready on stream %s", group.name, group.stream)
     except NotFoundError as exc:
-        if exc.err_code != STREAM_NOT_FOUND:
+        if exc.err_code != wire.JS_STREAM_NOT_FOUND:
             raise GroupConfigError(f"group {group.name!r}: {exc.description}") from exc
         log.warning("group %s: no stream %s yet", group.name, group.stream)
         return False

@@ -62,13 +62,12 @@ from opentelemetry.trace import TracerProvider
 from consumers import consumer
 from consumers.group import ConsumerGroup, GroupConfigError
 from consumers.handling import DeliveryHandler, WorkerStats
+from jetgate import wire
 from observability import messaging
 from observability.metrics import ConsumeMetrics
 
 log = logging.getLogger("jetgate.consumers")
 
-STATUS = "Status"
-DESCRIPTION = "Description"
 SETUP_RETRY = 1.0  # s between attempts to create the consumer while JetStream is away
 # Default prefetch per handler slot. Measured (`python -m bench --scenario consume`, no-op
 # handler, concurrency 16): 1x drains at 0.86-0.93x a plain fetch(100) loop, 2x 0.85-0.92x,
@@ -270,16 +269,16 @@ class Worker:
         return True
 
     async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get(STATUS) if msg.headers else None
+        status = msg.headers.get(wire.STATUS) if msg.headers else None
         if status:
-            if status == "100":  # idle heartbeat
+            if status == wire.STATUS_IDLE_HEARTBEAT:
                 return
             # A status ends the pull request whose reply subject it came to.
             self._pulls.pop(msg.subject[len(self._inbox) + 1 :], None)
-            description = (msg.headers or {}).get(DESCRIPTION, "")
-            if status == "503" or "Consumer Deleted" in description:
+            description = (msg.headers or {}).get(wire.STATUS_DESCRIPTION, "")
+            if status == wire.STATUS_NO_RESPONDERS or "Consumer Deleted" in description:
                 self._needs_setup = True
-            elif status not in ("404", "408"):
+            elif status not in (wire.STATUS_NO_MESSAGES, wire.STATUS_REQUEST_TIMEOUT):
                 log.warning("group %s: pull ended: %s %s", self.group.name, status, description)
             self._wake.set()
             return

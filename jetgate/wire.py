@@ -62,10 +62,16 @@ EXPECTED_LAST_MSG_ID: Final = "Nats-Expected-Last-Msg-Id"
 BATCH_ID: Final = "Nats-Batch-Id"
 BATCH_SEQUENCE: Final = "Nats-Batch-Sequence"
 BATCH_COMMIT: Final = "Nats-Batch-Commit"
-# The status line of a reply without a body: `NATS/1.0 503` (no responders: no stream
-# took the publish) arrives as the header `Status` (nats-py).
+# The status line of a reply without a body (`NATS/1.0 503 No Responders`) arrives as the
+# headers `Status` and `Description` (nats-py). Statuses jetgate tells apart: 503 no responders
+# (no stream took a publish; a pull's consumer is gone), 100 an idle heartbeat of a pull, 404
+# no messages and 408 a pull request that expired (both the normal end of a pull).
 STATUS: Final = "Status"
+STATUS_DESCRIPTION: Final = "Description"
 STATUS_NO_RESPONDERS: Final = "503"
+STATUS_IDLE_HEARTBEAT: Final = "100"
+STATUS_NO_MESSAGES: Final = "404"
+STATUS_REQUEST_TIMEOUT: Final = "408"
 
 # Size limits nats-server enforces on one message (a message over them is refused or,
 # over max_payload, makes the server close the connection). The header block is at most
