@@ -11,7 +11,8 @@ A stored event is a JetStream message with
   de-duplication), `ce-specversion`, `ce-id`, `ce-type` (full proto name), `ce-source`,
   `ce-time` (RFC 3339, UTC), `ce-subject` (the key), `ce-dataschema` (type URL),
   `content-type: application/protobuf`, optional `Nats-TTL`, W3C trace context headers,
-  and the user's headers.
+  `Jetgate-Principal` (who published it, when the gateway authenticates its callers) and
+  the user's headers.
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ class DeadLetterReason(StrEnum):
     UNDECODABLE = "undecodable"  # not a jetgate event, or a payload not of its type
     EXHAUSTED = "exhausted"  # the last allowed attempt failed (or timed out)
 
+
+# The authenticated caller that published the event (gateway.auth: a SPIFFE id, a token's
+# name, a JWT's subject), written by the gateway only: `Jetgate-*` is reserved, so a client
+# can never set or forge it. Absent when the gateway authenticates nobody. A dead letter
+# keeps it, like every header of the original.
+PRINCIPAL: Final = "Jetgate-Principal"
+MAX_PRINCIPAL_LENGTH: Final = 1024
 
 RESERVED_HEADER_PREFIXES: Final = ("nats-", "ce-", "jetgate-")
 RESERVED_HEADER_NAMES: Final = frozenset({*TRACE_HEADERS, CONTENT_TYPE, "status", "description"})
@@ -362,6 +370,8 @@ class Envelope:
     time: datetime
     headers: Mapping[str, str] = field(default_factory=dict)
     ttl_seconds: int | None = None
+    # The authenticated publisher (`Jetgate-Principal`); None: the gateway authenticated none.
+    principal: str | None = None
 
 
 def encode_headers(
@@ -389,6 +399,8 @@ def encode_headers(
     )
     if envelope.ttl_seconds is not None:
         headers[TTL] = str(envelope.ttl_seconds)
+    if envelope.principal is not None:
+        headers[PRINCIPAL] = principal_header(envelope.principal)
     if expectations:
         headers.update(expectations)
     return headers
@@ -429,7 +441,17 @@ def decode_envelope(subject_: str, headers: Mapping[str, str]) -> Envelope:
         time=parse_time(raw_time) if raw_time else datetime.fromtimestamp(0, UTC),
         headers=user,
         ttl_seconds=int(ttl) if ttl and ttl.isdigit() else None,
+        principal=headers.get(PRINCIPAL),
     )
+
+
+def principal_header(name: str) -> str:
+    """A principal's name as its `Jetgate-Principal` value: one line, bounded.
+
+    Names come from certificates and token claims, not from this process: a CR or LF
+    would end the header, so line breaks and control characters become spaces.
+    """
+    return header_text(name, MAX_PRINCIPAL_LENGTH)
 
 
 def new_batch_id() -> str:
