@@ -1,0 +1,89 @@
+"""The real `jetgate serve` refuses an unsafe or unusable listener setup with exit code 2
+and a message saying why (before it connects to NATS or listens)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO
+from tests.integration.jetgate_up import jetgate
+from tests.integration.secure import SecureFiles
+
+WAIT = 60.0
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("JETGATE_", "OTEL_"))}
+    return subprocess.run(
+        [
+            jetgate(),
+            "serve",
+            "--config",
+            str(REPO / "jetgate.toml"),
+            # Nothing listens there: every case must stop before connecting.
+            "--nats-url",
+            "nats://127.0.0.1:1",
+            "--metrics-listen",
+            "",
+            *args,
+        ],
+        env={**clean, "PYTHONWARNINGS": "error", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("how", ["flag", "variable"])
+def test_plaintext_on_a_non_loopback_address_is_refused(how: str) -> None:
+    if how == "flag":
+        done = _serve("--listen", "0.0.0.0:0")
+    else:
+        done = _serve(env={"JETGATE_LISTEN": "0.0.0.0:0"})
+    assert done.returncode == 2, done.stderr
+    assert "TLS is off" in done.stderr
+    assert "--insecure" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_auth_without_a_policy_is_refused(tmp_path: Path) -> None:
+    files = SecureFiles.make(tmp_path)
+    done = _serve("--listen", "127.0.0.1:0", "--auth-tokens-file", str(files.dir / "tokens.toml"))
+    assert done.returncode == 2, done.stderr
+    assert "policy_file" in done.stderr
+
+
+@pytest.mark.parametrize("broken", ["policy", "key", "missing-cert"])
+def test_an_unusable_security_file_is_refused_naming_it(tmp_path: Path, broken: str) -> None:
+    files = SecureFiles.make(tmp_path)
+    args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(tmp_path / "server.pem"),
+        "--tls-key",
+        str(tmp_path / "server.key"),
+        "--auth-tokens-file",
+        str(tmp_path / "tokens.toml"),
+        "--auth-policy-file",
+        str(tmp_path / "policy.toml"),
+    ]
+    named = {
+        "policy": tmp_path / "policy.toml",
+        "key": tmp_path / "server.key",
+        "missing-cert": tmp_path / "server.pem",
+    }[broken]
+    if broken == "missing-cert":
+        named.unlink()
+    else:
+        named.write_text("[[grants]]\nnope = 1\n" if broken == "policy" else "not a key")
+    done = _serve(*args)
+    assert done.returncode == 2, done.stderr
+    assert str(named) in done.stderr
+    assert files.client_key.decode() not in done.stderr
