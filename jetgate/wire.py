@@ -144,6 +144,8 @@ class DeadLetterReason(StrEnum):
 # keeps it, like every header of the original.
 PRINCIPAL: Final = "Jetgate-Principal"
 MAX_PRINCIPAL_LENGTH: Final = 1024
+# The `Jetgate-*` headers a redriven event keeps: who published the original.
+REDRIVE_KEEPS: Final = frozenset({PRINCIPAL.lower()})
 
 RESERVED_HEADER_PREFIXES: Final = ("nats-", "ce-", "jetgate-")
 RESERVED_HEADER_NAMES: Final = frozenset({*TRACE_HEADERS, CONTENT_TYPE, "status", "description"})

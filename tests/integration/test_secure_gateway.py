@@ -101,6 +101,11 @@ async def test_a_token_caller_publishes_and_its_principal_is_stored_seen_and_kep
     assert seen == [TOKEN_NAME]
     [letter] = [d async for d in deadletter.dead_letters(js, "billing")]
     assert letter.headers[wire.PRINCIPAL] == TOKEN_NAME
+    # Redriven, the event still says who published it.
+    assert len(await deadletter.redrive(js, "billing")) == 1
+    again = await js.get_last_msg("ORDERS", "orders.OrderPlaced.o-1")
+    assert again.seq > reply.sequence
+    assert (again.headers or {})[wire.PRINCIPAL] == TOKEN_NAME
 
 
 async def test_a_client_cannot_set_the_principal_header(
