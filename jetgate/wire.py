@@ -17,6 +17,7 @@ A stored event is a JetStream message with
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -447,6 +448,7 @@ def decode_envelope(subject_: str, headers: Mapping[str, str]) -> Envelope:
     )
 
 
+@functools.lru_cache(maxsize=1024)  # a few principals, one value per event
 def principal_header(name: str) -> str:
     """A principal's name as its `Jetgate-Principal` value: one line, bounded.
 
