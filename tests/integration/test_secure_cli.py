@@ -4,6 +4,7 @@ and a message saying why (before it connects to NATS or listens)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import REPO
 from tests.integration.jetgate_up import jetgate
-from tests.integration.secure import SecureFiles
+from tests.integration.secure import API_TOKEN, SecureFiles
 
 WAIT = 60.0
 
@@ -87,3 +88,48 @@ def test_an_unusable_security_file_is_refused_naming_it(tmp_path: Path, broken: 
     assert done.returncode == 2, done.stderr
     assert str(named) in done.stderr
     assert files.client_key.decode() not in done.stderr
+
+
+def test_a_secured_serve_says_so_and_stops_cleanly_on_sighup_then_sigterm(
+    tmp_path: Path, nats_url: str
+) -> None:
+    SecureFiles.make(tmp_path)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("JETGATE_", "OTEL_"))}
+    env = {
+        **clean,
+        "PYTHONWARNINGS": "error",
+        "JETGATE_TLS_CERT": str(tmp_path / "server.pem"),
+        "JETGATE_TLS_KEY": str(tmp_path / "server.key"),
+        "JETGATE_AUTH_TOKENS_FILE": str(tmp_path / "tokens.toml"),
+        "JETGATE_AUTH_POLICY_FILE": str(tmp_path / "policy.toml"),
+    }
+    argv = ["serve", "--config", str(REPO / "jetgate.toml"), "--listen", "127.0.0.1:0"]
+    argv += ["--nats-url", nats_url, "--metrics-listen", ""]
+    proc = subprocess.Popen(
+        [jetgate(), *argv],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # ends at EOF if it dies: the assert below says why
+            lines.append(line)
+            if "grpcurl " in line:
+                break
+        banner = "".join(lines)
+        assert "gRPC security: TLS, callers authenticated" in banner, banner
+        assert '-cacert CA.pem -H "authorization: Bearer $TOKEN"' in banner
+        assert API_TOKEN not in banner
+        proc.send_signal(signal.SIGHUP)  # re-reads the files; must not stop the gateway
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, banner + rest
+    assert "stopped" in rest
