@@ -8,11 +8,14 @@ import signal
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
 
-from tests.integration.conftest import REPO
+from jetgate.v1 import gateway_pb2
+from tests.gateway.secure_serving import SERVER_NAME
+from tests.integration.conftest import REPO, request
 from tests.integration.jetgate_up import jetgate
-from tests.integration.secure import API_TOKEN, SecureFiles
+from tests.integration.secure import API_TOKEN, SecureFiles, bearer
 
 WAIT = 60.0
 
@@ -124,7 +127,12 @@ def test_a_secured_serve_says_so_and_stops_cleanly_on_sighup_then_sigterm(
         assert "gRPC security: TLS, callers authenticated" in banner, banner
         assert '-cacert CA.pem -H "authorization: Bearer $TOKEN"' in banner
         assert API_TOKEN not in banner
+        address = banner.split("listening on ", 1)[1].split()[0]
+        assert _publish(tmp_path, address, API_TOKEN) == grpc.StatusCode.OK
+        wrong = API_TOKEN[:-4] + "XXXX"
+        assert _publish(tmp_path, address, wrong) == grpc.StatusCode.UNAUTHENTICATED
         proc.send_signal(signal.SIGHUP)  # re-reads the files; must not stop the gateway
+        assert _publish(tmp_path, address, API_TOKEN) == grpc.StatusCode.OK
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=WAIT)
     finally:
@@ -133,3 +141,22 @@ def test_a_secured_serve_says_so_and_stops_cleanly_on_sighup_then_sigterm(
             proc.wait()
     assert proc.returncode == 0, banner + rest
     assert "stopped" in rest
+    for secret in (API_TOKEN, wrong, API_TOKEN[:12]):
+        assert secret not in banner + rest
+
+
+def _publish(directory: Path, address: str, token: str) -> grpc.StatusCode:
+    """Publish one OrderPlaced over TLS with `token`; the call's status."""
+    creds = grpc.ssl_channel_credentials((directory / "ca.pem").read_bytes())
+    options = (("grpc.ssl_target_name_override", SERVER_NAME),)
+    with grpc.secure_channel(address, creds, options=options) as ch:
+        publish = ch.unary_unary(
+            "/jetgate.v1.EventGateway/Publish",
+            request_serializer=gateway_pb2.PublishRequest.SerializeToString,
+            response_deserializer=gateway_pb2.PublishResponse.FromString,
+        )
+        try:
+            publish(request("o-1"), metadata=bearer(token), timeout=WAIT)
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
