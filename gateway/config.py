@@ -274,7 +274,9 @@ def load_config(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
     gateway_table = dict(data.get("gateway", {}))
-    security = {t: dict(gateway_table.pop(t, {})) for t in TABLES}
+    security = {t: gateway_table.pop(t, {}) for t in TABLES}
+    if bad := [t for t, table in security.items() if not isinstance(table, dict)]:
+        raise ConfigError(f"{path}: gateway.{bad[0]} must be a table ([gateway.{bad[0]}])")
     streams: dict[str, dict[str, Any]] = {}
     for index, table in enumerate(data.get("streams", [])):
         name = table.get("name")

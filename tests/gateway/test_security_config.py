@@ -105,6 +105,7 @@ def test_every_security_setting_has_a_flag_with_help() -> None:
         ('[gateway.auth]\njwks_file = "/k.json"\njwt_issuer = "i"\n', "issuer and audience"),
         ('[gateway.auth]\ncert_identity = ["email"]\n', "cert_identity"),
         ('[gateway.auth]\njwt_leeway = "soon"\n', "not a duration"),
+        ('[gateway]\ntls = "/a.pem"\n', r"must be a table \(\[gateway.tls\]\)"),
     ],
 )
 def test_bad_security_settings_are_configuration_errors(
