@@ -26,7 +26,7 @@ from typing import TypeVar
 import grpc
 import nats
 
-from bench import jaeger, tracing
+from bench import jaeger, secure, tracing
 from bench.events import Events, order_payload
 from bench.jaeger import Jaeger, run_jaeger
 from bench.measure import Context, Row, Window
@@ -50,6 +50,7 @@ from jetgate.v1 import gateway_pb2_grpc
 
 T = TypeVar("T")
 TRACED_GATEWAY = "traced-gateway"
+SECURE_GATEWAY = "secure-gateway"
 JAEGER_MAX_TRACES = 2000  # memory storage: only recent traces are queried (spans are counted)
 
 
@@ -133,7 +134,15 @@ def run_block(
         echo = start_echo(workdir) if "echo" in wanted else None
         if echo is not None:
             processes.append(echo)
-        servers = _Servers(gateway, echo, tracing, untraced)
+        secured = None
+        if SECURE_GATEWAY in wanted and opts.mode == "process":
+            setup = secure.make(workdir / "secure")
+            process = start_gateway(
+                nats_server.url, workdir, name="gateway-secure", extra=setup.args()
+            )
+            processes.append(process)
+            secured = (process, setup)
+        servers = _Servers(gateway, echo, tracing, untraced, secured)
         return asyncio.run(_run(opts, nats_server, workdir, wanted, servers, body))
     raise AssertionError("unreachable")  # mypy: an ExitStack may swallow exceptions
 
@@ -151,6 +160,7 @@ class _Servers:
     echo: Process | None
     tracing: tuple[Process, Jaeger] | None  # the traced gateway and its Jaeger
     untraced: str  # why there is no traced gateway
+    secure: tuple[Process, secure.SecureSetup] | None = None  # the TLS + token gateway
 
 
 async def _run(
@@ -204,6 +214,13 @@ async def _run(
             await wait_serving(channel, traced)
             stub = gateway_pb2_grpc.EventGatewayStub(channel)
             ctx.traced = TracedGateway(stub=stub, process=traced, jaeger=collector)
+        if servers.secure is not None:
+            process, setup = servers.secure
+            channels.append(channel := setup.channel(process.address))
+            await wait_serving(channel, process)  # health needs no token
+            ctx.secure = gateway_pb2_grpc.EventGatewayStub(channel)
+            ctx.secure_pid = process.pid
+            ctx.secure_metadata = setup.metadata
         if address is None and servers.tracing is None:
             # No gateway declared the streams (e.g. `--scenario raw-async` alone): declare
             # them as it would, the raw scenarios publish into the gateway's stream.
@@ -232,7 +249,9 @@ def measure_block(
                 f"  [{block}] {name}: {window.warmup:g}s warm-up + {window.seconds:g}s ...",
                 flush=True,
             )
-            if scenario.traced is None:
+            if SECURE_GATEWAY in scenario.needs and ctx.secure is None:
+                row = Row(skipped="needs the gateway as a process (--gateway process)")
+            elif scenario.traced is None:
                 row = await scenario.measure(ctx, window)
             elif ctx.traced is None:
                 row = Row(skipped=ctx.untraced or "no traced gateway")

@@ -30,7 +30,7 @@ DRAIN_TIMEOUT = 15.0  # s for in-flight work to finish after a measurement
 MAX_ERRORS = 10_000  # a scenario stops early once this many events failed
 _ENTRY_INDEX = re.compile(r"\[\d+\]")
 
-Server = Literal["gateway", "echo"]
+Server = Literal["gateway", "echo", "secure-gateway"]
 
 
 @dataclass
@@ -87,12 +87,18 @@ class Context:
     gateway_pid: int | None = None  # None: not started, or in this process
     echo_pid: int | None = None
     natscli: Path | None = None  # the `nats` CLI, when available
+    # The TLS + bearer token gateway (bench.secure) and the metadata its calls carry.
+    secure: Any = None
+    secure_pid: int | None = None
+    secure_metadata: tuple[tuple[str, str], ...] = ()
 
     def pid(self, server: Server | None) -> int | None:
         if server == "gateway":
             return self.gateway_pid
         if server == "echo":
             return self.echo_pid
+        if server == "secure-gateway":
+            return self.secure_pid
         return None
 
 

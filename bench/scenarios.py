@@ -86,14 +86,15 @@ def run_unary(server: Server, concurrency: int = UNARY_CONCURRENCY) -> Runner:
     """`Publish`, `concurrency` calls in flight, against the gateway or the echo server."""
 
     async def run(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
-        stub = ctx.gateway if server == "gateway" else ctx.echo
+        stub = {"gateway": ctx.gateway, "echo": ctx.echo, "secure-gateway": ctx.secure}[server]
+        metadata = ctx.secure_metadata if server == "secure-gateway" else None
 
         async def worker() -> None:
             while not stop.is_set() and tally.failed < MAX_ERRORS:
                 request = ctx.events.request("unary")
                 started = time.perf_counter()
                 try:
-                    response = await stub.Publish(request, timeout=RPC_TIMEOUT)
+                    response = await stub.Publish(request, timeout=RPC_TIMEOUT, metadata=metadata)
                 except grpc.aio.AioRpcError as exc:
                     tally.error(rpc_error(exc))
                     continue
@@ -114,18 +115,29 @@ def trace_context(sampled: float) -> tuple[tuple[str, str], ...]:
     return (("traceparent", f"00-{trace_id:032x}-{span_id:016x}-{flags}"),)
 
 
-def run_batch(size: int, in_flight: int = BATCH_IN_FLIGHT, sampled: float | None = None) -> Runner:
+def run_batch(
+    size: int,
+    in_flight: int = BATCH_IN_FLIGHT,
+    sampled: float | None = None,
+    server: Server = "gateway",
+) -> Runner:
     """`PublishBatch` of `size` events, `in_flight` calls at a time; with `sampled`, each
-    call carries a client's trace context (`trace_context`)."""
+    call carries a client's trace context (`trace_context`); against the secure gateway,
+    its bearer token."""
 
     async def run(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
+        secure = server == "secure-gateway"
+        stub = ctx.secure if secure else ctx.gateway
+
         async def worker() -> None:
             while not stop.is_set() and tally.failed < MAX_ERRORS:
                 request = ctx.events.batch(f"b{size}", size)
                 metadata = trace_context(sampled) if sampled is not None else None
+                if secure:
+                    metadata = ctx.secure_metadata
                 started = time.perf_counter()
                 try:
-                    response = await ctx.gateway.PublishBatch(
+                    response = await stub.PublishBatch(
                         request, timeout=RPC_TIMEOUT, metadata=metadata
                     )
                 except grpc.aio.AioRpcError as exc:
@@ -272,7 +284,8 @@ class Scenario:
     name: str
     description: str
     measure: Measurer
-    needs: frozenset[str] = frozenset()  # besides nats-server: gateway, echo, traced-gateway
+    # Besides nats-server: gateway, echo, traced-gateway, secure-gateway.
+    needs: frozenset[str] = frozenset()
     baseline: str | None = None  # ratio = events/s / this scenario's events/s
     target: float | None = None  # the ratio it should reach
     nats_bound: bool = True  # False: fsync cannot matter, measured in the first block only
@@ -282,6 +295,8 @@ class Scenario:
 GATEWAY = frozenset({"gateway"})
 TRACED_GATEWAY = frozenset({"traced-gateway"})
 TRACED = "traced: always sampled, OTLP/gRPC to Jaeger"
+SECURE_GATEWAY = frozenset({"secure-gateway"})
+SECURE = "TLS + bearer API token + policy (bench.secure)"
 METHOD = "/jetgate.v1.EventGateway/"
 
 
@@ -378,6 +393,25 @@ SCENARIOS: dict[str, Scenario] = {
             baseline="publish-batch-100",
             nats_bound=False,
             traced=Traced(METHOD + "PublishBatch", 100, sampled=0.01),
+        ),
+        # The cost of security: the same load on a gateway process serving TLS, each call
+        # authenticated by an API token and each event checked against the policy.
+        Scenario(
+            "publish-unary-tls-token",
+            f"Publish, {UNARY_CONCURRENCY} concurrent calls, {SECURE}",
+            timed(run_unary("secure-gateway"), server="secure-gateway"),
+            needs=SECURE_GATEWAY,
+            baseline="publish-unary",
+            nats_bound=False,
+        ),
+        Scenario(
+            "publish-batch-100-tls-token",
+            f"PublishBatch 100/call, {BATCH_IN_FLIGHT} in flight, {SECURE}",
+            timed(run_batch(100, server="secure-gateway"), server="secure-gateway"),
+            needs=SECURE_GATEWAY,
+            baseline="publish-batch-100",
+            target=0.85,
+            nats_bound=False,
         ),
         publish_batch(500),
         Scenario(

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,11 +90,13 @@ def traced_env(otlp_grpc_endpoint: str) -> dict[str, str]:
     }
 
 
-def gateway_command(nats_url: str, port: int, profile: Path | None) -> list[str]:
+def gateway_command(
+    nats_url: str, port: int, profile: Path | None, extra: Sequence[str] = ()
+) -> list[str]:
     script = Path(sys.executable).with_name("jetgate")
     args = ["serve", "--config", str(CONFIG_PATH), "--listen", f"127.0.0.1:{port}"]
     args += ["--metrics-listen", "127.0.0.1:0"]
-    args += ["--nats-url", nats_url, "--publish-timeout", f"{PUBLISH_TIMEOUT:g}s"]
+    args += ["--nats-url", nats_url, "--publish-timeout", f"{PUBLISH_TIMEOUT:g}s", *extra]
     if profile is not None:
         return [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), *args]
     return [str(script), *args]
@@ -106,11 +109,13 @@ def start_gateway(
     *,
     name: str = "gateway",
     env: dict[str, str] | None = None,
+    extra: Sequence[str] = (),
 ) -> Process:
     """`jetgate serve` against `nats_url` on a free loopback port, logging to `name`.log;
-    `env`: variables on top of the clean environment (e.g. `traced_env`)."""
+    `env`: variables on top of the clean environment (e.g. `traced_env`); `extra`: more
+    flags (e.g. `bench.secure`'s)."""
     port = free_port()
-    argv = gateway_command(nats_url, port, profile)
+    argv = gateway_command(nats_url, port, profile, extra)
     return _start(name, argv, workdir, f"127.0.0.1:{port}", {**_clean_env(), **(env or {})})
 
 

@@ -175,7 +175,11 @@ def redrive_headers(dead: DeadLetter) -> dict[str, str]:
 
 
 def _redriven(headers: Mapping[str, str], dead: DeadLetter) -> dict[str, str]:
-    kept = {k: v for k, v in headers.items() if not k.lower().startswith(wire.REDRIVE_DROPS)}
+    kept = {
+        k: v
+        for k, v in headers.items()
+        if k.lower() in wire.REDRIVE_KEEPS or not k.lower().startswith(wire.REDRIVE_DROPS)
+    }
     kept[wire.MSG_ID] = wire.redrive_msg_id(dead.event_id, dead.sequence)
     kept[wire.REDRIVE_GROUP] = dead.group
     return kept

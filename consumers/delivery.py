@@ -63,6 +63,15 @@ class Delivery:
     extensions: Mapping[str, str] = field(default_factory=lambda: _NO_EXTENSIONS)
     _progress: Progress = field(default=_no_progress, repr=False, compare=False)
 
+    @property
+    def principal(self) -> str | None:
+        """Who published the event, as the gateway authenticated it (`Jetgate-Principal`).
+
+        None when the gateway that stored it authenticates no caller. Only the gateway
+        writes this header (clients cannot set `Jetgate-*` headers).
+        """
+        return self.raw_headers.get(wire.PRINCIPAL)
+
     async def in_progress(self) -> None:
         """Tell JetStream the handler is still working: restarts the ack_wait timer.
 

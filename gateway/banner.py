@@ -43,6 +43,19 @@ def announce(
     if telemetry.tracer_provider is not None:
         tracing = "on (where the OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_* variables say)"
     lines.append(f"Tracing: {tracing}")
+    tls = gateway.config.tls
+    secured = gateway.security.authenticating
+    transport = ("mTLS" if tls.client_ca else "TLS") if tls.enabled else "plaintext"
+    auth = "no authentication"
+    if secured:
+        auth = f"callers authenticated, policy {gateway.config.auth.policy_file}"
+    lines.append(f"gRPC security: {transport}, {auth}")
+    # grpcurl flags for this listener (certificate and token are the caller's own).
+    flags = "-plaintext"
+    if tls.enabled:
+        flags = "-cacert CA.pem" + (" -cert CLIENT.pem -key CLIENT.key" if tls.client_ca else "")
+    if secured:
+        flags += ' -H "authorization: Bearer $TOKEN"'
     routed = sorted(n for n in gateway.registry.names() if gateway.router.route(n) is not None)
     if routed:
         name = DEMO_TYPE if DEMO_TYPE in routed else routed[0]
@@ -55,7 +68,7 @@ def announce(
         lines += [
             "",
             "Publish an event (grpcurl; reflection is on, no .proto files needed):",
-            f"  grpcurl -plaintext -d '{request}' {addr} jetgate.v1.EventGateway/Publish",
+            f"  grpcurl {flags} -d '{request}' {addr} jetgate.v1.EventGateway/Publish",
             "Inspect the stream (nats CLI):",
             f"  nats --server {url} stream info {route.stream}",
             f"  nats --server {url} stream get {route.stream} --last-for {subject}",

@@ -49,6 +49,7 @@ from gateway import operator_cli
 from gateway.banner import announce
 from gateway.config import ENV_PREFIX, GATEWAY_SETTINGS, GatewayConfig, load_config
 from gateway.embedded import NatsServer
+from gateway.security_config import SECURITY_HELP, SECURITY_SETTINGS, TABLES
 from gateway.server import Gateway
 from gateway.workers import WorkerProcesses
 from jetgate import errors
@@ -83,6 +84,9 @@ SETTING_HELP = {
     "workers": "comma-separated MODULE:GROUP consumer groups `up` runs one worker process of",
     "metrics_listen": "Prometheus /metrics endpoint HOST:PORT ('': off); `up` gives its "
     "workers the next ports",
+    "insecure": "allow plaintext gRPC on a non-loopback listen address (a trusted network or "
+    "a TLS-terminating proxy in front)",
+    **SECURITY_HELP,
 }
 
 
@@ -90,7 +94,10 @@ def _setting_help(setting: str) -> str | None:
     text = SETTING_HELP.get(setting)
     if text is None:
         return None
-    default = {f.name: f.default for f in dataclasses.fields(GatewayConfig)}.get(setting)
+    defaults = {f.name: f.default for f in dataclasses.fields(GatewayConfig)}
+    for table, cls in TABLES.items():
+        defaults.update({f"{table}_{f.name}": f.default for f in dataclasses.fields(cls)})
+    default = defaults.get(setting)
     if isinstance(default, tuple):
         default = ",".join(default)
     shown = f"{default}" if default not in ("", None) else "none"
@@ -122,13 +129,18 @@ def _parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="TOML file (default: jetgate.toml if present)",
         )
-        for setting in GATEWAY_SETTINGS:
-            command.add_argument(
-                f"--{setting.replace('_', '-')}",
-                dest=setting,
-                metavar="VALUE",
-                help=_setting_help(setting),
-            )
+        for setting in (*GATEWAY_SETTINGS, *SECURITY_SETTINGS):
+            flag = f"--{setting.replace('_', '-')}"
+            if setting == "insecure":  # a switch: `--insecure`, not `--insecure true`
+                command.add_argument(
+                    flag,
+                    dest=setting,
+                    action="store_const",
+                    const="true",
+                    help=SETTING_HELP[setting],
+                )
+                continue
+            command.add_argument(flag, dest=setting, metavar="VALUE", help=_setting_help(setting))
         command.add_argument(
             "--stream-set",
             action="append",
@@ -189,7 +201,11 @@ def _serve(args: argparse.Namespace) -> None:
     config = load_config(
         path,
         env=os.environ,
-        overrides={s: getattr(args, s) for s in GATEWAY_SETTINGS if getattr(args, s) is not None},
+        overrides={
+            s: getattr(args, s)
+            for s in (*GATEWAY_SETTINGS, *SECURITY_SETTINGS)
+            if getattr(args, s) is not None
+        },
         stream_overrides=args.stream_set,
     )
     if args.command == "serve" and not config.nats_url:
@@ -227,6 +243,8 @@ async def _run(
         try:
             await gateway.start()
             stop = _stop_on_signals()
+            # SIGHUP: re-read changed certificates, tokens, keys and the policy now.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload)
             workers = WorkerProcesses(
                 config.workers if args.command == "up" else (),
                 nats_url=config.nats_url,

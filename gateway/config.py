@@ -6,6 +6,7 @@ Gateway settings are overridden by `JETGATE_<SETTING>` (e.g. `JETGATE_NATS_URL`,
 `JETGATE_STREAMS_<STREAM>_<FIELD>` (e.g. `JETGATE_STREAMS_ORDERS_REPLICAS=3`) and
 `--stream-set ORDERS.replicas=3`. Lists are comma-separated in both. Durations are
 seconds or strings such as `500ms`, `30s`, `2m`, `1h`, `7d`; byte sizes accept `KiB`/`MiB`/`GiB`.
+The `[gateway.tls]` and `[gateway.auth]` tables: `gateway.security_config`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from gateway.security_config import SECURITY_SETTINGS, TABLES, AuthConfig, TlsConfig
 from jetgate.errors import ConfigurationError
 
 Storage = Literal["file", "memory"]
@@ -146,6 +148,10 @@ class GatewayConfig:
     # Prometheus scrape endpoint (HOST:PORT; empty: none). `jetgate up` gives its workers
     # the following ports (port 0: any free port for each).
     metrics_listen: str = "127.0.0.1:9464"
+    # Plaintext gRPC on a non-loopback `listen` is refused unless this says it is meant.
+    insecure: bool = False
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     streams: tuple[StreamConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
 
@@ -185,9 +191,8 @@ class GatewayConfig:
 
 
 # The scalar gateway settings: each has a `JETGATE_<NAME>` variable and a `--<name>` flag.
-GATEWAY_SETTINGS = tuple(
-    f.name for f in dataclasses.fields(GatewayConfig) if f.name not in ("streams", "routes")
-)
+_TABLES = ("streams", "routes", *TABLES)
+GATEWAY_SETTINGS = tuple(f.name for f in dataclasses.fields(GatewayConfig) if f.name not in _TABLES)
 
 
 def _check_address(name: str, value: str) -> None:
@@ -211,6 +216,8 @@ def _coerce(cls: type[Any], name: str, raw: object, where: str) -> object:
             "publish_timeout",
             "health_interval",
             "health_timeout",
+            "jwt_leeway",
+            "reload_interval",
         }:
             return parse_duration(raw)
         if name in {"max_bytes", "max_msg_size", "max_inflight_request_bytes"}:
@@ -241,7 +248,7 @@ def _coerce(cls: type[Any], name: str, raw: object, where: str) -> object:
 
 
 def _build(cls: type[Any], table: Mapping[str, Any], where: str) -> dict[str, Any]:
-    known = {f.name for f in dataclasses.fields(cls)} - {"streams", "routes"}
+    known = {f.name for f in dataclasses.fields(cls)} - set(_TABLES)
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
@@ -267,6 +274,9 @@ def load_config(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
     gateway_table = dict(data.get("gateway", {}))
+    security = {t: gateway_table.pop(t, {}) for t in TABLES}
+    if bad := [t for t, table in security.items() if not isinstance(table, dict)]:
+        raise ConfigError(f"{path}: gateway.{bad[0]} must be a table ([gateway.{bad[0]}])")
     streams: dict[str, dict[str, Any]] = {}
     for index, table in enumerate(data.get("streams", [])):
         name = table.get("name")
@@ -280,7 +290,7 @@ def load_config(
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
 
     env = env or {}
-    for name in GATEWAY_SETTINGS:
+    for name in (*GATEWAY_SETTINGS, *SECURITY_SETTINGS):
         if (value := env.get(ENV_PREFIX + name.upper())) is not None:
             gateway_table[name] = value
     stream_items: list[tuple[str, str, str]] = []
@@ -294,6 +304,10 @@ def load_config(
             stream_items.append((stream_name, rest[len(stream_name) + 1 :].lower(), value))
     for name, value in (overrides or {}).items():
         gateway_table[name] = value
+    for name in SECURITY_SETTINGS:  # `tls_cert` -> security["tls"]["cert"]
+        if name in gateway_table:
+            table, _, setting = name.partition("_")
+            security[table][setting] = gateway_table.pop(name)
     for item in stream_overrides:
         target, sep, value = item.partition("=")
         stream_name, dot, setting = target.partition(".")
@@ -316,6 +330,7 @@ def load_config(
         )
         return GatewayConfig(
             **_build(GatewayConfig, gateway_table, "gateway"),
+            **{t: cls(**_build(cls, security[t], f"gateway.{t}")) for t, cls in TABLES.items()},
             streams=stream_configs,
             routes=routes,
         )

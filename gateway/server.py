@@ -2,7 +2,9 @@
 
 Serves `jetgate.v1.EventGateway`, `grpc.health.v1.Health` and server reflection (so
 grpcurl works without .proto files). The NATS connection, its recovery and replacement,
-and what health says are `gateway.connection.NatsSupervisor`'s.
+and what health says are `gateway.connection.NatsSupervisor`'s. TLS/mTLS, who calls and what
+they may publish are `gateway.security.ListenerSecurity`'s (made before anything connects,
+so a bad certificate, token file or policy stops start-up with exit code 2).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gateway.publisher import Publisher
 from gateway.reflection import enable_reflection
 from gateway.registry import TypeRegistry
 from gateway.routing import Router
+from gateway.security import ListenerSecurity
 from gateway.servicer import EventGatewayServicer
 from gateway.streams import reconcile_streams
 from gateway.telemetry import PublishTelemetry, server_interceptors
@@ -57,6 +60,7 @@ class Gateway:
         if not config.nats_url:
             raise ValueError("nats_url is required (jetgate up starts an embedded server)")
         self.config = config
+        self.security = ListenerSecurity(config)
         self.registry = TypeRegistry.load(config.type_modules, config.descriptor_sets)
         self.router = Router.build(config.routes, self.registry, config.streams)
         self._health = health.aio.HealthServicer()
@@ -105,6 +109,7 @@ class Gateway:
             interceptors=[
                 *server_interceptors(self._tracer_provider),
                 RequestGuard(InFlightBudget(self.config.max_inflight_request_bytes)),
+                *self.security.interceptors(),
             ],
             options=server_options(),
         )
@@ -112,13 +117,17 @@ class Gateway:
             tracer_provider=self._tracer_provider, metrics=self._metrics, server=self._nats_server
         )
         servicer = EventGatewayServicer(
-            config=self.config, validator=validator, publisher=self._publisher, telemetry=telemetry
+            config=self.config,
+            validator=validator,
+            publisher=self._publisher,
+            telemetry=telemetry,
+            security=self.security,
         )
         gateway_pb2_grpc.add_EventGatewayServicer_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         served = [gateway_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR]
         enable_reflection(self._server, [SERVICE_NAME, health.SERVICE_NAME], served, self.registry)
-        self.port = self._server.add_insecure_port(self.config.listen)
+        self.port = self.security.add_port(self._server, self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self._server.start()
@@ -128,6 +137,10 @@ class Gateway:
     def address(self) -> str:
         """HOST:PORT the gRPC server listens on (the real port when configured as 0)."""
         return f"{self.config.listen.rpartition(':')[0]}:{self.port}"
+
+    def reload(self) -> None:
+        """Re-read changed certificate, token, key and policy files now (SIGHUP)."""
+        self.security.refresh()
 
     @property
     def nats(self) -> NATS:

@@ -8,6 +8,11 @@ after it is built. The publish, all of it (window room, handing messages to NATS
 acknowledgement), takes at most `publish_timeout` or the call's remaining deadline; past it
 the entries are DEADLINE_EXCEEDED (they may be stored: retry with the same event id).
 
+Authorization comes first (`gateway.security.Caller`): with auth on, an entry whose event
+type the caller may not publish is PERMISSION_DENIED (its own result in a batch; an atomic
+batch with one stores nothing), and every stored event carries the caller's principal
+(`Jetgate-Principal`, counted in its size).
+
 Publishing is pipelined: a batch is sent as one pipelined JetStream operation and
 concurrent RPCs share the connection's pipeline (see `gateway.publisher`). Results:
 - Publish: the PublishResponse, or the RPC fails with the event's status.
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import TypeAlias
 
 import grpc
 from google.rpc import status_pb2
@@ -50,11 +56,15 @@ from gateway.errors import (
     make_status,
 )
 from gateway.publisher import Outcome, Publisher, PublishFailure, Stored
+from gateway.security import Caller, ListenerSecurity
 from gateway.telemetry import PublishTelemetry
 from gateway.validation import PreparedEvent, Validator, atomic_batch_problems, outbound
+from jetgate import wire
 from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]
+# An entry as prepared: the event to send, its violations, or a refusal (PERMISSION_DENIED).
+Prepared: TypeAlias = PreparedEvent | list[FieldViolation] | status_pb2.Status
 # Reads of actual sequences to explain one refused atomic batch (bounds the cost of a
 # batch of many entries with preconditions).
 MAX_CONFLICT_LOOKUPS = 32
@@ -70,18 +80,20 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         validator: Validator,
         publisher: Publisher,
         telemetry: PublishTelemetry,
+        security: ListenerSecurity,
     ):
         self._config = config
         self._validator = validator
         self._publisher = publisher
         self._telemetry = telemetry
+        self._security = security
 
     async def Publish(
         self, request: gateway_pb2.PublishRequest, context: Context
     ) -> gateway_pb2.PublishResponse:
-        prepared = self._validator.prepare(request)
-        if isinstance(prepared, list):
-            await abort(context, bad_request(prepared))
+        prepared = self._prepare(request, self._security.caller())
+        if not isinstance(prepared, PreparedEvent):
+            await abort(context, _refusal(prepared))
         (outcome,) = await self._publish([prepared], self._publish_within(context), context)
         result = _result(prepared, await self._settle_conflict(prepared, outcome))
         if result.HasField("error"):
@@ -92,7 +104,8 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         self, request: gateway_pb2.PublishBatchRequest, context: Context
     ) -> gateway_pb2.PublishBatchResponse:
         try:
-            return await self._publish_batch(request, self._publish_within(context), context)
+            within = self._publish_within(context)
+            return await self._publish_batch(request, self._security.caller(), within, context)
         except RpcAbort as exc:
             await abort(context, exc.status)
 
@@ -102,6 +115,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         # At most `stream_window` request messages are in flight (read, not yet answered);
         # their results are yielded strictly in request order.
         slots = asyncio.Semaphore(self._config.stream_window)
+        caller = self._security.caller()
         in_flight: asyncio.Queue[asyncio.Task[gateway_pb2.PublishBatchResponse] | None]
         in_flight = asyncio.Queue()
 
@@ -111,7 +125,9 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
                     timeout = self._publish_within(context)
                     await slots.acquire()
                     in_flight.put_nowait(
-                        asyncio.ensure_future(self._publish_batch(request, timeout, context))
+                        asyncio.ensure_future(
+                            self._publish_batch(request, caller, timeout, context)
+                        )
                     )
             finally:
                 in_flight.put_nowait(None)
@@ -160,8 +176,30 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         trace.end(stored)
         return stored
 
+    def _prepare(
+        self,
+        request: gateway_pb2.PublishRequest,
+        caller: Caller,
+        field: str = "",
+        *,
+        atomic: bool = False,
+    ) -> Prepared:
+        """The entry validated, after the policy allowed its caller to publish its type.
+
+        The policy comes first: a caller learns nothing about the validity of events it may
+        not publish. Without a type there is nothing to authorize; validation refuses it.
+        """
+        type_url = request.event.payload.type_url
+        if type_url and (denial := caller.publish_denial(wire.type_from_url(type_url))):
+            return denial
+        return self._validator.prepare(request, field, atomic=atomic, principal=caller.name)
+
     async def _publish_batch(
-        self, request: gateway_pb2.PublishBatchRequest, within: float, context: Context
+        self,
+        request: gateway_pb2.PublishBatchRequest,
+        caller: Caller,
+        within: float,
+        context: Context,
     ) -> gateway_pb2.PublishBatchResponse:
         count = len(request.entries)
         if not 1 <= count <= self._config.max_batch_entries:
@@ -172,7 +210,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
             )
         atomic = request.atomic
         prepared = [
-            self._validator.prepare(e, f"entries[{i}]", atomic=atomic)
+            self._prepare(e, caller, f"entries[{i}]", atomic=atomic)
             for i, e in enumerate(request.entries)
         ]
         if atomic:
@@ -182,7 +220,7 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
 
     async def _publish_each(
         self,
-        prepared: Sequence[PreparedEvent | list[FieldViolation]],
+        prepared: Sequence[Prepared],
         within: float,
         context: Context,
     ) -> gateway_pb2.PublishBatchResponse:
@@ -201,12 +239,12 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
             if isinstance(p, PreparedEvent):
                 _fill(add(), p, next(outcomes))
             else:
-                add().error.CopyFrom(bad_request(p))
+                add().error.CopyFrom(_refusal(p))
         return response
 
     async def _publish_atomic(
         self,
-        prepared: Sequence[PreparedEvent | list[FieldViolation]],
+        prepared: Sequence[Prepared],
         within: float,
         context: Context,
     ) -> list[gateway_pb2.PublishResult]:
@@ -216,12 +254,15 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
             valid = []
         streams = sorted({p.stream for p in valid})
         if len(valid) < len(prepared):
-            cause = next(i for i, p in enumerate(prepared) if isinstance(p, list))
+            cause, refused = next(
+                (i, p) for i, p in enumerate(prepared) if not isinstance(p, PreparedEvent)
+            )
+            why = "is invalid" if isinstance(refused, list) else "may not be published"
             return [
                 gateway_pb2.PublishResult(
-                    error=aborted(f"atomic batch not stored: entries[{cause}] is invalid")
+                    error=aborted(f"atomic batch not stored: entries[{cause}] {why}")
                     if isinstance(p, PreparedEvent)
-                    else bad_request(p)
+                    else _refusal(p)
                 )
                 for p in prepared
             ]
@@ -298,6 +339,10 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         remaining = context.time_remaining()
         timeout = self._config.publish_timeout
         return timeout if remaining is None else max(0.0, min(timeout, remaining))
+
+
+def _refusal(prepared: list[FieldViolation] | status_pb2.Status) -> status_pb2.Status:
+    return bad_request(prepared) if isinstance(prepared, list) else prepared
 
 
 def _result(prepared: PreparedEvent, outcome: Stored | PublishFailure) -> gateway_pb2.PublishResult:

@@ -115,11 +115,18 @@ class Validator:
         return self._streams[name]
 
     def prepare(
-        self, request: gateway_pb2.PublishRequest, field: str = "", *, atomic: bool = False
+        self,
+        request: gateway_pb2.PublishRequest,
+        field: str = "",
+        *,
+        atomic: bool = False,
+        principal: str | None = None,
     ) -> PreparedEvent | list[FieldViolation]:
         """The validated event of `request`, or its violations (field paths under `field`).
 
         `atomic`: the event is an entry of an atomic batch (room for the batch headers).
+        `principal`: the authenticated caller, stored as `Jetgate-Principal` (and counted in
+        the size like every header).
         """
         at = f"{field}." if field else ""
         if not request.HasField("event"):
@@ -201,6 +208,7 @@ class Validator:
             time=moment or datetime.now(UTC),
             headers=dict(user_headers) if user_headers else {},
             ttl_seconds=ttl,
+            principal=principal,
         )
         expectations = None
         conflict = None

@@ -8,7 +8,8 @@ A stored event is a JetStream message with
 - subject `<route prefix>.<EventTypeName>.<key>` (e.g. `orders.OrderPlaced.o-42`),
 - payload: the serialized typed protobuf message (not the `Any` wrapper),
 - headers: `Nats-Msg-Id` (= event id, JetStream de-duplication), the CloudEvents context
-  attributes (below), optional `Nats-TTL`, W3C trace context headers, and the user's headers.
+  attributes (below), optional `Nats-TTL`, W3C trace context headers, `Jetgate-Principal`
+  (who published it, when the gateway authenticates its callers) and the user's headers.
 
 CloudEvents: every stored event is a CloudEvent 1.0 (core spec v1.0.2) in the binary
 content mode of the NATS protocol binding (v1.0.3-wip, the first with binary mode; sdk-go's
@@ -35,6 +36,7 @@ content mode of the NATS protocol binding (v1.0.3-wip, the first with binary mod
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -178,6 +180,15 @@ class DeadLetterReason(StrEnum):
     UNDECODABLE = "undecodable"  # not a jetgate event, or a payload not of its type
     EXHAUSTED = "exhausted"  # the last allowed attempt failed (or timed out)
 
+
+# The authenticated caller that published the event (gateway.auth: a SPIFFE id, a token's
+# name, a JWT's subject), written by the gateway only: `Jetgate-*` is reserved, so a client
+# can never set or forge it. Absent when the gateway authenticates nobody. A dead letter
+# keeps it, like every header of the original.
+PRINCIPAL: Final = "Jetgate-Principal"
+MAX_PRINCIPAL_LENGTH: Final = 1024
+# The `Jetgate-*` headers a redriven event keeps: who published the original.
+REDRIVE_KEEPS: Final = frozenset({PRINCIPAL.lower()})
 
 RESERVED_HEADER_PREFIXES: Final = ("nats-", "ce-", "jetgate-")
 RESERVED_HEADER_NAMES: Final = frozenset({*TRACE_HEADERS, CONTENT_TYPE, "status", "description"})
@@ -497,6 +508,8 @@ class Envelope:
     time: datetime
     headers: Mapping[str, str] = field(default_factory=dict)
     ttl_seconds: int | None = None
+    # The authenticated publisher (`Jetgate-Principal`); None: the gateway authenticated none.
+    principal: str | None = None
 
 
 def encode_headers(
@@ -525,6 +538,8 @@ def encode_headers(
     )
     if envelope.ttl_seconds is not None:
         headers[TTL] = str(envelope.ttl_seconds)
+    if envelope.principal is not None:
+        headers[PRINCIPAL] = principal_header(envelope.principal)
     if expectations:
         headers.update(expectations)
     return headers
@@ -573,7 +588,18 @@ def decode_envelope(subject_: str, headers: Mapping[str, str]) -> Envelope:
         time=moment or datetime.fromtimestamp(0, UTC),
         headers=user,
         ttl_seconds=int(ttl) if ttl and ttl.isdigit() else None,
+        principal=headers.get(PRINCIPAL),
     )
+
+
+@functools.lru_cache(maxsize=1024)  # a few principals, one value per event
+def principal_header(name: str) -> str:
+    """A principal's name as its `Jetgate-Principal` value: one line, bounded.
+
+    Names come from certificates and token claims, not from this process: a CR or LF
+    would end the header, so line breaks and control characters become spaces.
+    """
+    return header_text(name, MAX_PRINCIPAL_LENGTH)
 
 
 def new_batch_id() -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.auth.files import ReloadingFiles
-from gateway.auth.jwts import JwtSettings, JwtVerifier, load_keys
+from gateway.auth.jwts import JwtKeys, JwtSettings, JwtVerifier, load_keys
 from gateway.auth.peer import PeerIdentitySettings, peer_principal
 from gateway.auth.principal import AuthError, Principal, Reason
 from gateway.auth.tokens import TokenStore, load_tokens
@@ -85,6 +85,7 @@ class Authenticator:
         self.settings = settings
         self._tokens: ReloadingFiles[TokenStore] | None = None
         self._jwt: JwtVerifier | None = None
+        self._jwt_keys: ReloadingFiles[JwtKeys] | None = None
         if settings.tokens_file is not None:
             path = settings.tokens_file
             self._tokens = ReloadingFiles(
@@ -101,7 +102,14 @@ class Authenticator:
                 what="JWT keys",
                 min_interval=settings.reload_interval,
             )
+            self._jwt_keys = keys
             self._jwt = JwtVerifier(jwt_settings, keys.current)
+
+    def refresh(self) -> None:
+        """Re-read changed token and key files now (e.g. on SIGHUP)."""
+        for files in (self._tokens, self._jwt_keys):
+            if files is not None:
+                files.refresh()
 
     def authenticate(
         self, metadata: Metadata, auth_context: Mapping[str, Iterable[bytes]]
