@@ -67,6 +67,9 @@ SETTING_HELP = {
     "source": "ce-source of events published without one",
     "publish_timeout": "longest a publish may take, all of it: room in the pipeline, sending, "
     "JetStream's acknowledgement (e.g. 5s, 500ms)",
+    "durability": "fsync: the server syncs each write before its ack (`up` runs it so; "
+    "publishes are group-committed in atomic batches); lazy: nats-server's default, acks "
+    "before disk",
     "health_interval": "how often health checks that JetStream stores (e.g. 2s)",
     "health_timeout": "longest a health check may take before health turns NOT_SERVING",
     "health_stream": "stream of the health check's probe messages ('': only ask JetStream "

@@ -27,7 +27,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -49,6 +49,10 @@ class OutboundMessage:
     subject: str
     payload: bytes
     headers: dict[str, str]
+    # The stream it goes to ("": unknown), and whether it may share an atomic batch with
+    # others (no precondition; room for the batch headers under every size limit).
+    stream: str = ""
+    batchable: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
@@ -105,6 +109,18 @@ class _Call:
         return [o for o in self.outcomes if o is not None]
 
 
+class Coalescer(Protocol):
+    """Stores the messages it accepts together with others (see `gateway.group_commit`)."""
+
+    def accepts(self, message: OutboundMessage) -> bool:
+        """Whether `message` may be stored together with others."""
+        ...
+
+    async def publish(self, messages: Sequence[OutboundMessage], *, within: float) -> list[Outcome]:
+        """One outcome per message, in order, all within `within` s."""
+        ...
+
+
 class Publisher:
     """Publishes to JetStream through one reply-inbox subscription with a bounded window."""
 
@@ -117,6 +133,11 @@ class Publisher:
         self._tokens = itertools.count(1)
         self._prefix = ""
         self._sub: Subscription | None = None
+        self._coalescer: Coalescer | None = None
+
+    def coalesce_with(self, coalescer: Coalescer | None) -> None:
+        """From now on, `publish` hands the messages `coalescer` accepts to it (None: none)."""
+        self._coalescer = coalescer
 
     async def start(self) -> None:
         """Subscribe the reply inbox. Call once, after connecting."""
@@ -161,6 +182,33 @@ class Publisher:
             call.settle(index, failure)
 
     async def publish(self, messages: Sequence[OutboundMessage], *, within: float) -> list[Outcome]:
+        """Publish `messages`: one outcome each, in order, all within `within` s.
+
+        The messages the coalescer (if any) accepts are stored through it, the others are
+        published pipelined (`publish_each`).
+        """
+        group = self._coalescer
+        if group is None:
+            return await self.publish_each(messages, within=within)
+        shared = [group.accepts(m) for m in messages]
+        if all(shared):
+            return await group.publish(messages, within=within)
+        if not any(shared):
+            return await self.publish_each(messages, within=within)
+        together, alone = await asyncio.gather(
+            group.publish([m for m, s in zip(messages, shared, strict=True) if s], within=within),
+            self.publish_each(
+                [m for m, s in zip(messages, shared, strict=True) if not s], within=within
+            ),
+        )
+        merged, first, second = [], iter(together), iter(alone)
+        for s in shared:
+            merged.append(next(first) if s else next(second))
+        return merged
+
+    async def publish_each(
+        self, messages: Sequence[OutboundMessage], *, within: float
+    ) -> list[Outcome]:
         """Publish `messages` pipelined: one outcome each, in order, all within `within` s."""
         call = _Call(len(messages), asyncio.get_running_loop().create_future())
         tokens: list[str] = []
