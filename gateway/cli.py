@@ -214,7 +214,9 @@ async def _run(
     embedded: NatsServer | None = None
     if args.command == "up" and not config.nats_url:
         port = args.nats_port if args.nats_port is not None else _default_nats_port()
-        embedded = NatsServer(Path(config.data_dir) / "nats", port=port)
+        embedded = NatsServer(
+            Path(config.data_dir) / "nats", port=port, sync_always=config.durability == "fsync"
+        )
         embedded.start()
         config = dataclasses.replace(config, nats_url=embedded.url)
     try:

@@ -203,6 +203,13 @@ class GroupCommit:
 
 def group_commit(publisher: Publisher, streams: Sequence[StreamConfig]) -> GroupCommit:
     """Group commit through `publisher` for the configured streams that allow atomic batches."""
+    for stream in streams:
+        if not stream.allow_atomic:
+            log.warning(
+                "stream %s: allow_atomic = false, so under durability = fsync each of its "
+                "events is its own fsync (no group commit)",
+                stream.name,
+            )
     return GroupCommit(
         atomic=publisher.publish_atomic,
         each=publisher.publish_each,
