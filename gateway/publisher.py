@@ -11,6 +11,10 @@ stream answered; the event may or may not be stored, a retry with the same event
 safe), or `timeout` (not acknowledged in time; same retry rule). Nothing is dropped
 silently: a lost connection fails every pending publish at once.
 
+With a coalescer (`coalesce_with`, `gateway.group_commit` under `durability = "fsync"`),
+`publish` hands the messages it accepts to it, to be stored in atomic batches shared with
+other calls; the others are published pipelined as above.
+
 The time limit of a publish (`within`) covers all of it: waiting for room in the window,
 handing each message to nats-py (whose publish waits while its outgoing buffer is full,
 e.g. while nats-server stalls) and the acknowledgements. nats-py swallows a cancellation
@@ -62,6 +66,8 @@ class Stored:
     stream: str
     sequence: int
     duplicate: bool = False
+    # Messages the acknowledged commit of an atomic batch stored (0: not such a commit).
+    batch_count: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -235,8 +241,10 @@ class Publisher:
 
         The first message starts the batch and the last commits it; both carry a reply
         subject, the ones between travel without one (one round trip per batch). JetStream
-        acknowledges the commit with the last sequence and the count. A batch cut short (a
-        failed send, the time limit) is never committed: the server abandons it.
+        acknowledges the commit with the last sequence and the count; the batch is stored
+        contiguously, so the first sequence is the last minus the count plus one (checked: a
+        commit acknowledged with another count is a failure). A batch cut short (a failed
+        send, the time limit) is never committed: the server abandons it.
         """
         batch_id = wire.new_batch_id()
         last = len(messages) - 1
@@ -275,6 +283,14 @@ class Publisher:
                 return outcome
         commit = outcomes[-1]
         assert isinstance(commit, Stored)
+        if commit.batch_count != len(messages):
+            # Not one atomic commit (e.g. a server without atomic batches stored each message
+            # on its own): the sequences cannot be derived from the commit's.
+            return PublishFailure(
+                kind="api",
+                description=f"JetStream did not acknowledge one atomic batch of {len(messages)} "
+                f"(acknowledged {commit.batch_count or 'no'} batch count)",
+            )
         first = commit.sequence - last
         return [Stored(stream=commit.stream, sequence=first + i) for i in range(len(messages))]
 
@@ -394,4 +410,5 @@ def parse_ack(msg: Msg) -> Outcome:
         stream=str(body.get("stream", "")),
         sequence=int(body.get("seq", 0)),
         duplicate=bool(body.get("duplicate", False)),
+        batch_count=int(body.get("count", 0)) if "batch" in body else 0,
     )

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
 from gateway.group_commit import GroupCommit
-from gateway.publisher import OutboundMessage, Outcome, PublishFailure, Stored
+from gateway.publisher import OutboundMessage, Outcome, PublishFailure, Stored, parse_ack
 from jetgate import wire
 
 
@@ -117,3 +120,14 @@ async def test_an_event_whose_caller_gave_up_while_queued_is_not_sent() -> None:
     assert late.kind == "timeout"
     assert recorder.singles == [["first"]]
     assert recorder.batches == []
+
+
+def test_an_atomic_commit_ack_carries_its_count() -> None:
+    def ack(data: bytes) -> Outcome:
+        return parse_ack(Msg(Client(), subject="_INBOX.x.1", data=data))
+
+    # As nats-server 2.12+ acknowledges a commit; a plain ack is no atomic commit.
+    assert ack(b'{"stream":"T","seq":9,"batch":"b1","count":3}') == Stored(
+        stream="T", sequence=9, batch_count=3
+    )
+    assert ack(b'{"stream":"T","seq":9}') == Stored(stream="T", sequence=9, batch_count=0)
