@@ -7,8 +7,9 @@ committed with one fsync whatever it holds. So, per stream, the events handed ov
 any number of RPCs (unary calls, batches, stream messages) queue up; a commit takes what
 is queued when it starts (up to `max_batch`, JetStream's limit of 1000) and sends it as
 one atomic batch; at most `max_inflight` commits per stream are under way (JetStream
-allows 50 per stream over all clients), and events arriving meanwhile wait for the next.
-At low load a commit holds one event (sent as a plain publish); under load batches grow.
+allows 50 per stream over all clients), and while one is, another starts only once `fill`
+events wait: events arriving meanwhile gather for the next commit. At low load a commit
+holds one event (sent as a plain publish); under load batches grow.
 
 Each event gets exactly the result it would get alone:
 - An atomic batch is stored contiguously (JetStream applies it under the stream's lock),
@@ -46,6 +47,9 @@ log = logging.getLogger("jetgate.gateway")
 # flight gave PublishBatch/PublishStream 1.3-1.7x the rate of 8 (python -m bench --fsync
 # always); 1 leaves the disk idle while the next batch is sent.
 MAX_INFLIGHT = 4
+# While a commit is under way, another starts only once this many events wait: a trickle
+# (unary calls) gathers behind the one under way, a flood (batches) is committed in parallel.
+FILL = 64
 
 Atomic = Callable[..., Awaitable[list[Stored] | PublishFailure]]
 Each = Callable[..., Awaitable[list[Outcome]]]
@@ -98,6 +102,7 @@ class GroupCommit:
         streams: Collection[str],
         max_batch: int = wire.MAX_ATOMIC_BATCH_ENTRIES,
         max_inflight: int = MAX_INFLIGHT,
+        fill: int = FILL,
     ) -> None:
         """`atomic(messages, within=)`: store all or none (`Publisher.publish_atomic`);
         `each(messages, within=)`: store independently (`Publisher.publish_each`);
@@ -107,6 +112,7 @@ class GroupCommit:
         self._streams = frozenset(streams)
         self._max_batch = max(1, min(max_batch, wire.MAX_ATOMIC_BATCH_ENTRIES))
         self._max_inflight = max(1, max_inflight)
+        self._fill = max(1, fill)
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -150,6 +156,8 @@ class GroupCommit:
     def _launch(self, lane: _Lane) -> None:
         lane.scheduled = False
         while lane.queue and lane.inflight < self._max_inflight:
+            if lane.inflight and len(lane.queue) < self._fill:
+                return  # wait for the commit under way, gathering more
             batch = self._take(lane)
             if not batch:
                 continue

@@ -50,9 +50,19 @@ class Recorder:
         return outcomes
 
 
-def _group(recorder: Recorder, max_inflight: int = 1) -> GroupCommit:
+async def _turns(count: int = 5) -> None:
+    """Let the loop run what is ready (hand-over, launch, the commit's first step)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def _group(recorder: Recorder, max_inflight: int = 1, fill: int = 64) -> GroupCommit:
     return GroupCommit(
-        atomic=recorder.atomic, each=recorder.each, streams=["S"], max_inflight=max_inflight
+        atomic=recorder.atomic,
+        each=recorder.each,
+        streams=["S"],
+        max_inflight=max_inflight,
+        fill=fill,
     )
 
 
@@ -131,3 +141,28 @@ def test_an_atomic_commit_ack_carries_its_count() -> None:
         stream="T", sequence=9, batch_count=3
     )
     assert ack(b'{"stream":"T","seq":9}') == Stored(stream="T", sequence=9, batch_count=0)
+
+
+async def test_a_trickle_gathers_behind_the_commit_under_way_a_flood_does_not() -> None:
+    recorder = Recorder()
+    started, release = asyncio.Event(), asyncio.Event()
+    each = recorder.each
+
+    async def slow(messages: Sequence[OutboundMessage], *, within: float) -> list[Outcome]:
+        started.set()
+        await release.wait()
+        return await each(messages, within=within)
+
+    recorder.each = slow  # type: ignore[method-assign]
+    group = _group(recorder, max_inflight=4, fill=3)
+    first = asyncio.ensure_future(group.publish([_message("a")], within=5))
+    await started.wait()
+    trickle = [asyncio.ensure_future(group.publish([_message(i)], within=5)) for i in "bc"]
+    await _turns()
+    assert recorder.batches == []  # 2 waiting < fill 3: they gather behind "a"
+    flood = asyncio.ensure_future(group.publish([_message(i) for i in "def"], within=5))
+    await _turns()
+    assert recorder.batches == [["b", "c", "d", "e", "f"]]  # 5 waiting >= fill: started
+    release.set()
+    await asyncio.gather(first, *trickle, flood)
+    assert recorder.singles == [["a"]]
