@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint proto tools cloudevents-peer node-deps bench soak fuzz faults clean
+.PHONY: venv run test lint proto tools cloudevents-peer node-deps lazyfs bench soak fuzz faults clean
 
 venv: $(STAMP)
 
@@ -53,7 +53,13 @@ node-deps: $(NODE_CLIENT)/node_modules/.package-lock.json
 $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
 	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --ignore-scripts
 
-test: venv tools node-deps lint
+# The simulated power-loss tests (tests/support/lazyfs.py): libfuse3 + fusermount3 from
+# Debian's fuse3 (root, as on the dev machines and CI), mfusepy from PyPI. Needs /dev/fuse.
+lazyfs: venv
+	command -v fusermount3 >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3)
+	$(BIN)/python -m pip install --quiet 'mfusepy==3.1.1'
+
+test: venv tools node-deps lazyfs lint
 	$(BIN)/python -m pytest -q
 
 # The fuzz suite's long profile: 3000 random examples per test against a live gateway (tests/fuzz;

@@ -2,7 +2,8 @@
 need, a Context for them, everything stopped by pid afterwards (also on Ctrl-C).
 
 A block is one durability setting of nats-server: "default" (acknowledged before fsync) or
-"fsync-always" (`sync_interval: always`). `run_block` starts nats-server, the gateway (a
+"fsync-always" (`sync_interval: always`); the gateway declares it (`durability` lazy or
+fsync: group commit under fsync-always). `run_block` starts nats-server, the gateway (a
 `jetgate serve` process, or in this event loop with `--gateway inprocess`) and the echo
 server when asked, waits until they serve, and runs an async body with the Context;
 `measure_block` is the body that measures scenarios one after another. A block without a
@@ -42,7 +43,7 @@ from bench.servers import (
     wait_serving,
 )
 from bench.tracing import TracedGateway
-from gateway.config import load_config
+from gateway.config import Durability, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from gateway.streams import reconcile_streams
@@ -51,6 +52,9 @@ from jetgate.v1 import gateway_pb2_grpc
 T = TypeVar("T")
 TRACED_GATEWAY = "traced-gateway"
 SECURE_GATEWAY = "secure-gateway"
+# The gateway's durability setting in each block: it declares what its nats-server does,
+# so under fsync-always the gateway group-commits (gateway.group_commit).
+DURABILITY: dict[str, Durability] = {"default": "lazy", "fsync-always": "fsync"}
 JAEGER_MAX_TRACES = 2000  # memory storage: only recent traces are queried (spans are counted)
 
 
@@ -123,11 +127,15 @@ def run_block(
         stack.callback(_stop_all, processes)
         gateway = None
         if "gateway" in wanted and opts.mode == "process":
-            gateway = start_gateway(nats_server.url, workdir, opts.profile)
+            durable: dict[str, str] = {"JETGATE_DURABILITY": DURABILITY[block]}
+            gateway = start_gateway(nats_server.url, workdir, opts.profile, env=durable)
             processes.append(gateway)
         tracing = None
         if collector is not None:
-            env = traced_env(collector.otlp_grpc_endpoint)
+            env = {
+                **traced_env(collector.otlp_grpc_endpoint),
+                "JETGATE_DURABILITY": DURABILITY[block],
+            }
             traced = start_gateway(nats_server.url, workdir, name="gateway-traced", env=env)
             processes.append(traced)
             tracing = (traced, collector)
@@ -138,11 +146,15 @@ def run_block(
         if SECURE_GATEWAY in wanted and opts.mode == "process":
             setup = secure.make(workdir / "secure")
             process = start_gateway(
-                nats_server.url, workdir, name="gateway-secure", extra=setup.args()
+                nats_server.url,
+                workdir,
+                name="gateway-secure",
+                extra=setup.args(),
+                env={"JETGATE_DURABILITY": DURABILITY[block]},
             )
             processes.append(process)
             secured = (process, setup)
-        servers = _Servers(gateway, echo, tracing, untraced, secured)
+        servers = _Servers(gateway, echo, tracing, untraced, DURABILITY[block], secured)
         return asyncio.run(_run(opts, nats_server, workdir, wanted, servers, body))
     raise AssertionError("unreachable")  # mypy: an ExitStack may swallow exceptions
 
@@ -160,6 +172,7 @@ class _Servers:
     echo: Process | None
     tracing: tuple[Process, Jaeger] | None  # the traced gateway and its Jaeger
     untraced: str  # why there is no traced gateway
+    durability: Durability  # the gateway's setting (DURABILITY)
     secure: tuple[Process, secure.SecureSetup] | None = None  # the TLS + token gateway
 
 
@@ -193,6 +206,7 @@ async def _run(
                 nats_url=nats_server.url,
                 listen="127.0.0.1:0",
                 publish_timeout=PUBLISH_TIMEOUT,
+                durability=servers.durability,
             )
             inprocess = Gateway(config)
             await inprocess.start()

@@ -3,7 +3,8 @@
 Ratio = events/s over the baseline's events/s in the same block (a baseline that fsync
 cannot affect, grpc-echo, is measured in the first block only and used by every block),
 printed with the scenario's target and ok/FAIL. "vs default" in the fsync-always block is
-events/s over the same scenario's in the default block: what durable acknowledgement costs.
+events/s over the same scenario's in the default block: what durable acknowledgement costs
+(the gateway group-commits there), with the scenario's `durable_target` and ok/FAIL.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def table(rows: list[Row], inprocess: bool = False) -> str:
     columns = (
         f"{'scenario':<{named}} {'events/s':>9} {'ratio':>6} {'baseline':<{based}} {'target':<11} "
         f"{client + ' µs/ev':>14} {'server µs/ev':>12} {'nats µs/ev':>10} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'p999 ms':>8}" + (f" {'vs default':>10}" if durable else "")
+        f"{'p50 ms':>7} {'p99 ms':>7} {'p999 ms':>8}"
+        + (f" {'vs default':>10} {'target':<11}" if durable else "")
     )
     lines = [columns, "-" * len(columns)]
     for block in blocks:
@@ -84,6 +86,10 @@ def table(rows: list[Row], inprocess: bool = False) -> str:
             vs_default = None
             if default is not None and default.block == "default" and default.events_per_s:
                 vs_default = r.events_per_s / default.events_per_s
+            durable_verdict = ""
+            if scenario is not None and scenario.durable_target is not None and vs_default:
+                met = vs_default >= scenario.durable_target
+                durable_verdict = f">={scenario.durable_target:.2f} {'ok' if met else 'FAIL'}"
             lines.append(
                 f"{r.scenario:<{named}} {r.events_per_s:>9,.0f} {_times(ratio):>6} "
                 f"{base_name or '-':<{based}} {verdict:<11} "
@@ -91,7 +97,7 @@ def table(rows: list[Row], inprocess: bool = False) -> str:
                 f"{_fmt(r.server_cpu_us_per_event, '.1f'):>12} "
                 f"{_fmt(r.nats_cpu_us_per_event, '.1f'):>10} {_fmt(r.p50_ms, '.2f'):>7} "
                 f"{_fmt(r.p99_ms, '.2f'):>7} {_fmt(r.p999_ms, '.2f'):>8}"
-                + (f" {_times(vs_default):>10}" if durable else "")
+                + (f" {_times(vs_default):>10} {durable_verdict}" if durable else "")
             )
     return "\n".join(lines)
 

@@ -6,11 +6,17 @@ or no route for any), it says so and names the settings to add.
 No secret is printed: the NATS URL goes through `jetgate.urls.redact` everywhere it is
 shown, and a line says so when credentials were hidden (the nats CLI hints then need them
 given separately).
+
+The durability line states what an OK means in the running setup and never more than the
+server gives: with the embedded server jetgate knows its sync setting; with an external
+server it can only repeat what the operator declared (`durability`), and says so.
+Replicas come from the configured streams (reconciled at start-up).
 """
 
 from __future__ import annotations
 
 import observability
+from gateway.config import GatewayConfig
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from gateway.workers import WorkerProcesses
@@ -37,6 +43,7 @@ def announce(
     lines = [f"jetgate gateway listening on {addr}", f"NATS: {url}{where}"]
     if url != gateway.config.nats_url:
         lines.append(f"  (credentials hidden as {MASK}: give them to the nats CLI yourself)")
+    lines.append(durability_line(gateway.config, embedded))
     if telemetry.metrics_server is not None:
         lines.append(f"Prometheus metrics: {telemetry.metrics_server.url}")
     tracing = "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send traces)"
@@ -116,3 +123,30 @@ def _pipeline_lines(gateway: Gateway, stream: str, workers: WorkerProcesses) -> 
         lines += [f"  nats --server {url} stream get {stream} --last-for {subject}"]
     lines += [f"  jetgate dlq list --group {groups[0]} --nats-url {url}"]
     return lines
+
+
+def durability_line(config: GatewayConfig, embedded: NatsServer | None) -> str:
+    """What an OK from a gateway with `config` means on disk, as far as it can know."""
+    replicas = sorted({s.replicas for s in config.streams}) or [1]
+    copies = "/".join(f"R{r}" for r in replicas)
+    on = f"on {'1 node' if replicas == [1] else 'each replica'} ({copies} streams)"
+    if embedded is not None:
+        if embedded.sync_always:
+            return (
+                f"Durability: an OK means fsynced to disk {on} before the ack "
+                "(sync_interval: always; publishes group-committed)"
+            )
+        return (
+            f"Durability: lazy: an OK means stored by JetStream {on}, NOT yet fsynced "
+            "(nats-server's default sync_interval): a power loss or OS crash can lose it"
+        )
+    if config.durability == "fsync":
+        return (
+            f"Durability: declared fsync (the server's sync_interval is not visible to "
+            f"the gateway): an OK means fsynced {on} only if that server runs "
+            "sync_interval: always; publishes group-committed"
+        )
+    return (
+        f"Durability: declared lazy: an OK means stored by JetStream {on}; with the default "
+        "sync_interval not yet fsynced: a power loss or OS crash can lose it"
+    )

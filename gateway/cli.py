@@ -69,6 +69,9 @@ SETTING_HELP = {
     "source": "ce-source of events published without one",
     "publish_timeout": "longest a publish may take, all of it: room in the pipeline, sending, "
     "JetStream's acknowledgement (e.g. 5s, 500ms)",
+    "durability": "fsync: the server syncs each write before its ack (`up` runs it so; "
+    "publishes are group-committed in atomic batches); lazy: nats-server's default, acks "
+    "before disk",
     "health_interval": "how often health checks that JetStream stores (e.g. 2s)",
     "health_timeout": "longest a health check may take before health turns NOT_SERVING",
     "health_stream": "stream of the health check's probe messages ('': only ask JetStream "
@@ -231,7 +234,9 @@ async def _run(
     embedded: NatsServer | None = None
     if args.command == "up" and not config.nats_url:
         port = args.nats_port if args.nats_port is not None else _default_nats_port()
-        embedded = NatsServer(Path(config.data_dir) / "nats", port=port)
+        embedded = NatsServer(
+            Path(config.data_dir) / "nats", port=port, sync_always=config.durability == "fsync"
+        )
         embedded.start()
         config = dataclasses.replace(config, nats_url=embedded.url)
     try:

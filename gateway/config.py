@@ -25,6 +25,10 @@ from jetgate.errors import ConfigurationError
 Storage = Literal["file", "memory"]
 Retention = Literal["limits", "interest", "workqueue"]
 Discard = Literal["old", "new"]
+# fsync: the server syncs every write before acknowledging it (`jetgate up` runs it so;
+# the gateway group-commits); lazy: nats-server's default sync_interval (acknowledged
+# before it is on disk).
+Durability = Literal["fsync", "lazy"]
 
 ENV_PREFIX = "JETGATE_"
 STREAM_ENV_PREFIX = "JETGATE_STREAMS_"
@@ -122,6 +126,8 @@ class GatewayConfig:
     source: str = "jetgate"
     # Longest wait for JetStream's acknowledgement of one publish (capped by the RPC deadline).
     publish_timeout: float = 5.0
+    # What an OK means on disk (see Durability); "fsync" turns on group commit.
+    durability: Durability = "fsync"
     # Largest PublishBatch / PublishStream request (JetStream atomic batches stop at 1000).
     max_batch_entries: int = 1000
     # Health: how often the gateway checks that JetStream answers, and how long it waits
@@ -159,6 +165,7 @@ class GatewayConfig:
         _check_address("listen", self.listen)
         if self.metrics_listen:
             _check_address("metrics_listen", self.metrics_listen)
+        _check_choice("durability", self.durability, Durability)
         if self.publish_timeout <= 0:
             raise ConfigError("publish_timeout must be positive")
         if self.health_interval <= 0 or self.health_timeout <= 0:

@@ -13,7 +13,8 @@ the object as a context manager).
 
 Durability: by default JetStream acknowledges before fsync (`sync_interval` 2 min), so a
 killed process loses nothing but a power loss or kernel crash can lose acknowledged
-messages. `sync_always=True` fsyncs every write (much slower for single publishes).
+messages. `sync_always=True` fsyncs every write before acknowledging it (what `jetgate up`
+runs unless `durability = "lazy"`; the gateway then group-commits, see gateway.group_commit).
 
 `token=...` makes clients authenticate with that token (`client_url` carries it; `url`
 never does). It goes into the server's config file (mode 0600), not onto its command line,

@@ -11,6 +11,10 @@ stream answered; the event may or may not be stored, a retry with the same event
 safe), or `timeout` (not acknowledged in time; same retry rule). Nothing is dropped
 silently: a lost connection fails every pending publish at once.
 
+With a coalescer (`coalesce_with`, `gateway.group_commit` under `durability = "fsync"`),
+`publish` hands the messages it accepts to it, to be stored in atomic batches shared with
+other calls; the others are published pipelined as above.
+
 The time limit of a publish (`within`) covers all of it: waiting for room in the window,
 handing each message to nats-py (whose publish waits while its outgoing buffer is full,
 e.g. while nats-server stalls) and the acknowledgements. nats-py swallows a cancellation
@@ -27,7 +31,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -49,6 +53,10 @@ class OutboundMessage:
     subject: str
     payload: bytes
     headers: dict[str, str]
+    # The stream it goes to ("": unknown), and whether it may share an atomic batch with
+    # others (no precondition; room for the batch headers under every size limit).
+    stream: str = ""
+    batchable: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
@@ -58,6 +66,8 @@ class Stored:
     stream: str
     sequence: int
     duplicate: bool = False
+    # Messages the acknowledged commit of an atomic batch stored (0: not such a commit).
+    batch_count: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +115,18 @@ class _Call:
         return [o for o in self.outcomes if o is not None]
 
 
+class Coalescer(Protocol):
+    """Stores the messages it accepts together with others (see `gateway.group_commit`)."""
+
+    def accepts(self, message: OutboundMessage) -> bool:
+        """Whether `message` may be stored together with others."""
+        ...
+
+    async def publish(self, messages: Sequence[OutboundMessage], *, within: float) -> list[Outcome]:
+        """One outcome per message, in order, all within `within` s."""
+        ...
+
+
 class Publisher:
     """Publishes to JetStream through one reply-inbox subscription with a bounded window."""
 
@@ -117,6 +139,11 @@ class Publisher:
         self._tokens = itertools.count(1)
         self._prefix = ""
         self._sub: Subscription | None = None
+        self._coalescer: Coalescer | None = None
+
+    def coalesce_with(self, coalescer: Coalescer | None) -> None:
+        """From now on, `publish` hands the messages `coalescer` accepts to it (None: none)."""
+        self._coalescer = coalescer
 
     async def start(self) -> None:
         """Subscribe the reply inbox. Call once, after connecting."""
@@ -161,6 +188,33 @@ class Publisher:
             call.settle(index, failure)
 
     async def publish(self, messages: Sequence[OutboundMessage], *, within: float) -> list[Outcome]:
+        """Publish `messages`: one outcome each, in order, all within `within` s.
+
+        The messages the coalescer (if any) accepts are stored through it, the others are
+        published pipelined (`publish_each`).
+        """
+        group = self._coalescer
+        if group is None:
+            return await self.publish_each(messages, within=within)
+        shared = [group.accepts(m) for m in messages]
+        if all(shared):
+            return await group.publish(messages, within=within)
+        if not any(shared):
+            return await self.publish_each(messages, within=within)
+        together, alone = await asyncio.gather(
+            group.publish([m for m, s in zip(messages, shared, strict=True) if s], within=within),
+            self.publish_each(
+                [m for m, s in zip(messages, shared, strict=True) if not s], within=within
+            ),
+        )
+        merged, first, second = [], iter(together), iter(alone)
+        for s in shared:
+            merged.append(next(first) if s else next(second))
+        return merged
+
+    async def publish_each(
+        self, messages: Sequence[OutboundMessage], *, within: float
+    ) -> list[Outcome]:
         """Publish `messages` pipelined: one outcome each, in order, all within `within` s."""
         call = _Call(len(messages), asyncio.get_running_loop().create_future())
         tokens: list[str] = []
@@ -187,8 +241,10 @@ class Publisher:
 
         The first message starts the batch and the last commits it; both carry a reply
         subject, the ones between travel without one (one round trip per batch). JetStream
-        acknowledges the commit with the last sequence and the count. A batch cut short (a
-        failed send, the time limit) is never committed: the server abandons it.
+        acknowledges the commit with the last sequence and the count; the batch is stored
+        contiguously, so the first sequence is the last minus the count plus one (checked: a
+        commit acknowledged with another count is a failure). A batch cut short (a failed
+        send, the time limit) is never committed: the server abandons it.
         """
         batch_id = wire.new_batch_id()
         last = len(messages) - 1
@@ -227,6 +283,14 @@ class Publisher:
                 return outcome
         commit = outcomes[-1]
         assert isinstance(commit, Stored)
+        if commit.batch_count != len(messages):
+            # Not one atomic commit (e.g. a server without atomic batches stored each message
+            # on its own): the sequences cannot be derived from the commit's.
+            return PublishFailure(
+                kind="api",
+                description=f"JetStream did not acknowledge one atomic batch of {len(messages)} "
+                f"(acknowledged {commit.batch_count or 'no'} batch count)",
+            )
         first = commit.sequence - last
         return [Stored(stream=commit.stream, sequence=first + i) for i in range(len(messages))]
 
@@ -346,4 +410,5 @@ def parse_ack(msg: Msg) -> Outcome:
         stream=str(body.get("stream", "")),
         sequence=int(body.get("seq", 0)),
         duplicate=bool(body.get("duplicate", False)),
+        batch_count=int(body.get("count", 0)) if "batch" in body else 0,
     )

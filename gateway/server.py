@@ -20,6 +20,7 @@ from opentelemetry.trace import TracerProvider
 
 from gateway.config import GatewayConfig
 from gateway.connection import NatsSupervisor
+from gateway.group_commit import group_commit
 from gateway.health_check import StoreCheck
 from gateway.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported (bench)
 from gateway.limits import InFlightBudget, RequestGuard, server_options
@@ -96,6 +97,8 @@ class Gateway:
         nc = await self._nats.connect(CONNECT_TIMEOUT)
         self._publisher = Publisher(nc, max_pending=self.config.max_pending)
         await self._publisher.start()
+        if self.config.durability == "fsync":
+            self._publisher.coalesce_with(group_commit(self._publisher, self.config.streams))
         self._nats.attach(self._publisher)
         supervisor = self._nats
         validator = Validator(

@@ -72,23 +72,45 @@ def outbound(
     """
     if trace is None:
         return [
-            OutboundMessage(subject=e.subject, payload=e.payload, headers=e.headers) for e in events
+            OutboundMessage(
+                subject=e.subject,
+                payload=e.payload,
+                headers=e.headers,
+                stream=e.stream,
+                batchable=_batchable(e, e.room),
+            )
+            for e in events
         ]
     messages = []
     for event, extra in zip(events, trace, strict=True):
         headers = event.headers
+        room = event.room
         if extra:
-            if wire.encoded_headers_size(extra) - wire.EMPTY_HEADERS_SIZE <= event.room:
+            if (size := wire.encoded_headers_size(extra) - wire.EMPTY_HEADERS_SIZE) <= room:
                 headers = {**headers, **extra}
+                room -= size
             else:
                 log.warning(
                     "event %s: trace headers left out (%d bytes left under the size limits)",
                     *(event.event_id, event.room),
                 )
         messages.append(
-            OutboundMessage(subject=event.subject, payload=event.payload, headers=headers)
+            OutboundMessage(
+                subject=event.subject,
+                payload=event.payload,
+                headers=headers,
+                stream=event.stream,
+                batchable=_batchable(event, room),
+            )
         )
     return messages
+
+
+def _batchable(event: PreparedEvent, room: int) -> bool:
+    """Whether `event` (`room` bytes left under its limits) may share a group-commit batch:
+    no precondition (each is checked against the stream as it was before a batch), and
+    room for the atomic batch headers."""
+    return event.conflict is None and room >= wire.ATOMIC_BATCH_HEADERS_SIZE
 
 
 class Validator:
