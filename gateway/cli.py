@@ -50,8 +50,9 @@ from gateway.config import ENV_PREFIX, GATEWAY_SETTINGS, GatewayConfig, load_con
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from gateway.workers import WorkerProcesses
-from jetgate import errors
+from jetgate import errors, nats_options
 from jetgate.errors import ConfigurationError, JetgateError, StartupError
+from jetgate.nats_options import SECRET_SETTINGS
 from jetgate.urls import redact
 
 log = logging.getLogger("jetgate")
@@ -64,6 +65,7 @@ SETTING_HELP = {
     "listen": "gRPC listen address HOST:PORT (port 0: any free port)",
     "nats_url": "NATS server URL(s), comma-separated, credentials allowed (never printed); "
     "`up` without one starts an embedded nats-server",
+    **{s: text for s, text in nats_options.HELP.items() if s != "nats_url"},
     "source": "ce-source of events published without one",
     "publish_timeout": "longest a publish may take, all of it: room in the pipeline, sending, "
     "JetStream's acknowledgement (e.g. 5s, 500ms)",
@@ -121,7 +123,11 @@ def _parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="TOML file (default: jetgate.toml if present)",
         )
+        # A secret on a command line is readable by every local user (`ps`): no flag.
+        command.set_defaults(**dict.fromkeys(SECRET_SETTINGS))
         for setting in GATEWAY_SETTINGS:
+            if setting in SECRET_SETTINGS:
+                continue
             command.add_argument(
                 f"--{setting.replace('_', '-')}",
                 dest=setting,
@@ -225,7 +231,7 @@ async def _run(
             stop = _stop_on_signals()
             workers = WorkerProcesses(
                 config.workers if args.command == "up" else (),
-                nats_url=config.nats_url,
+                nats=config.nats_options(),
                 gateway_address=gateway.address,
                 metrics_listen=config.metrics_listen,
             )
