@@ -366,7 +366,7 @@ class NatsSupervisor:
                 self._starting.set_result(reason)
             if operation == "publish":
                 for listener in self._listeners:
-                    listener.deny(subject, reason)
+                    listener.deny(subject, "the gateway's NATS user may not publish there")
             return
         # While NATS is down the client reports every reconnect attempt: say it once.
         if repr(exc) != self._last_error:

@@ -163,12 +163,19 @@ class Publisher:
 
     def deny(self, subject: str, reason: str) -> None:
         """Fail the pending publishes on `subject` as `denied`: NATS refused them (a
-        permission violation is reported, never answered: they would wait for their timeout)."""
-        failure = PublishFailure(kind="denied", description=reason)
+        permission violation is reported, never answered: they would wait for their timeout).
+
+        nats-py reports the subject in lower case: publishes on any casing of it fail (a
+        false refusal at worst, which the caller may retry; never a hang).
+        """
         for token, (call, index, published) in list(self._waiting.items()):
-            if published == subject:
+            if published.lower() == subject.lower():
                 del self._waiting[token]
                 self._window.release()
+                failure = PublishFailure(
+                    kind="denied",
+                    description=f"NATS refused publishing on {published!r}: {reason}",
+                )
                 call.settle(index, failure)
 
     async def publish(self, messages: Sequence[OutboundMessage], *, within: float) -> list[Outcome]:

@@ -259,7 +259,8 @@ def tls_context(opts: NatsOptions) -> ssl.SSLContext:
 
 def permission_violation(exc: BaseException) -> tuple[str, str] | None:
     """(operation, subject) when `exc` reports a NATS permission violation, e.g.
-    ("publish", "orders.OrderPlaced.o-1"); None for any other error."""
+    ("publish", "orders.orderplaced.o-1"); None for any other error. nats-py lowers the
+    case of the server's message: the subject comes in lower case."""
     match = _VIOLATION.search(str(exc))
     return (match.group(1).lower(), match.group(2)) if match else None
 

@@ -1,0 +1,259 @@
+"""The gateway and a worker against a secured nats-server (real processes, loopback only):
+TLS with client certificates, password and nkey users limited by subject permissions, a
+token; wrong credentials and missing permissions end them with exit code 1 naming the
+cause, never the secret; no secret in their logs, /metrics or command lines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway.embedded import NatsServer
+from jetgate.v1 import gateway_pb2_grpc
+from tests.integration.conftest import request
+from tests.integration.secured_nats import (
+    PASSWORD,
+    NkeyUser,
+    Pki,
+    Started,
+    nkey_user,
+    run,
+    scrape,
+    start,
+    start_gateway,
+    user,
+    users_block,
+    wait_serving,
+)
+from tests.support.eventually import eventually
+
+TOKEN = "t0k3n-9917-secret"
+NO_JS_API = ("$JS.API.>",)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki.make(tmp_path / "pki")
+
+
+@pytest.fixture
+def worker_key(tmp_path: Path) -> NkeyUser:
+    return NkeyUser.make(tmp_path / "worker.nk")
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, pki: Pki, worker_key: NkeyUser) -> Iterator[NatsServer]:
+    """TLS with client certificates required; users: `gateway` (password; may not publish
+    OrderPaid), `nojs` (password; may not use the JetStream API) and the worker's nkey."""
+    config = pki.server_block() + users_block(
+        user("gateway", publish_deny=["orders.OrderPaid.>"]),
+        user("nojs", publish_deny=NO_JS_API),
+        nkey_user(worker_key),
+    )
+    server = NatsServer(tmp_path / "nats-tls", config=config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def tls_url(server: NatsServer) -> str:
+    return f"tls://127.0.0.1:{server.port}"
+
+
+def gateway_env(server: NatsServer, pki: Pki, name: str = "gateway") -> dict[str, str]:
+    return {
+        "JETGATE_NATS_URL": tls_url(server),
+        "JETGATE_NATS_USER": name,
+        "JETGATE_NATS_PASSWORD": PASSWORD,
+        **pki.client_env(),
+    }
+
+
+def worker_env(server: NatsServer, pki: Pki, key: NkeyUser, record: Path) -> dict[str, str]:
+    return {
+        "JETGATE_NATS_URL": tls_url(server),
+        "JETGATE_NATS_NKEY_SEED_FILE": str(key.seed_file),
+        "JETGATE_TEST_RECORD": str(record),
+        **pki.client_env(),
+    }
+
+
+def consume_args() -> list[str]:
+    return ["consume", "tests.consumers.groups:recorder"]
+
+
+async def test_gateway_and_worker_over_mtls_with_password_and_nkey_leak_no_secret(
+    tmp_path: Path, tls_server: NatsServer, pki: Pki, worker_key: NkeyUser
+) -> None:
+    record = tmp_path / "record"
+    gateway = start_gateway(tmp_path, gateway_env(tls_server, pki))
+    worker: Started | None = None
+    try:
+        await wait_serving(gateway)
+        worker = start(
+            tmp_path, "worker", consume_args(), worker_env(tls_server, pki, worker_key, record)
+        )
+        async with grpc.aio.insecure_channel(gateway.address) as channel:
+            stub = gateway_pb2_grpc.EventGatewayStub(channel)
+            reply = await stub.Publish(request("o-1"), timeout=10)
+            assert reply.sequence > 0
+
+            def handled() -> bool:
+                assert worker is not None
+                assert worker.proc.poll() is None, worker.output()
+                return record.exists() and reply.event_id in record.read_text()
+
+            await eventually(handled, within=30, what="the worker handled the event")
+        texts = {
+            "gateway /metrics": await scrape(gateway.metrics),
+            "worker /metrics": await scrape(worker.metrics),
+            "gateway command line": gateway.cmdline(),
+            "worker command line": worker.cmdline(),
+        }
+        assert "jetgate_" in texts["gateway /metrics"]
+    finally:
+        codes = [p.stop() for p in (worker, gateway) if p is not None]
+    assert codes == [0, 0]
+    texts["gateway log"] = gateway.output()
+    texts["worker log"] = worker.output()
+    assert "consuming ORDERS" in texts["worker log"]
+    for secret in (PASSWORD, worker_key.seed, worker_key.seed[:20]):
+        leaks = [where for where, text in texts.items() if secret in text]
+        assert not leaks, f"a secret in {leaks}"
+
+
+async def test_publish_on_a_subject_the_nats_user_may_not_is_permission_denied(
+    tmp_path: Path, tls_server: NatsServer, pki: Pki
+) -> None:
+    from google.protobuf import any_pb2
+
+    from jetgate.examples.orders.v1 import orders_pb2
+
+    gateway = start_gateway(tmp_path, gateway_env(tls_server, pki))
+    try:
+        await wait_serving(gateway)
+        paid = request("o-2")
+        payload = any_pb2.Any()
+        payload.Pack(orders_pb2.OrderPaid(order_id="o-2"))
+        paid.event.payload.CopyFrom(payload)
+        async with grpc.aio.insecure_channel(gateway.address) as channel:
+            stub = gateway_pb2_grpc.EventGatewayStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await stub.Publish(paid, timeout=30)
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED, denied.value
+            assert "'orders.OrderPaid.o-2'" in (denied.value.details() or ""), denied.value
+            # What the user may publish still goes through.
+            assert (await stub.Publish(request("o-3"), timeout=10)).sequence > 0
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_serve_with_a_wrong_password_exits_1_naming_the_cause(
+    tls_server: NatsServer, pki: Pki
+) -> None:
+    env = {**gateway_env(tls_server, pki), "JETGATE_NATS_PASSWORD": "wrong-" + PASSWORD}
+    done = run(["serve", "--config", "jetgate.toml", "--listen", "127.0.0.1:0"], env)
+    assert done.returncode == 1, done.stderr
+    assert "authorization violation" in done.stderr, done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_consume_with_an_unknown_nkey_exits_1_naming_the_cause(
+    tmp_path: Path, tls_server: NatsServer, pki: Pki
+) -> None:
+    stranger = NkeyUser.make(tmp_path / "stranger.nk")
+    env = worker_env(tls_server, pki, stranger, tmp_path / "record")
+    done = run(consume_args(), env)
+    assert done.returncode == 1, done.stderr
+    assert "authorization violation" in done.stderr, done.stderr
+    assert stranger.seed not in done.stdout + done.stderr
+
+
+def test_serve_without_a_client_certificate_exits_1_naming_tls(
+    tls_server: NatsServer, pki: Pki
+) -> None:
+    env = gateway_env(tls_server, pki)
+    del env["JETGATE_NATS_TLS_CERT_FILE"], env["JETGATE_NATS_TLS_KEY_FILE"]
+    done = run(["serve", "--config", "jetgate.toml", "--listen", "127.0.0.1:0"], env)
+    assert done.returncode == 1, done.stderr
+    assert "TLS" in done.stderr or "authorization violation" in done.stderr, done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_serve_with_an_untrusted_server_certificate_exits_1_naming_tls(
+    tmp_path: Path, tls_server: NatsServer, pki: Pki
+) -> None:
+    other = Pki.make(tmp_path / "other-pki")
+    env = {**gateway_env(tls_server, pki), "JETGATE_NATS_TLS_CA_FILE": str(other.ca)}
+    done = run(["serve", "--config", "jetgate.toml", "--listen", "127.0.0.1:0"], env)
+    assert done.returncode == 1, done.stderr
+    assert "TLS handshake with NATS failed" in done.stderr, done.stderr
+
+
+def test_serve_whose_user_may_not_use_jetstream_exits_1_naming_it(
+    tls_server: NatsServer, pki: Pki
+) -> None:
+    done = run(
+        ["serve", "--config", "jetgate.toml", "--listen", "127.0.0.1:0"],
+        gateway_env(tls_server, pki, name="nojs"),
+    )
+    assert done.returncode == 1, done.stderr
+    # nats-py reports the subject in lower case.
+    assert "permissions violation for publish on '$js.api." in done.stderr.lower(), done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_consume_whose_user_may_not_use_jetstream_exits_1_naming_it(
+    tmp_path: Path, pki: Pki
+) -> None:
+    key = NkeyUser.make(tmp_path / "nojs.nk")
+    config = pki.server_block() + users_block(nkey_user(key, publish_deny=NO_JS_API))
+    with NatsServer(tmp_path / "nats-nojs", config=config) as server:
+        done = run(consume_args(), worker_env(server, pki, key, tmp_path / "record"))
+    assert done.returncode == 1, done.stderr
+    # nats-py reports the subject in lower case.
+    assert "permissions violation for publish on '$js.api." in done.stderr.lower(), done.stderr
+    assert key.seed not in done.stdout + done.stderr
+
+
+async def test_gateway_and_worker_with_a_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    record = tmp_path / "record"
+    with NatsServer(tmp_path / "nats-token", token=TOKEN) as server:
+        env = {"JETGATE_NATS_URL": server.url, "JETGATE_NATS_TOKEN_FILE": str(token_file)}
+        gateway = start_gateway(tmp_path, env)
+        worker: Started | None = None
+        try:
+            await wait_serving(gateway)
+            worker = start(
+                tmp_path, "worker", consume_args(), {**env, "JETGATE_TEST_RECORD": str(record)}
+            )
+            async with grpc.aio.insecure_channel(gateway.address) as channel:
+                stub = gateway_pb2_grpc.EventGatewayStub(channel)
+                reply = await stub.Publish(request("o-4"), timeout=10)
+
+            def handled() -> bool:
+                assert worker is not None
+                assert worker.proc.poll() is None, worker.output()
+                return record.exists() and reply.event_id in record.read_text()
+
+            await eventually(handled, within=30, what="the worker handled the event")
+        finally:
+            codes = [p.stop() for p in (worker, gateway) if p is not None]
+    assert codes == [0, 0]
+    assert TOKEN not in gateway.output() + (worker.output() if worker else "")
+
+
+def test_a_wrong_token_gives_exit_1_without_the_token(tmp_path: Path) -> None:
+    with NatsServer(tmp_path / "nats-token", token=TOKEN) as server:
+        env = {"JETGATE_NATS_URL": server.url, "JETGATE_NATS_TOKEN": "not-" + TOKEN}
+        done = run(["dlq", "list", "--group", "recorder"], env)
+    assert done.returncode == 1, done.stderr
+    assert "authorization violation" in done.stderr, done.stderr
+    assert TOKEN not in done.stdout + done.stderr
