@@ -199,7 +199,7 @@ async def wait_serving(gateway: Started) -> None:
                 )
             except grpc.aio.AioRpcError:
                 return False
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
         await eventually(serving, within=WAIT, what="the gateway serves")
 
