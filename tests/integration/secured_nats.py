@@ -5,9 +5,12 @@ output goes to a file (so that a test can scan it for secrets)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,3 +218,87 @@ async def scrape(address: str) -> str:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _jwt(issuer_seed: bytes, subject: str, name: str, nats: dict[str, object]) -> str:
+    """A NATS JWT (v2, ed25519-nkey) for `subject`, signed by the key of `issuer_seed`."""
+    issuer = nkeys.from_seed(bytearray(issuer_seed))
+    claims: dict[str, object] = {
+        "iat": int(time.time()),
+        "iss": issuer.public_key.decode(),
+        "name": name,
+        "sub": subject,
+        "nats": {**nats, "version": 2},
+    }
+    digest = hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()
+    claims["jti"] = base64.b32encode(digest).decode().rstrip("=")
+    header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body = _b64(json.dumps(claims).encode())
+    signature = issuer.sign(f"{header}.{body}".encode())
+    return f"{header}.{body}.{_b64(signature)}"
+
+
+def _seed(prefix: int) -> bytes:
+    return bytes(nkeys.encode_seed(bytes(SigningKey.generate()), prefix))
+
+
+def _public(seed: bytes) -> str:
+    return str(nkeys.from_seed(bytearray(seed)).public_key.decode())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Operator:
+    """Decentralized auth without the nsc tool: an operator, one account with JetStream,
+    its users; `server_block()` is the nats-server config, `creds()` writes a .creds file."""
+
+    operator_seed: bytes
+    account_seed: bytes
+    system_seed: bytes  # JetStream needs a system account
+
+    @staticmethod
+    def make() -> Operator:
+        return Operator(
+            operator_seed=_seed(nkeys.PREFIX_BYTE_OPERATOR),
+            account_seed=_seed(nkeys.PREFIX_BYTE_ACCOUNT),
+            system_seed=_seed(nkeys.PREFIX_BYTE_ACCOUNT),
+        )
+
+    def server_block(self) -> str:
+        operator = _public(self.operator_seed)
+        account = _public(self.account_seed)
+        limits = dict.fromkeys(
+            ["subs", "data", "payload", "imports", "exports", "conn", "leaf"], -1
+        ) | dict.fromkeys(["mem_storage", "disk_storage", "streams", "consumer"], -1)
+        operator_jwt = _jwt(self.operator_seed, operator, "jetgate-tests", {"type": "operator"})
+        account_jwt = _jwt(
+            self.operator_seed,
+            account,
+            "APP",
+            {"type": "account", "limits": {**limits, "wildcards": True}},
+        )
+        system = _public(self.system_seed)
+        system_jwt = _jwt(self.operator_seed, system, "SYS", {"type": "account"})
+        return (
+            f"operator: {operator_jwt}\nsystem_account: {system}\nresolver: MEMORY\n"
+            f"resolver_preload: {{\n  {account}: {account_jwt}\n  {system}: {system_jwt}\n}}\n"
+        )
+
+    def creds(self, path: Path, name: str) -> str:
+        """Write a user's .creds file (mode 0600) to `path`; returns the user's seed."""
+        seed = _seed(nkeys.PREFIX_BYTE_USER)
+        user_jwt = _jwt(
+            self.account_seed,
+            _public(seed),
+            name,
+            {"type": "user", "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1},
+        )
+        path.touch(mode=0o600)
+        path.write_text(
+            f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{seed.decode()}\n------END USER NKEY SEED------\n"
+        )
+        return seed.decode()

@@ -17,6 +17,7 @@ from tests.integration.conftest import request
 from tests.integration.secured_nats import (
     PASSWORD,
     NkeyUser,
+    Operator,
     Pki,
     Started,
     nkey_user,
@@ -257,3 +258,49 @@ def test_a_wrong_token_gives_exit_1_without_the_token(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert "authorization violation" in done.stderr, done.stderr
     assert TOKEN not in done.stdout + done.stderr
+
+
+async def test_gateway_and_worker_with_creds_files(tmp_path: Path) -> None:
+    """Decentralized auth (operator, account and user JWTs made in the test, no nsc)."""
+    operator = Operator.make()
+    gateway_creds, worker_creds = tmp_path / "gateway.creds", tmp_path / "worker.creds"
+    seeds = [operator.creds(gateway_creds, "gateway"), operator.creds(worker_creds, "worker")]
+    record = tmp_path / "record"
+    with NatsServer(tmp_path / "nats-creds", config=operator.server_block()) as server:
+        gateway = start_gateway(
+            tmp_path,
+            {"JETGATE_NATS_URL": server.url, "JETGATE_NATS_CREDS_FILE": str(gateway_creds)},
+        )
+        worker: Started | None = None
+        try:
+            await wait_serving(gateway)
+            env = {
+                "JETGATE_NATS_URL": server.url,
+                "JETGATE_NATS_CREDS_FILE": str(worker_creds),
+                "JETGATE_TEST_RECORD": str(record),
+            }
+            worker = start(tmp_path, "worker", consume_args(), env)
+            async with grpc.aio.insecure_channel(gateway.address) as channel:
+                stub = gateway_pb2_grpc.EventGatewayStub(channel)
+                reply = await stub.Publish(request("o-5"), timeout=10)
+
+            def handled() -> bool:
+                assert worker is not None
+                assert worker.proc.poll() is None, worker.output()
+                return record.exists() and reply.event_id in record.read_text()
+
+            await eventually(handled, within=30, what="the worker handled the event")
+        finally:
+            codes = [p.stop() for p in (worker, gateway) if p is not None]
+        # A .creds file of another operator's account: refused.
+        stranger = tmp_path / "stranger.creds"
+        Operator.make().creds(stranger, "stranger")
+        done = run(
+            ["dlq", "list", "--group", "recorder"],
+            {"JETGATE_NATS_URL": server.url, "JETGATE_NATS_CREDS_FILE": str(stranger)},
+        )
+    assert codes == [0, 0]
+    assert done.returncode == 1, done.stderr
+    assert "authorization violation" in done.stderr, done.stderr
+    output = gateway.output() + (worker.output() if worker else "") + done.stderr
+    assert not [seed for seed in seeds if seed in output]
