@@ -83,7 +83,8 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     """Add `consume` and `dlq` with `add_parser` (a subparsers action's): `jetgate` and
     `python -m consumers` parse them alike."""
     text = "run a worker of a consumer group until SIGINT/SIGTERM, then drain"
-    consume = add_parser("consume", help=text, description=text)
+    # No abbreviations: `--nats-password SECRET` must not pass for --nats-password-file.
+    consume = add_parser("consume", help=text, description=text, allow_abbrev=False)
     consume.add_argument(
         "target",
         metavar="MODULE:GROUP",
@@ -115,7 +116,7 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
         "pass it)",
     )
     text = "list, redrive or purge a group's dead letters (stream DLQ)"
-    dlq = add_parser("dlq", help=text, description=text)
+    dlq = add_parser("dlq", help=text, description=text, allow_abbrev=False)
     dlq.add_argument(
         "action",
         choices=("list", "redrive", "purge"),

@@ -116,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
         ("serve", "serve the gateway against a NATS server (JETGATE_NATS_URL)"),
         ("up", "start an embedded nats-server (unless a NATS URL is set), serve, run `workers`"),
     ):
-        command = commands.add_parser(name, help=text, description=text)
+        # No abbreviations: `--nats-password SECRET` must not pass for --nats-password-file.
+        command = commands.add_parser(name, help=text, description=text, allow_abbrev=False)
         command.add_argument(
             "--config",
             type=Path,

@@ -5,8 +5,12 @@ cause, never the secret; no secret in their logs, /metrics or command lines."""
 
 from __future__ import annotations
 
+import json
+import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -304,3 +308,47 @@ async def test_gateway_and_worker_with_creds_files(tmp_path: Path) -> None:
     assert "authorization violation" in done.stderr, done.stderr
     output = gateway.output() + (worker.output() if worker else "") + done.stderr
     assert not [seed for seed in seeds if seed in output]
+
+
+class HandshakeFirstServer(NatsServer):
+    """A server with `handshake_first`: its readiness probe speaks TLS before INFO too."""
+
+    def __init__(self, *args: Any, pki: Pki, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pki = pki
+
+    def _probe(self, timeout: float) -> str:
+        context = ssl.create_default_context(cafile=str(self.pki.ca))
+        context.load_cert_chain(self.pki.client_cert, self.pki.client_key)
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+            ):
+                line = sock.recv(65536).partition(b"\r\n")[0]
+        except OSError as exc:
+            return f"connect: {exc}"
+        if not line.startswith(b"INFO "):
+            return f"unexpected greeting {line[:80]!r}"
+        info = json.loads(line[5:])
+        return "" if info.get("server_name") == self.name and info.get("jetstream") else "not yet"
+
+
+async def test_gateway_with_tls_handshake_first(tmp_path: Path, pki: Pki) -> None:
+    block = pki.server_block().replace("verify: true", "verify: true\n  handshake_first: true")
+    config = block + users_block(user("gateway"))
+    with HandshakeFirstServer(tmp_path / "nats-hf", config=config, pki=pki) as server:
+        env = {**gateway_env(server, pki), "JETGATE_NATS_TLS_HANDSHAKE_FIRST": "true"}
+        gateway = start_gateway(tmp_path, env)
+        try:
+            await wait_serving(gateway)
+            async with grpc.aio.insecure_channel(gateway.address) as channel:
+                stub = gateway_pb2_grpc.EventGatewayStub(channel)
+                assert (await stub.Publish(request("o-6"), timeout=10)).sequence > 0
+        finally:
+            assert gateway.stop() == 0
+        # Without it the client waits for an INFO that never comes: refused, exit code 1.
+        del env["JETGATE_NATS_TLS_HANDSHAKE_FIRST"]
+        done = run(["dlq", "list", "--group", "recorder"], env)
+    assert done.returncode == 1, done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
