@@ -191,8 +191,8 @@ def test_serve_without_a_client_certificate_exits_1_naming_tls(
     del env["JETGATE_NATS_TLS_CERT_FILE"], env["JETGATE_NATS_TLS_KEY_FILE"]
     done = run(["serve", "--config", "jetgate.toml", "--listen", "127.0.0.1:0"], env)
     assert done.returncode == 1, done.stderr
-    # The server sends nothing before the TLS handshake: the client times out waiting.
-    assert "cannot reach nats at tls://" in verdict(done.stderr), done.stderr
+    # e.g. (TLSV13_ALERT_CERTIFICATE_REQUIRED): the reason depends on the TLS version.
+    assert "tls handshake with nats failed" in verdict(done.stderr), done.stderr
     assert PASSWORD not in done.stdout + done.stderr
 
 
@@ -352,7 +352,7 @@ async def test_gateway_with_tls_handshake_first(tmp_path: Path, pki: Pki) -> Non
                 assert (await stub.Publish(request("o-6"), timeout=10)).sequence > 0
         finally:
             assert gateway.stop() == 0
-        # Without it the client waits for an INFO that never comes: refused, exit code 1.
+        # Without it the client waits for an INFO that never comes: exit code 1.
         del env["JETGATE_NATS_TLS_HANDSHAKE_FIRST"]
         done = run(["dlq", "list", "--group", "recorder"], env)
     assert done.returncode == 1, done.stderr
