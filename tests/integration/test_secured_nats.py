@@ -5,7 +5,10 @@ cause, never the secret; no secret in their logs, /metrics or command lines."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import signal
 import socket
 import ssl
 from collections.abc import Iterator
@@ -13,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
 import pytest
+from nats.js.errors import NotFoundError
 
 from gateway.embedded import NatsServer
+from jetgate import nats_options
 from jetgate.v1 import gateway_pb2_grpc
 from tests.integration.conftest import request
+from tests.integration.jetgate_up import WAIT, read_banner, read_rest, start_up
 from tests.integration.secured_nats import (
     PASSWORD,
     NkeyUser,
@@ -52,10 +59,12 @@ def worker_key(tmp_path: Path) -> NkeyUser:
 @pytest.fixture
 def tls_server(tmp_path: Path, pki: Pki, worker_key: NkeyUser) -> Iterator[NatsServer]:
     """TLS with client certificates required; users: `gateway` (password; may not publish
-    OrderPaid), `nojs` (password; may not use the JetStream API) and the worker's nkey."""
+    OrderPaid), `nojs` (password; may not use the JetStream API), `app` (password; may do
+    anything) and the worker's nkey."""
     config = pki.server_block() + users_block(
         user("gateway", publish_deny=["orders.OrderPaid.>"]),
         user("nojs", publish_deny=NO_JS_API),
+        user("app"),
         nkey_user(worker_key),
     )
     server = NatsServer(tmp_path / "nats-tls", config=config)
@@ -91,6 +100,10 @@ def worker_env(server: NatsServer, pki: Pki, key: NkeyUser, record: Path) -> dic
 def verdict(stderr: str) -> str:
     """The line a failed `jetgate` command ends with: why it stopped (lower case)."""
     return [line for line in stderr.splitlines() if line.startswith("jetgate: ")][-1].lower()
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
 
 
 def consume_args() -> list[str]:
@@ -359,3 +372,57 @@ async def test_gateway_with_tls_handshake_first(tmp_path: Path, pki: Pki) -> Non
     # The server sends nothing before the TLS handshake: the client times out waiting.
     assert "cannot reach nats at tls://" in verdict(done.stderr), done.stderr
     assert PASSWORD not in done.stdout + done.stderr
+
+
+async def test_up_hands_its_nats_settings_to_its_workers_in_their_environment(
+    tmp_path: Path, tls_server: NatsServer, pki: Pki
+) -> None:
+    """Settings given as flags (and the password as a variable) reach the demo workers."""
+    tls_flags = [
+        *("--nats-url", tls_url(tls_server), "--nats-user", "app"),
+        *("--nats-tls-ca-file", str(pki.ca), "--nats-tls-cert-file", str(pki.client_cert)),
+        *("--nats-tls-key-file", str(pki.client_key)),
+    ]
+    proc = await start_up(tmp_path, env={"JETGATE_NATS_PASSWORD": PASSWORD}, args=tls_flags)
+    assert proc.stdout is not None
+    rest: asyncio.Task[str] | None = None
+    try:
+        banner = await read_banner(proc.stdout)
+        rest = asyncio.create_task(read_rest(proc.stdout))
+        address = re.search(r"listening on (127\.0\.0\.1:\d+)", banner)
+        assert address, banner
+        worker_pids = [int(pid) for pid in re.findall(r"consumers\.demo:\w+  pid (\d+)", banner)]
+        assert len(worker_pids) == 2, banner
+        for pid in [proc.pid, *worker_pids]:
+            assert PASSWORD not in _cmdline(pid)
+        async with grpc.aio.insecure_channel(address.group(1)) as channel:
+            await gateway_pb2_grpc.EventGatewayStub(channel).Publish(request("o-7"), timeout=10)
+        settings = nats_options.NatsOptions(
+            servers=(tls_url(tls_server),),
+            user="app",
+            password=PASSWORD,
+            tls_ca_file=str(pki.ca),
+            tls_cert_file=str(pki.client_cert),
+            tls_key_file=str(pki.client_key),
+        )
+        nc = await nats.connect(**nats_options.connect_kwargs(settings))
+        try:
+            js = nc.jetstream()
+
+            async def shipped() -> bool:  # billing paid it, shipping shipped it: both workers
+                await js.get_last_msg("ORDERS", "orders.OrderShipped.o-7")
+                return True
+
+            assert await eventually(shipped, within=30, retry_on=(AssertionError, NotFoundError))
+        finally:
+            await nc.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), WAIT) == 0
+        output = banner + await asyncio.wait_for(rest, WAIT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if rest is not None and not rest.done():
+            await asyncio.wait_for(rest, WAIT)
+    assert PASSWORD not in output
