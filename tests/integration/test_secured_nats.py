@@ -6,6 +6,7 @@ cause, never the secret; no secret in their logs, /metrics or command lines."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import signal
@@ -20,10 +21,11 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
+from gateway.config import GatewayConfig
 from gateway.embedded import NatsServer
 from jetgate import nats_options
 from jetgate.v1 import gateway_pb2_grpc
-from tests.integration.conftest import request
+from tests.integration.conftest import request, serving
 from tests.integration.jetgate_up import WAIT, read_banner, read_rest, start_up
 from tests.integration.secured_nats import (
     PASSWORD,
@@ -426,3 +428,13 @@ async def test_up_hands_its_nats_settings_to_its_workers_in_their_environment(
         if rest is not None and not rest.done():
             await asyncio.wait_for(rest, WAIT)
     assert PASSWORD not in output
+
+
+async def test_gateway_with_several_servers_uses_the_one_that_answers(
+    gateway_config: GatewayConfig, nats_url: str
+) -> None:
+    # Nothing listens on port 1; nats-py tries the servers in random order.
+    config = dataclasses.replace(gateway_config, nats_url=f"nats://127.0.0.1:1,{nats_url}")
+    async with serving(config) as gateway, grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = gateway_pb2_grpc.EventGatewayStub(channel)
+        assert (await stub.Publish(request("o-8"), timeout=10)).sequence > 0
