@@ -47,6 +47,7 @@ from gateway.config import Durability, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from gateway.streams import reconcile_streams
+from jetgate import nats_options
 from jetgate.v1 import gateway_pb2_grpc
 
 T = TypeVar("T")
@@ -185,7 +186,10 @@ async def _run(
     body: Callable[[BlockContext], Awaitable[T]],
 ) -> T:
     gateway, echo = servers.gateway, servers.echo
-    nc = await nats.connect(nats_server.url, name="jetgate-bench")
+    nc = await nats.connect(
+        **nats_options.connect_kwargs(nats_options.options({"nats_url": nats_server.url})),
+        name="jetgate-bench",
+    )
     inprocess: Gateway | None = None
     channels: list[grpc.aio.Channel] = []
     try:

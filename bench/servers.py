@@ -13,6 +13,9 @@
 - a worker: `python -m consumers consume MODULE:GROUP` (the soak's, `bench.soak_group`),
   metrics on a free port.
 
+NATS: each function takes a URL or `jetgate.nats_options.NatsOptions` (credentials, TLS) and
+hands it to the process in its environment (`JETGATE_NATS_*`), never on its command line.
+
 The servers listen on a free 127.0.0.1 port; every process logs to the work directory, runs
 in its own session (a Ctrl-C meant for the benchmark must not stop them before it does) with a
 parent-death signal (setpriv, when present), and are stopped by pid: SIGTERM, then SIGKILL.
@@ -35,6 +38,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.embedded import die_with_parent, free_port
+from jetgate import nats_options
+from jetgate.nats_options import NatsOptions
+from jetgate.urls import redact
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_PATH = REPO / "jetgate.toml"
@@ -90,20 +96,26 @@ def traced_env(otlp_grpc_endpoint: str) -> dict[str, str]:
     }
 
 
-def gateway_command(
-    nats_url: str, port: int, profile: Path | None, extra: Sequence[str] = ()
-) -> list[str]:
+def nats_env(nats: str | NatsOptions) -> dict[str, str]:
+    """The `JETGATE_NATS_*` variables connecting a process to `nats` (a URL or options)."""
+    if isinstance(nats, str):
+        nats = nats_options.options({"nats_url": nats})
+    return nats_options.to_env(nats)
+
+
+def gateway_command(port: int, profile: Path | None, extra: Sequence[str] = ()) -> list[str]:
+    """`jetgate serve` on `port` (NATS settings come in the environment: `nats_env`)."""
     script = Path(sys.executable).with_name("jetgate")
     args = ["serve", "--config", str(CONFIG_PATH), "--listen", f"127.0.0.1:{port}"]
     args += ["--metrics-listen", "127.0.0.1:0"]
-    args += ["--nats-url", nats_url, "--publish-timeout", f"{PUBLISH_TIMEOUT:g}s", *extra]
+    args += ["--publish-timeout", f"{PUBLISH_TIMEOUT:g}s", *extra]
     if profile is not None:
         return [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), *args]
     return [str(script), *args]
 
 
 def start_gateway(
-    nats_url: str,
+    nats_url: str | NatsOptions,
     workdir: Path,
     profile: Path | None = None,
     *,
@@ -115,8 +127,9 @@ def start_gateway(
     `env`: variables on top of the clean environment (e.g. `traced_env`); `extra`: more
     flags (e.g. `bench.secure`'s)."""
     port = free_port()
-    argv = gateway_command(nats_url, port, profile, extra)
-    return _start(name, argv, workdir, f"127.0.0.1:{port}", {**_clean_env(), **(env or {})})
+    argv = gateway_command(port, profile, extra)
+    env = {**_clean_env(), **nats_env(nats_url), **(env or {})}
+    return _start(name, argv, workdir, f"127.0.0.1:{port}", env)
 
 
 def start_echo(workdir: Path) -> Process:
@@ -128,14 +141,18 @@ def start_echo(workdir: Path) -> Process:
     return _start("echo", argv, workdir, f"127.0.0.1:{port}", env)
 
 
-def start_worker(nats_url: str, workdir: Path, target: str, *, name: str = "worker") -> Process:
+def start_worker(
+    nats_url: str | NatsOptions, workdir: Path, target: str, *, name: str = "worker"
+) -> Process:
     """A consumer-group worker process (`python -m consumers consume target`) against
-    `nats_url`, Prometheus metrics on a free loopback port; its address is that of NATS."""
-    argv = [sys.executable, "-m", "consumers", "consume", target, "--nats-url", nats_url]
+    `nats_url`, Prometheus metrics on a free loopback port; its address is that of NATS
+    (redacted)."""
+    argv = [sys.executable, "-m", "consumers", "consume", target]
     argv += ["--metrics-listen", "127.0.0.1:0"]
-    env = _clean_env()
+    env = {**_clean_env(), **nats_env(nats_url)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return _start(name, argv, workdir, nats_url, env)
+    address = nats_url if isinstance(nats_url, str) else nats_url.url
+    return _start(name, argv, workdir, redact(address), env)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:

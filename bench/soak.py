@@ -56,6 +56,7 @@ from bench.servers import (
 )
 from bench.soak_group import GROUP
 from gateway.embedded import NatsServer
+from jetgate import nats_options
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 
 BATCH = 100
@@ -211,7 +212,10 @@ async def soak(
     """Run the soak against the started gateway (`processes[0]`); the worker is started once
     the gateway serves (it has declared the stream then) and appended to `processes`."""
     [gw] = processes
-    nc = await nats.connect(nats_url, name="jetgate-soak")
+    nc = await nats.connect(
+        **nats_options.connect_kwargs(nats_options.options({"nats_url": nats_url})),
+        name="jetgate-soak",
+    )
     channel = grpc.aio.insecure_channel(gw.address)
     try:
         await wait_serving(channel, gw)

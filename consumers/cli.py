@@ -25,8 +25,15 @@ Readiness: when `JETGATE_READY_FD` names an inherited file descriptor (a pipe), 
 writes `ready` to it once the worker pulls events, and closes it (`jetgate up` waits for
 that before it prints its banner).
 
-The NATS URL defaults to `JETGATE_NATS_URL`, then `nats://127.0.0.1:4222`; its credentials
-are never printed (`jetgate.urls.redact` on every message that could quote it). Exit codes
+NATS (jetgate/nats_options.py): the URL (several: comma-separated) defaults to
+`JETGATE_NATS_URL`, then `nats://127.0.0.1:4222`; credentials and TLS come from the
+`JETGATE_NATS_*` variables (the gateway's settings of the same names) or the `--nats-*` flags
+for the non-secret ones (file paths); a password or token only from its variable or a file,
+never a flag (`ps` shows flags to every local user). Secrets are never printed
+(`jetgate.urls.redact` on every message that could quote a URL). Wrong credentials or a
+failed TLS handshake end the command at once with exit code 1 naming the cause; so does a
+permission violation (the user may not use the JetStream API, or a subject the group needs)
+before the worker is ready, or during `dlq`, instead of a wait for a timeout. Exit codes
 (jetgate/errors.py, mapped in `main()` only): 0 after a clean stop, 2 for a configuration
 error (a bad MODULE:GROUP, group settings JetStream refuses, a bad `--metrics-listen` or
 `OTEL_*` value), 1 when start-up fails (NATS unreachable, the metrics port taken).
@@ -45,18 +52,20 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from opentelemetry import metrics, trace
 
 import observability
 from consumers import deadletter
 from consumers.group import ConsumerGroup, GroupConfigError
 from consumers.worker import Worker
-from jetgate import errors, processes
+from jetgate import errors, nats_options, processes
 from jetgate.errors import ConfigurationError, JetgateError, StartupError
+from jetgate.nats_options import NatsOptions, NatsRefused
 from jetgate.urls import redact
 
 log = logging.getLogger("jetgate.consumers")
@@ -74,7 +83,8 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     """Add `consume` and `dlq` with `add_parser` (a subparsers action's): `jetgate` and
     `python -m consumers` parse them alike."""
     text = "run a worker of a consumer group until SIGINT/SIGTERM, then drain"
-    consume = add_parser("consume", help=text, description=text)
+    # No abbreviations: `--nats-password SECRET` must not pass for --nats-password-file.
+    consume = add_parser("consume", help=text, description=text, allow_abbrev=False)
     consume.add_argument(
         "target",
         metavar="MODULE:GROUP",
@@ -106,7 +116,7 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
         "pass it)",
     )
     text = "list, redrive or purge a group's dead letters (stream DLQ)"
-    dlq = add_parser("dlq", help=text, description=text)
+    dlq = add_parser("dlq", help=text, description=text, allow_abbrev=False)
     dlq.add_argument(
         "action",
         choices=("list", "redrive", "purge"),
@@ -119,9 +129,19 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
             "--nats-url",
             default=None,
             metavar="URL",
-            help=f"NATS server URL, credentials allowed (never printed) [default: "
-            f"{processes.NATS_URL}, else {DEFAULT_NATS_URL}]",
+            help=f"NATS server URL(s), comma-separated, credentials allowed (never printed) "
+            f"[default: {processes.NATS_URL}, else {DEFAULT_NATS_URL}]",
         )
+        for setting, text in nats_options.HELP.items():
+            if setting in nats_options.SECRET_SETTINGS or setting == "nats_url":
+                continue
+            command.add_argument(
+                f"--{setting.replace('_', '-')}",
+                dest=setting,
+                default=None,
+                metavar="VALUE",
+                help=f"{text} [default: {nats_options.ENV_PREFIX}{setting.upper()}]",
+            )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,8 +167,19 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(_report(exc)) from None
 
 
+def nats_settings(args: argparse.Namespace, env: os._Environ[str] | dict[str, str]) -> NatsOptions:
+    """The NATS options of a parsed command: its `--nats-*` flags, else `JETGATE_NATS_*`."""
+    values: dict[str, object] = {
+        s: env.get(nats_options.ENV_PREFIX + s.upper()) for s in nats_options.SETTINGS
+    }
+    for setting in nats_options.SETTINGS:
+        if getattr(args, setting, None) is not None:
+            values[setting] = getattr(args, setting)
+    return nats_options.options(values)
+
+
 def _run(args: argparse.Namespace) -> None:
-    url = args.nats_url or os.environ.get(processes.NATS_URL) or DEFAULT_NATS_URL
+    nats_opts = nats_settings(args, os.environ)
     if args.command == "consume":
         group = load_group(args.target)
         if args.ack_wait is not None:
@@ -157,11 +188,11 @@ def _run(args: argparse.Namespace) -> None:
             group = _replace(group, concurrency=args.concurrency)
         telemetry = _telemetry(group.name, args.metrics_listen, args.metrics_port_tries)
         try:
-            asyncio.run(_consume(group, url, telemetry))
+            asyncio.run(_consume(group, nats_opts, telemetry))
         finally:
             telemetry.shutdown()  # exports the spans still buffered
     else:
-        asyncio.run(_dead_letters(args.action, args.group, url, as_json=args.json))
+        asyncio.run(_dead_letters(args.action, args.group, nats_opts, as_json=args.json))
 
 
 def _report(exc: Exception) -> int:
@@ -223,33 +254,60 @@ def _replace(group: ConsumerGroup, **changes: object) -> ConsumerGroup:
         _fail(2, str(exc))
 
 
-async def _connect(url: str, name: str) -> NATS:
-    async def quiet(exc: Exception) -> None:
+async def _connect(opts: NatsOptions, name: str, denied: asyncio.Future[str] | None = None) -> NATS:
+    """Connect with `opts`; a permission violation reported later completes `denied`.
+
+    Raises NatsRefused (wrong credentials, TLS) or ConnectionError (no server answered).
+    """
+
+    async def report(exc: Exception) -> None:
+        if (violation := nats_options.permission_violation(exc)) is not None:
+            reason = f"NATS permissions violation for {violation[0]} on {violation[1]!r}"
+            log.error("%s (this process's NATS user may not do that)", reason)
+            if denied is not None and not denied.done():
+                denied.set_result(reason)
+            return
         log.warning("NATS: %s", redact(repr(exc)))
 
+    nc = NATS()
     try:
-        return await asyncio.wait_for(
-            nats.connect(
-                url,
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                error_cb=quiet,
-            ),
-            CONNECT_TIMEOUT,
+        await nats_options.connect(
+            nc,
+            opts,
+            within=CONNECT_TIMEOUT,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=report,
         )
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise ConnectionError(f"cannot reach NATS at {redact(url)}: {exc!r}") from None
+    except (TimeoutError, OSError, NatsError) as exc:
+        raise ConnectionError(redact(str(exc) or repr(exc))) from None
+    return nc
 
 
-async def _consume(group: ConsumerGroup, url: str, telemetry: observability.Telemetry) -> None:
+async def _unless_denied(work: asyncio.Future[Any], denied: asyncio.Future[Any]) -> None:
+    """Wait for `work`; raise NatsRefused (and cancel it) when NATS denies a permission first."""
+    await asyncio.wait([work, denied], return_when=asyncio.FIRST_COMPLETED)
+    if work.done():
+        work.result()
+        return
+    work.cancel()
+    with contextlib.suppress(BaseException):
+        await work
+    raise NatsRefused(denied.result())
+
+
+async def _consume(
+    group: ConsumerGroup, url: NatsOptions, telemetry: observability.Telemetry
+) -> None:
     # Signals first: a worker stopped while it is still connecting exits 0 as well.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     name = f"jetgate-worker-{group.name}"
-    connecting = asyncio.ensure_future(_connect(url, name))
+    denied: asyncio.Future[Any] = loop.create_future()  # a permission violation, before ready
+    connecting = asyncio.ensure_future(_connect(url, name, denied))
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
@@ -266,22 +324,56 @@ async def _consume(group: ConsumerGroup, url: str, telemetry: observability.Tele
         *(group.name, group.stream, ",".join(group.filter_subjects) or "(all subjects)"),
         *(group.concurrency, group.ack_wait),
     )
+
+    async def reconnect() -> NATS:
+        try:
+            return await _connect(url, name)
+        except NatsRefused as exc:  # retried like any failed connection
+            raise ConnectionError(str(exc)) from None
+
     try:
         worker = Worker(
             group,
             nc,
             tracer_provider=telemetry.tracer_provider,
             meter_provider=telemetry.meter_provider,
-            connect=lambda: _connect(url, name),  # when NATS closed the connection for good
+            connect=reconnect,  # when NATS closed the connection for good
         )
         announce = asyncio.create_task(_announce_ready(worker))
+        running = asyncio.ensure_future(worker.run(stop))
         try:
-            stats = await worker.run(stop)
+            await _unless_denied(_until_ready(worker, running), denied)
+            stats = await running
+        except NatsRefused as exc:
+            raise NatsRefused(
+                f"group {group.name}: {exc}; grant the worker's NATS user the JetStream API "
+                f"of stream {group.stream} and its consumer"
+            ) from None
         finally:
             announce.cancel()
+            if not running.done():
+                running.cancel()
+                with contextlib.suppress(BaseException):
+                    await running
     finally:
         await nc.close()
     log.info("group %s: stopped; %s", group.name, stats)
+
+
+def _until_ready(worker: Worker, running: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """Done when `worker` is ready or `running` (its run()) ended, whichever comes first."""
+
+    async def wait() -> object:
+        ready: asyncio.Future[Any] = asyncio.ensure_future(worker.ready.wait())
+        try:
+            await asyncio.wait([ready, running], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if running.done():
+            running.result()  # raises what ended it
+        return None
+
+    return asyncio.ensure_future(wait())
 
 
 async def _announce_ready(worker: Worker) -> None:
@@ -299,11 +391,22 @@ async def _announce_ready(worker: Worker) -> None:
             os.close(int(fd))
 
 
-async def _dead_letters(action: str, group: str, url: str, *, as_json: bool) -> None:
+async def _dead_letters(action: str, group: str, url: NatsOptions, *, as_json: bool) -> None:
+    denied: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     try:
-        nc = await _connect(url, "jetgate-dlq")
+        nc = await _connect(url, "jetgate-dlq", denied)
     except ConnectionError as exc:
         _fail(1, str(exc))
+    try:
+        await _unless_denied(
+            asyncio.ensure_future(_act_on_dead_letters(nc, action, group, as_json=as_json)),
+            denied,
+        )
+    finally:
+        await nc.close()
+
+
+async def _act_on_dead_letters(nc: NATS, action: str, group: str, *, as_json: bool) -> None:
     js = nc.jetstream()
     try:
         if action == "purge":
@@ -344,8 +447,6 @@ async def _dead_letters(action: str, group: str, url: str, *, as_json: bool) -> 
                 print(f"no dead letters of group {group}", file=sys.stderr)
     except nats.js.errors.NotFoundError:
         print("no dead-letter stream yet (no worker has started)", file=sys.stderr)
-    finally:
-        await nc.close()
 
 
 def _fail(code: int, message: str) -> NoReturn:

@@ -52,8 +52,9 @@ from gateway.embedded import NatsServer
 from gateway.security_config import SECURITY_HELP, SECURITY_SETTINGS, TABLES
 from gateway.server import Gateway
 from gateway.workers import WorkerProcesses
-from jetgate import errors
+from jetgate import errors, nats_options
 from jetgate.errors import ConfigurationError, JetgateError, StartupError
+from jetgate.nats_options import SECRET_SETTINGS
 from jetgate.urls import redact
 
 log = logging.getLogger("jetgate")
@@ -66,6 +67,7 @@ SETTING_HELP = {
     "listen": "gRPC listen address HOST:PORT (port 0: any free port)",
     "nats_url": "NATS server URL(s), comma-separated, credentials allowed (never printed); "
     "`up` without one starts an embedded nats-server",
+    **{s: text for s, text in nats_options.HELP.items() if s != "nats_url"},
     "source": "ce-source of events published without one",
     "publish_timeout": "longest a publish may take, all of it: room in the pipeline, sending, "
     "JetStream's acknowledgement (e.g. 5s, 500ms)",
@@ -125,14 +127,19 @@ def _parser() -> argparse.ArgumentParser:
         ("serve", "serve the gateway against a NATS server (JETGATE_NATS_URL)"),
         ("up", "start an embedded nats-server (unless a NATS URL is set), serve, run `workers`"),
     ):
-        command = commands.add_parser(name, help=text, description=text)
+        # No abbreviations: `--nats-password SECRET` must not pass for --nats-password-file.
+        command = commands.add_parser(name, help=text, description=text, allow_abbrev=False)
         command.add_argument(
             "--config",
             type=Path,
             metavar="FILE",
             help="TOML file (default: jetgate.toml if present)",
         )
+        # A secret on a command line is readable by every local user (`ps`): no flag.
+        command.set_defaults(**dict.fromkeys(SECRET_SETTINGS))
         for setting in (*GATEWAY_SETTINGS, *SECURITY_SETTINGS):
+            if setting in SECRET_SETTINGS:
+                continue
             flag = f"--{setting.replace('_', '-')}"
             if setting == "insecure":  # a switch: `--insecure`, not `--insecure true`
                 command.add_argument(
@@ -252,7 +259,7 @@ async def _run(
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload)
             workers = WorkerProcesses(
                 config.workers if args.command == "up" else (),
-                nats_url=config.nats_url,
+                nats=config.nats_options(),
                 gateway_address=gateway.address,
                 metrics_listen=config.metrics_listen,
             )

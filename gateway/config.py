@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from gateway.security_config import SECURITY_SETTINGS, TABLES, AuthConfig, TlsConfig
+from jetgate import nats_options
 from jetgate.errors import ConfigurationError
+from jetgate.nats_options import NatsOptions
 
 Storage = Literal["file", "memory"]
 Retention = Literal["limits", "interest", "workqueue"]
@@ -121,7 +123,21 @@ class GatewayConfig:
 
     listen: str = "127.0.0.1:50051"
     # Empty: `jetgate up` starts an embedded nats-server; `jetgate serve` needs a URL.
+    # Several servers: comma-separated (an array in TOML).
     nats_url: str = ""
+    # NATS credentials and TLS (jetgate/nats_options.py): one auth method at most. The
+    # secrets (nats_password, nats_token) have no flag: a variable or a *_file setting.
+    nats_user: str = ""
+    nats_password: str = field(default="", repr=False)
+    nats_password_file: str = ""
+    nats_token: str = field(default="", repr=False)
+    nats_token_file: str = ""
+    nats_nkey_seed_file: str = ""
+    nats_creds_file: str = ""
+    nats_tls_ca_file: str = ""
+    nats_tls_cert_file: str = ""
+    nats_tls_key_file: str = ""
+    nats_tls_handshake_first: bool = False
     # ce-source of events published without one.
     source: str = "jetgate"
     # Longest wait for JetStream's acknowledgement of one publish (capped by the RPC deadline).
@@ -166,6 +182,7 @@ class GatewayConfig:
         if self.metrics_listen:
             _check_address("metrics_listen", self.metrics_listen)
         _check_choice("durability", self.durability, Durability)
+        self.nats_options()  # raises when the NATS settings contradict each other
         if self.publish_timeout <= 0:
             raise ConfigError("publish_timeout must be positive")
         if self.health_interval <= 0 or self.health_timeout <= 0:
@@ -195,6 +212,10 @@ class GatewayConfig:
 
     def stream(self, name: str) -> StreamConfig:
         return next(s for s in self.streams if s.name == name)
+
+    def nats_options(self) -> NatsOptions:
+        """How to connect to NATS: the `nats_*` settings (default URL when `nats_url` is '')."""
+        return nats_options.options({s: getattr(self, s) for s in nats_options.SETTINGS})
 
 
 # The scalar gateway settings: each has a `JETGATE_<NAME>` variable and a `--<name>` flag.
@@ -240,6 +261,8 @@ def _coerce(cls: type[Any], name: str, raw: object, where: str) -> object:
             if text not in {"true", "false", "1", "0", "yes", "no"}:
                 raise ConfigError(f"not a boolean: {raw!r}")
             return text in {"true", "1", "yes"}
+        if name == "nats_url" and isinstance(raw, list | tuple):  # a TOML array of servers
+            return ",".join(str(i).strip() for i in raw)
         if kind.startswith("tuple"):
             items = raw.split(",") if isinstance(raw, str) else raw
             if not isinstance(items, list | tuple):

@@ -25,6 +25,16 @@ Lifecycle:
   then makes a new connection (retried with backoff, for ever), moves the listeners (the
   publisher) onto it, reconciles the streams, and turns SERVING again. The replacement is
   logged once when it starts and once when it is done, not per attempt.
+
+Access (jetgate/nats_options.py: servers, credentials, TLS): wrong credentials or a failed
+TLS handshake stop the start-up at once with `NatsRefused` (exit code 1) naming the cause.
+NATS reports a permission violation (the gateway's user may not publish on a subject, or
+may not use the JetStream API) only to the error callback, and what waits for an answer
+would wait for its timeout. So: a violation while the gateway starts (stream
+reconciliation, the health probe) fails the start-up with `NatsRefused` naming the
+subject; a violation later for publishing on an event's subject fails the publishes
+pending on that subject at once (`ConnectionListener.deny`: PERMISSION_DENIED to the
+caller).
 """
 
 from __future__ import annotations
@@ -39,6 +49,9 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
 from gateway.health_check import StoreCheck
+from jetgate import nats_options
+from jetgate.nats_options import NatsOptions, NatsRefused
+from jetgate.urls import redact
 
 log = logging.getLogger("jetgate.gateway")
 
@@ -56,6 +69,9 @@ class ConnectionListener(Protocol):
     def fail_pending(self, reason: str) -> None:
         """Fail what awaits an answer on a connection that is gone."""
 
+    def deny(self, subject: str, reason: str) -> None:
+        """Fail what awaits an answer to a publish on `subject`: NATS refused it."""
+
 
 class NatsSupervisor:
     """Owns the gateway's NATS connection: connects, recovers, replaces, reports health.
@@ -66,7 +82,7 @@ class NatsSupervisor:
 
     def __init__(
         self,
-        url: str,
+        nats: NatsOptions | str,
         *,
         name: str,
         prepare: Callable[[NATS], Awaitable[None]],
@@ -74,7 +90,11 @@ class NatsSupervisor:
         check: StoreCheck,
         check_interval: float = 2.0,
     ) -> None:
-        self._url = url
+        self._options = (
+            nats if isinstance(nats, NatsOptions) else nats_options.options({"nats_url": nats})
+        )
+        # Set while the gateway starts: a permission violation then fails the start-up.
+        self._starting: asyncio.Future[Any] | None = None
         self._name = name
         self._prepare = prepare
         self._on_serving = on_serving
@@ -110,20 +130,40 @@ class NatsSupervisor:
         """Connect and prepare (raises on failure: the gateway does not start without NATS)."""
         try:
             nc = await self._new_connection(within)
-        except TimeoutError:
-            raise ConnectionError(f"cannot reach NATS at {self._url} within {within:g}s") from None
+        except TimeoutError as exc:
+            raise ConnectionError(str(exc)) from None
         self._nc = nc
         self._connected = True
+        self._starting = asyncio.get_running_loop().create_future()
         try:
-            await self._prepare_connection(nc)
+            await self._prepare_or_refuse(nc, self._starting)
         except BaseException:
             self._nc = None  # first: closing it must not start a replacement
             self._connected = False
             with contextlib.suppress(NatsError, asyncio.TimeoutError):
                 await nc.close()
             raise
+        finally:
+            self._starting = None
         self._ready = True
         return nc
+
+    async def _prepare_or_refuse(self, nc: NATS, violation: asyncio.Future[Any]) -> None:
+        preparing: asyncio.Future[Any] = asyncio.ensure_future(self._prepare_connection(nc))
+        try:
+            await asyncio.wait([preparing, violation], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not preparing.done():
+                preparing.cancel()
+                with contextlib.suppress(BaseException):
+                    await preparing
+        if preparing.done() and not preparing.cancelled():
+            preparing.result()  # raises what failed it
+            return
+        raise NatsRefused(
+            f"NATS denied the gateway's user at {redact(self._options.url)}: "
+            f"{violation.result()} (grant it the JetStream API and its streams' subjects)"
+        )
 
     def attach(self, listener: ConnectionListener) -> None:
         """Have `listener` follow disconnections and replacements of the connection."""
@@ -160,6 +200,7 @@ class NatsSupervisor:
         nc = NATS()
         # nats-py annotates these durations as int but takes seconds as float.
         durations: dict[str, Any] = {"reconnect_time_wait": 0.5, "connect_timeout": within}
+        options = self._options
 
         # Callbacks know their connection: those of a replaced one are ignored.
         async def disconnected() -> None:
@@ -172,19 +213,18 @@ class NatsSupervisor:
             await self._on_closed(nc)
 
         try:
-            await asyncio.wait_for(
-                nc.connect(
-                    self._url,
-                    name=self._name,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    disconnected_cb=disconnected,
-                    reconnected_cb=reconnected,
-                    closed_cb=closed,
-                    error_cb=self._on_error,
-                    **durations,
-                ),
-                within,
+            await nats_options.connect(
+                nc,
+                options,
+                within=within,
+                name=self._name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                closed_cb=closed,
+                error_cb=self._on_error,
+                **durations,
             )
         except BaseException:
             with contextlib.suppress(NatsError, asyncio.TimeoutError):
@@ -269,9 +309,11 @@ class NatsSupervisor:
             attempt += 1
             try:
                 nc = await self._new_connection(LAST_RETRY_DELAY)
-            except (OSError, TimeoutError, NatsError) as exc:
+            except (OSError, TimeoutError, NatsError, NatsRefused) as exc:
                 if attempt == 1:
-                    log.warning("cannot connect to NATS yet (%r); retrying with backoff", exc)
+                    log.warning(
+                        "cannot connect to NATS yet (%s); retrying with backoff", redact(repr(exc))
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LAST_RETRY_DELAY)
                 continue
@@ -316,7 +358,17 @@ class NatsSupervisor:
         await self._check.prepare(nc)
 
     async def _on_error(self, exc: Exception) -> None:
+        if (violation := nats_options.permission_violation(exc)) is not None:
+            operation, subject = violation
+            reason = f"NATS permissions violation for {operation} on {subject!r}"
+            log.error("%s (the gateway's NATS user may not do that)", reason)
+            if self._starting is not None and not self._starting.done():
+                self._starting.set_result(reason)
+            if operation == "publish":
+                for listener in self._listeners:
+                    listener.deny(subject, "the gateway's NATS user may not publish there")
+            return
         # While NATS is down the client reports every reconnect attempt: say it once.
         if repr(exc) != self._last_error:
             self._last_error = repr(exc)
-            log.warning("NATS: %r", exc)
+            log.warning("NATS: %s", redact(repr(exc)))

@@ -18,7 +18,8 @@ runs unless `durability = "lazy"`; the gateway then group-commits, see gateway.g
 
 `token=...` makes clients authenticate with that token (`client_url` carries it; `url`
 never does). It goes into the server's config file (mode 0600), not onto its command line,
-where any local user could read it.
+where any local user could read it. `config=...` adds text to that file (e.g. `tls {...}` or
+`authorization {...}` blocks: the tests of secured NATS connections).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class NatsServer:
         port: int = 0,
         sync_always: bool = False,
         token: str | None = None,
+        config: str = "",
         binary: Path | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
@@ -93,6 +95,7 @@ class NatsServer:
         self.port = port or free_port(host)
         self.sync_always = sync_always
         self.token = token
+        self.config = config
         self.binary = binary
         # Fixed for the object's life: readiness checks that the INFO line is from our process.
         self.name = f"jetgate-{secrets.token_hex(6)}"
@@ -139,7 +142,7 @@ class NatsServer:
         text = _SYNC_ALWAYS_CONFIG if self.sync_always else ""
         if self.token:
             text += f"authorization {{\n  token: {json.dumps(self.token)}\n}}\n"
-        return text
+        return text + self.config
 
     def start(self, timeout: float = 10.0) -> None:
         """Launch the server and wait until it serves clients with JetStream enabled.

@@ -108,6 +108,11 @@ def failure_status(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"{failure.description}; the event may be stored: retry with the same event id",
         )
+    if failure.kind == "denied":
+        return make_status(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{failure.description}; not stored (the gateway's NATS permissions)",
+        )
     if failure.kind == "unavailable":
         return make_status(
             grpc.StatusCode.UNAVAILABLE,

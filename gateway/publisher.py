@@ -41,7 +41,8 @@ from nats.js.errors import NotFoundError
 
 from jetgate import wire
 
-FailureKind = Literal["api", "unavailable", "timeout"]
+# denied: NATS refused the publish (permissions violation of the gateway's NATS user).
+FailureKind = Literal["api", "unavailable", "timeout", "denied"]
 
 
 # Not frozen: one of each is built per event, and a frozen dataclass costs twice as much to
@@ -133,9 +134,9 @@ class Publisher:
     def __init__(self, nc: NATS, *, max_pending: int = 4096) -> None:
         self._nc = nc
         self._window = asyncio.Semaphore(max_pending)
-        # Reply subject -> the call and index awaiting it. Each entry holds one window slot,
-        # given back exactly when the entry is removed.
-        self._waiting: dict[str, tuple[_Call, int]] = {}
+        # Reply subject -> the call and index awaiting it, and the subject published on. Each
+        # entry holds one window slot, given back exactly when the entry is removed.
+        self._waiting: dict[str, tuple[_Call, int, str]] = {}
         self._tokens = itertools.count(1)
         self._prefix = ""
         self._sub: Subscription | None = None
@@ -183,9 +184,26 @@ class Publisher:
         """Fail every pending publish as `unavailable` (e.g. the connection was lost)."""
         waiting, self._waiting = self._waiting, {}
         failure = PublishFailure(kind="unavailable", description=reason)
-        for call, index in waiting.values():
+        for call, index, _ in waiting.values():
             self._window.release()
             call.settle(index, failure)
+
+    def deny(self, subject: str, reason: str) -> None:
+        """Fail the pending publishes on `subject` as `denied`: NATS refused them (a
+        permission violation is reported, never answered: they would wait for their timeout).
+
+        nats-py reports the subject in lower case: publishes on any casing of it fail (a
+        false refusal at worst, which the caller may retry; never a hang).
+        """
+        for token, (call, index, published) in list(self._waiting.items()):
+            if published.lower() == subject.lower():
+                del self._waiting[token]
+                self._window.release()
+                failure = PublishFailure(
+                    kind="denied",
+                    description=f"NATS refused publishing on {published!r}: {reason}",
+                )
+                call.settle(index, failure)
 
     async def publish(self, messages: Sequence[OutboundMessage], *, within: float) -> list[Outcome]:
         """Publish `messages`: one outcome each, in order, all within `within` s.
@@ -324,7 +342,7 @@ class Publisher:
             return
         await self._window.acquire()
         token = f"{self._prefix}.{next(self._tokens)}"
-        self._waiting[token] = (call, index)
+        self._waiting[token] = (call, index, message.subject)
         tokens.append(token)
         try:  # a fresh header dict: nats-py may change the one it is given
             await self._nc.publish(

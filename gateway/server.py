@@ -68,7 +68,7 @@ class Gateway:
         self._tracer_provider = tracer_provider
         self._metrics = PublishMetrics(meter_provider)
         self._nats = NatsSupervisor(
-            config.nats_url,
+            config.nats_options(),
             name="jetgate-gateway",
             prepare=self._reconcile_streams,
             on_serving=self._set_serving,

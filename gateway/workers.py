@@ -3,8 +3,10 @@
 Each `MODULE:GROUP` entry becomes one `python -m consumers consume MODULE:GROUP` process,
 started with the interpreter that runs the gateway: workers are separate processes in
 production too. Each worker:
-- gets the NATS URL in `JETGATE_NATS_URL`, not on its command line: a URL may carry a
-  token or password, and any local user can read command lines (`ps`);
+- gets the NATS settings of `jetgate up` (URLs, credentials, TLS files: `JETGATE_NATS_*`,
+  jetgate/nats_options.py `to_env`) in its environment, not on its command line: a URL or
+  setting may carry a token or password, and any local user can read command lines (`ps`),
+  while a process's environment is readable by its own user only;
 - gets `JETGATE_GATEWAY`, the gateway's address, where the demo handlers publish their
   follow-up events, and shares the gateway's stdout and stderr;
 - gets the `OTEL_*` variables of `jetgate up` except `OTEL_SERVICE_NAME` (a worker's
@@ -44,8 +46,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.embedded import die_with_parent
-from jetgate import processes
+from jetgate import nats_options, processes
 from jetgate.errors import StartupError
+from jetgate.nats_options import NatsOptions
 
 log = logging.getLogger("jetgate.workers")
 READY_TIMEOUT = 60.0  # s a worker has to report ready (generous: busy machines)
@@ -79,7 +82,8 @@ class WorkerProcesses:
         self,
         targets: Sequence[str],
         *,
-        nats_url: str,
+        nats_url: str = "",
+        nats: NatsOptions | None = None,
         gateway_address: str,
         metrics_listen: str = "",
         ready_timeout: float = READY_TIMEOUT,
@@ -88,7 +92,8 @@ class WorkerProcesses:
         backoff: Sequence[float] = RESTART_BACKOFF,
     ) -> None:
         self.targets = tuple(targets)
-        self.nats_url = nats_url
+        # `nats` wins; a bare `nats_url` is the same without credentials or TLS.
+        self.nats = nats if nats is not None else nats_options.options({"nats_url": nats_url})
         self.gateway_address = client_address(gateway_address)
         self.metrics_listen = metrics_listen
         self.ready_timeout = ready_timeout
@@ -171,9 +176,14 @@ class WorkerProcesses:
             await slot.task
 
     def _spawn(self, slot: _Slot) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"}
+        # Our NATS settings replace any inherited ones (e.g. `up` with an embedded server).
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k != "OTEL_SERVICE_NAME" and not k.startswith("JETGATE_NATS_")
+        }
+        env.update(nats_options.to_env(self.nats))
         env[processes.GATEWAY_ADDRESS] = self.gateway_address
-        env[processes.NATS_URL] = self.nats_url
         ready_fd, report_fd = os.pipe()
         try:
             # subprocess, not the event loop's: uvloop forks, which gRPC's fork handlers
