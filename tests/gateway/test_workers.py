@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from nats.aio.client import Client
 
@@ -61,10 +63,18 @@ async def test_a_worker_that_cannot_start_fails_wait_ready() -> None:
 
 
 async def test_a_worker_not_ready_in_time_fails_wait_ready() -> None:
-    # Nothing listens on port 1: the worker keeps connecting, never ready.
+    # A "NATS server" that accepts connections and never says a word: the worker neither
+    # gets ready nor fails (an unreachable port would make it exit at once, a different path).
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
     workers = WorkerProcesses(
         ["consumers.demo:billing"],
-        nats_url="nats://127.0.0.1:1",
+        nats_url=f"nats://127.0.0.1:{port}",
         gateway_address="127.0.0.1:1",
         ready_timeout=1.0,
     )
@@ -74,6 +84,10 @@ async def test_a_worker_not_ready_in_time_fails_wait_ready() -> None:
             await workers.wait_ready()
     finally:
         await workers.stop(grace=10)
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_wait_ready_returns_once_each_worker_pulls(nats_url: str, nc: Client) -> None:
