@@ -53,6 +53,8 @@ from jetgate import nats_options
 from jetgate.nats_options import NatsOptions, NatsRefused
 from jetgate.urls import redact
 
+VIOLATION_LOG_EVERY = 10.0  # s
+
 log = logging.getLogger("jetgate.gateway")
 
 # Replacement and reconciliation retries back off from the first to the last delay (s).
@@ -113,6 +115,10 @@ class NatsSupervisor:
         self._stopping = False
         self._recovery: asyncio.Task[None] | None = None
         self._last_error = ""
+        # Permission violations come from callers' events: logged at most once per
+        # VIOLATION_LOG_EVERY seconds (with the count left out), so a client cannot flood the log.
+        self._violations_logged_at = -VIOLATION_LOG_EVERY
+        self._violations_unlogged = 0
 
     @property
     def nc(self) -> NATS:
@@ -361,7 +367,17 @@ class NatsSupervisor:
         if (violation := nats_options.permission_violation(exc)) is not None:
             operation, subject = violation
             reason = f"NATS permissions violation for {operation} on {subject!r}"
-            log.error("%s (the gateway's NATS user may not do that)", reason)
+            now = asyncio.get_running_loop().time()
+            if now - self._violations_logged_at >= VIOLATION_LOG_EVERY:
+                more = self._violations_unlogged
+                log.error(
+                    "%s (the gateway's NATS user may not do that)%s",
+                    reason,
+                    f"; {more} more since the last one logged" if more else "",
+                )
+                self._violations_logged_at, self._violations_unlogged = now, 0
+            else:
+                self._violations_unlogged += 1
             if self._starting is not None and not self._starting.done():
                 self._starting.set_result(reason)
             if operation == "publish":
