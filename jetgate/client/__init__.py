@@ -9,6 +9,7 @@
 """
 
 from jetgate.client.client import Client
+from jetgate.client.connection import ConnectionSettings, TlsSettings, token_file
 from jetgate.client.errors import (
     DeadlineExceeded,
     InvalidEvent,
@@ -24,6 +25,7 @@ from jetgate.client.settings import BatchSettings, RetrySettings
 __all__ = [
     "BatchSettings",
     "Client",
+    "ConnectionSettings",
     "DeadlineExceeded",
     "InvalidEvent",
     "PermissionDenied",
@@ -32,5 +34,7 @@ __all__ = [
     "Published",
     "ResourceExhausted",
     "RetrySettings",
+    "TlsSettings",
     "Unavailable",
+    "token_file",
 ]

@@ -11,6 +11,13 @@ When the stream breaks (gateway restart, UNAVAILABLE, an answer later than
 a new stream. A failure with a code RetrySettings names is sent again after a backoff,
 with the same event id, so the gateway's JetStream de-duplication stores it once.
 
+Several gateways (one stub per address, `jetgate.client.connection`): each new stream opens
+on the next address, skipping one the client calls unhealthy (its channel in
+TRANSIENT_FAILURE) while another is not, so a dead gateway's events are retried on the
+next one. A stream older than `stream_max_age` is retired: it takes no new batch, its
+writing side is closed once the batches it carries are answered, and the next batch opens
+a stream on the next address.
+
 Ordering per key (`ordered_keys`): PublishStream pipelines request messages, and the
 gateway publishes up to `stream_window` of them concurrently, so two request messages may
 be stored in either order; and a retried event would land after events sent later. So the
@@ -27,12 +34,13 @@ import contextlib
 import contextvars
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 from google.rpc import status_pb2
 
+from jetgate.client.connection import Metadata
 from jetgate.client.errors import publish_error, status_of
 from jetgate.client.result import Published
 from jetgate.client.settings import BatchSettings, RetrySettings
@@ -40,10 +48,13 @@ from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 
 # Bytes a request message adds around each entry (field tag and length prefix).
 ENTRY_OVERHEAD = 6
-Metadata = tuple[tuple[str, str], ...]
 StreamCall = grpc.aio.StreamStreamCall[
     gateway_pb2.PublishBatchRequest, gateway_pb2.PublishBatchResponse
 ]
+
+
+async def _no_metadata() -> Metadata:
+    return ()
 
 
 @dataclass(slots=True, eq=False, kw_only=True)
@@ -71,6 +82,8 @@ class _Session:
         default_factory=collections.deque
     )
     closed: bool = False
+    opened: float = field(default_factory=time.monotonic)
+    retired: bool = False
     reader: asyncio.Task[None] | None = None
     watchdog: asyncio.TimerHandle | None = None
     # Set when the watchdog gave up on the stream (the status its batches fail with).
@@ -82,16 +95,26 @@ class Batcher:
 
     def __init__(
         self,
-        stub: gateway_pb2_grpc.EventGatewayAsyncStub,
+        stubs: Sequence[gateway_pb2_grpc.EventGatewayAsyncStub],
         *,
         batching: BatchSettings,
         retry: RetrySettings,
-        metadata: Callable[[], Metadata] = tuple,
+        metadata: Callable[[], Awaitable[Metadata]] = _no_metadata,
+        healthy: Callable[[int], bool] = lambda index: True,
+        stream_max_age: float | None = None,
     ) -> None:
-        self._stub = stub
+        if not stubs:
+            raise ValueError("no gateway to publish to")
+        self._stubs = tuple(stubs)
+        self._next_stub = 0
+        self._healthy = healthy
+        self._stream_max_age = stream_max_age
         self._batching = batching
         self._retry = retry
         self._metadata = metadata
+        self._closing = False
+        # Streams that still carry batches: the current one and retired ones.
+        self._live: set[_Session] = set()
         self._ready: collections.deque[Pending] = collections.deque()
         self._ready_bytes = 0
         self._waiting: dict[str, collections.deque[Pending]] = {}  # busy keys (ordered_keys)
@@ -100,9 +123,12 @@ class Batcher:
         self._sender: asyncio.Task[None] | None = None
         self._timers: dict[asyncio.TimerHandle, Pending] = {}  # retries waiting their backoff
         self._random = random.Random()
+        self._background: set[asyncio.Task[None]] = set()
         # Counters (read by tests and the bench): streams opened, request messages sent.
         self.streams_opened = 0
         self.batches_sent = 0
+        # Streams opened per address (index into the stubs), for tests and the bench.
+        self.streams_per_address = [0] * len(self._stubs)
 
     def submit(self, pending: Pending) -> None:
         """Queue `pending` for sending (behind its key's earlier events when ordered)."""
@@ -121,6 +147,7 @@ class Batcher:
 
     async def close(self) -> None:
         """Stop sending: the stream is closed and events not yet settled fail UNAVAILABLE."""
+        self._closing = True
         retrying = list(self._timers.values())
         for timer in self._timers:
             timer.cancel()
@@ -129,8 +156,8 @@ class Batcher:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
-        session, self._session = self._session, None
-        if session is not None:
+        self._session = None
+        for session in list(self._live):
             session.call.cancel()
             if session.reader is not None:
                 with contextlib.suppress(asyncio.CancelledError):
@@ -219,8 +246,18 @@ class Batcher:
         if not batch:
             return
         session = self._session
+        if session is not None and not session.closed and self._too_old(session):
+            self._retire(session)
+            session = None
         if session is None or session.closed:
-            session = self._open()
+            try:
+                session = await self._open()
+            except Exception as exc:  # e.g. the token provider failed: retried like a break
+                failed = _status(grpc.StatusCode.UNAVAILABLE, f"cannot open a stream: {exc}")
+                for pending in batch:
+                    pending.attempts += 1
+                    self._failed(pending, failed)
+                return
         for pending in batch:
             pending.attempts += 1
         session.in_flight.append((time.monotonic(), batch))
@@ -231,14 +268,47 @@ class Batcher:
         except Exception:  # the reader settles the batch: the call has ended
             session.call.cancel()
 
-    def _open(self) -> _Session:
-        call = self._stub.PublishStream(metadata=self._metadata())
+    async def _open(self) -> _Session:
+        index = self._pick()
+        call = self._stubs[index].PublishStream(metadata=await self._metadata())
         session = _Session(call)
         session.reader = asyncio.create_task(self._read_loop(session), name="jetgate-client-reader")
         self._watch(session)
         self._session = session
+        self._live.add(session)
         self.streams_opened += 1
+        self.streams_per_address[index] += 1
         return session
+
+    def _pick(self) -> int:
+        """The address of the next stream: the next in turn that is healthy, if any is."""
+        count = len(self._stubs)
+        order = [(self._next_stub + i) % count for i in range(count)]
+        index = next((i for i in order if self._healthy(i)), order[0])
+        self._next_stub = (index + 1) % count
+        return index
+
+    def _too_old(self, session: _Session) -> bool:
+        age = self._stream_max_age
+        return age is not None and time.monotonic() - session.opened >= age
+
+    def _retire(self, session: _Session) -> None:
+        """Send no more on `session`; close its writing side once its batches are answered
+        (the gateway then ends the call, and its reader ends without failing anything)."""
+        session.retired = True
+        if self._session is session:
+            self._session = None
+        if not session.in_flight:
+            self._done_writing(session)
+
+    def _done_writing(self, session: _Session) -> None:
+        async def close() -> None:
+            with contextlib.suppress(Exception):
+                await session.call.done_writing()
+
+        task = asyncio.create_task(close(), name="jetgate-client-retire")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- answers --------------------------------------------------------------------------
 
@@ -256,6 +326,8 @@ class Batcher:
                     return
                 _, batch = session.in_flight.popleft()
                 self._settle(batch, response)
+                if session.retired and not session.in_flight:
+                    self._done_writing(session)
                 self._wake.set()
         except grpc.aio.AioRpcError as error:
             status = session.expired or status_of(error)
@@ -268,6 +340,9 @@ class Batcher:
             status = session.expired
         finally:
             session.closed = True
+            self._live.discard(session)
+            if self._session is session:
+                self._session = None
             if session.watchdog is not None:
                 session.watchdog.cancel()
             session.call.cancel()
@@ -333,6 +408,7 @@ class Batcher:
         code = _code(status)
         if (
             code in retry.codes
+            and not self._closing
             and pending.attempts < retry.max_attempts
             and not pending.future.done()
         ):

@@ -14,6 +14,9 @@ metadata cannot carry it. Each publish() puts the caller's current OpenTelemetry
 its entry's `trace_context`; the gateway parents that event's producer span on it. The
 client makes no span of its own: the caller's span is the event's parent. The stream
 itself is opened outside any caller's context (it outlives them all).
+
+Connection (`jetgate.client.connection`): one address, several (a channel each, streams
+rotating over them), TLS/mTLS and a bearer token, all in one `ConnectionSettings`.
 """
 
 from __future__ import annotations
@@ -30,26 +33,26 @@ from google.protobuf.message import Message
 from opentelemetry import propagate
 
 from jetgate import wire
-from jetgate.client.batcher import ENTRY_OVERHEAD, Batcher, Metadata, Pending
+from jetgate.client.batcher import ENTRY_OVERHEAD, Batcher, Pending
+from jetgate.client.connection import ConnectionSettings, Metadata, connection_of
 from jetgate.client.result import Published
 from jetgate.client.settings import BatchSettings, RetrySettings
 from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
 
 class Client:
-    """A batching, retrying publisher for one gateway address (or a channel of yours).
+    """A batching, retrying publisher to one or several gateways (or a channel of yours).
 
-    `target`: `host:port` (a plaintext channel unless `credentials` are given), or pass
-    `channel` (then the client never closes it). `metadata`: sent with each stream (e.g.
-    `(("authorization", "Bearer ..."),)`). Use one client per process and event loop.
+    `target`: `host:port` (plaintext), several of them, or a `ConnectionSettings` (addresses,
+    TLS, token); or pass `channel` (then the client never closes it). `metadata`: more call
+    metadata sent with each stream. Use one client per process and event loop.
     """
 
     def __init__(
         self,
-        target: str | None = None,
+        target: str | Sequence[str] | ConnectionSettings | None = None,
         *,
         channel: grpc.aio.Channel | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
         batching: BatchSettings | None = None,
         retry: RetrySettings | None = None,
         metadata: Sequence[tuple[str, str]] = (),
@@ -57,10 +60,9 @@ class Client:
     ) -> None:
         if (target is None) == (channel is None):
             raise ValueError("give either target or channel")
-        self._target = target
-        self._credentials = credentials
-        self._channel = channel
-        self._owns_channel = channel is None
+        self._connection = None if target is None else connection_of(target)
+        self._channels: list[grpc.aio.Channel] = [] if channel is None else [channel]
+        self._owns_channels = channel is None
         self._batching = batching or BatchSettings()
         self._retry = retry or RetrySettings()
         self._metadata: Metadata = tuple(metadata)
@@ -93,8 +95,13 @@ class Client:
 
     @property
     def streams_opened(self) -> int:
-        """PublishStream calls opened so far (a new one after each broken stream)."""
+        """PublishStream calls opened so far (a new one after each broken or retired one)."""
         return 0 if self._batcher is None else self._batcher.streams_opened
+
+    @property
+    def streams_per_address(self) -> tuple[int, ...]:
+        """PublishStream calls opened so far to each address, in the settings' order."""
+        return () if self._batcher is None else tuple(self._batcher.streams_per_address)
 
     async def publish(
         self,
@@ -162,8 +169,9 @@ class Client:
         self._closed = True
         if self._batcher is not None:
             await self._batcher.close()
-        if self._owns_channel and self._channel is not None:
-            await self._channel.close()
+        if self._owns_channels:
+            for channel in self._channels:
+                await channel.close()
 
     async def flush(self) -> None:
         """Wait until every event published so far is settled."""
@@ -182,16 +190,27 @@ class Client:
     def _start(self) -> tuple[Batcher, asyncio.Semaphore]:
         """The batcher and the in-flight bound, made on first use (inside the event loop)."""
         if self._batcher is None or self._room is None:
-            if self._channel is None:
-                assert self._target is not None
-                if self._credentials is None:
-                    self._channel = grpc.aio.insecure_channel(self._target)
-                else:
-                    self._channel = grpc.aio.secure_channel(self._target, self._credentials)
-            stub = gateway_pb2_grpc.EventGatewayStub(self._channel)
-            metadata = self._metadata
+            connection = self._connection
+            if connection is not None and not self._channels:
+                self._channels = [connection.channel(a) for a in connection.addresses]
+            channels = tuple(self._channels)
+            extra = self._metadata
+
+            async def metadata() -> Metadata:
+                own = () if connection is None else await connection.metadata()
+                return (*own, *extra)
+
+            def healthy(index: int) -> bool:
+                state = channels[index].get_state(try_to_connect=False)
+                return state is not grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
             self._batcher = Batcher(
-                stub, batching=self._batching, retry=self._retry, metadata=lambda: metadata
+                [gateway_pb2_grpc.EventGatewayStub(c) for c in channels],
+                batching=self._batching,
+                retry=self._retry,
+                metadata=metadata,
+                healthy=healthy,
+                stream_max_age=None if connection is None else connection.stream_max_age,
             )
             self._room = asyncio.Semaphore(self._batching.max_in_flight)
         return self._batcher, self._room
