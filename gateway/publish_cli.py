@@ -1,7 +1,7 @@
 """`jetgate publish`: publish events through the gateway's gRPC API, from the command line.
 
-Through the API, not straight into NATS, so validation, routing, tracing (and, once wired
-in, auth) apply as they do to every client. Two forms:
+Through the API, not straight into NATS, so validation, routing, tracing and auth apply as
+they do to every client. Two forms:
 
 - one event: `jetgate publish OrderPlaced --key o-42 --json '{"orderId": "o-42"}'
   [--id ID] [--header k=v ...] [--expect-last-key-seq N]`: a `Publish`;
@@ -14,7 +14,14 @@ in, auth) apply as they do to every client. Two forms:
 TYPE is a full proto name or a simple name only one registered type has; the types come
 from the gateway configuration (`--config`, as `jetgate decode`), which turns the JSON into
 the typed message. The gateway's address: `--gateway`, else `JETGATE_GATEWAY`, else the
-configuration's `listen` (plaintext; TLS is not wired in yet).
+configuration's `listen`.
+
+Security, as `jetgate.client.ConnectionSettings` (the client's own type: the same checks):
+`--tls-ca FILE` (or `--tls` for the system's roots) for TLS, with `--tls-cert` and
+`--tls-key` for mTLS, `--tls-server-name` to check the certificate against another name. A
+bearer token comes from `--token-file FILE` or the `JETGATE_GATEWAY_TOKEN` variable, never
+from a flag's value (any local user can read command lines), and is sent in plaintext only
+to a loopback address.
 
 With stdin, stderr a terminal and stdout not (results to a file), a live count of the
 events sent and refused shows on stderr (rich).
@@ -52,6 +59,14 @@ from gateway.config import load_config
 from gateway.decoding import DEFAULT_CONFIG, Decoder, add_config_argument
 from gateway.terminal import Rejected, UsageError, report
 from jetgate import processes, wire
+from jetgate.client.connection import (
+    TOKEN_VARIABLE,
+    ConnectionSettings,
+    Metadata,
+    TlsSettings,
+    TokenProvider,
+    token_file,
+)
 from jetgate.errors import StartupError
 from jetgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -78,6 +93,7 @@ def add_command(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     text = "publish events through the gateway's gRPC API (one, or JSON lines on stdin)"
     parser = add_parser(
         "publish",
+        allow_abbrev=False,  # `--token x` must not pass for --token-file
         help=text,
         description=text,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -129,6 +145,19 @@ def add_command(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call"
     )
+    security = parser.add_argument_group("security (docs/security.md)")
+    security.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs")
+    security.add_argument("--tls-ca", metavar="FILE", help="TLS, trusting this CA (PEM)")
+    security.add_argument("--tls-cert", metavar="FILE", help="mTLS: the client certificate chain")
+    security.add_argument("--tls-key", metavar="FILE", help="mTLS: the client certificate's key")
+    security.add_argument(
+        "--tls-server-name", metavar="NAME", help="check the gateway's certificate for NAME"
+    )
+    security.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"a file holding the bearer token [default: the {TOKEN_VARIABLE} variable]",
+    )
     add_config_argument(parser)
     parser.set_defaults(operator_command=run)
 
@@ -157,11 +186,45 @@ async def _publish(args: argparse.Namespace) -> int:
             raise UsageError("--json needs TYPE and --key")
         line = {"type": args.type, "key": args.key, "payload": _json(args.payload, "--json")}
         entry = publish_request(decoder, line, args, headers)
-    async with grpc.aio.insecure_channel(address) as channel:
+    connection = connection_settings(args, address, os.environ)
+    try:
+        channel = connection.channel(address)
+        metadata = await connection.metadata()
+    except OSError as exc:
+        raise UsageError(f"{exc.filename}: cannot be read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    async with channel:
         stub = gateway_pb2_grpc.EventGatewayStub(channel)
         if entry is not None:
-            return await _one(stub, entry, args.timeout, address)
-        return await _many(stub, decoder, args, headers, address)
+            return await _one(stub, entry, args.timeout, address, metadata)
+        return await _many(stub, decoder, args, headers, address, metadata)
+
+
+def connection_settings(
+    args: argparse.Namespace, address: str, env: Mapping[str, str]
+) -> ConnectionSettings:
+    """The client's connection settings from the security flags and the environment."""
+    tls = None
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
+        try:
+            tls = TlsSettings(
+                ca_file=args.tls_ca or "",
+                cert_file=args.tls_cert or "",
+                key_file=args.tls_key or "",
+                server_name=args.tls_server_name or "",
+            )
+        except ValueError as exc:
+            raise UsageError(f"--tls-cert and --tls-key: {exc}") from None
+    token: str | TokenProvider | None = None
+    if args.token_file:
+        token = token_file(args.token_file)
+    elif env.get(TOKEN_VARIABLE):
+        token = env[TOKEN_VARIABLE].strip()
+    try:
+        return ConnectionSettings(addresses=(address,), tls=tls, token=token)
+    except ValueError as exc:
+        raise UsageError(f"{exc}") from None
 
 
 async def _one(
@@ -169,9 +232,10 @@ async def _one(
     entry: gateway_pb2.PublishRequest,
     deadline: float,
     address: str,
+    metadata: Metadata,
 ) -> int:
     try:
-        reply = await stub.Publish(entry, timeout=deadline)
+        reply = await stub.Publish(entry, timeout=deadline, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         status = _status_of(exc)
         message = f"{_code_name(status.code)}: {status.message}{_details_text(status)}"
@@ -188,6 +252,7 @@ async def _many(
     args: argparse.Namespace,
     headers: Mapping[str, str],
     address: str,
+    metadata: Metadata,
 ) -> int:
     refused = 0
     sent: asyncio.Queue[list[int] | None] = asyncio.Queue()
@@ -222,7 +287,7 @@ async def _many(
     try:
         if progress is not None:
             progress.start()
-        async for response in stub.PublishStream(requests()):
+        async for response in stub.PublishStream(requests(), metadata=metadata):
             numbers = await sent.get()
             assert numbers is not None  # one response per request, in order
             for number, result in zip(numbers, response.results, strict=True):

@@ -34,6 +34,8 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+# Where command-line tools (`jetgate publish`) read a bearer token: never a flag's value.
+TOKEN_VARIABLE = "JETGATE_GATEWAY_TOKEN"
 TokenProvider = Callable[[], str | Awaitable[str]]
 Metadata = tuple[tuple[str, str], ...]
 
