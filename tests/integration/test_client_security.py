@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -209,6 +210,29 @@ async def test_events_spread_over_every_gateway(gateway_config: GatewayConfig, n
     sources = [source for _, source in await stored_messages(nc)]
     assert set(sources) == {"gw-0", "gw-1"}, sources
     assert min(per_address) >= 2, per_address
+
+
+@pytest.fixture
+def dead_address() -> Iterator[str]:
+    """A loopback address that refuses connections (bound, never listening)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_a_dead_address_is_left_for_the_next_one(gateway: Gateway, dead_address: str) -> None:
+    # The first stream goes to the dead address, fails UNAVAILABLE, and the retry opens
+    # the next stream on the live one.
+    dead = dead_address
+    retry = RetrySettings(initial_backoff=0.01, max_backoff=0.1)
+    async with Client(ConnectionSettings(addresses=(dead, gateway.address)), retry=retry) as client:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(client.publish(order_placed(), key=f"o-{i}") for i in range(10))),
+            30,
+        )
+        opened = client.streams_per_address
+    assert len({r.sequence for r in results}) == 10
+    assert min(opened) >= 1, opened
 
 
 async def test_a_gateway_stopped_mid_way_loses_and_doubles_nothing(
