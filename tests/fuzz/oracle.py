@@ -13,7 +13,7 @@ PublishResponse; else the google.rpc.Status). The properties:
   that are not duplicates;
 - an OK is stored exactly as sent: subject, payload bytes, every user header byte for byte
   (raw header block from `$JS.API.STREAM.MSG.GET`), the CloudEvents attributes; and a
-  worker of a consumer group gets the same payload and headers;
+  worker of a consumer group gets the same event (the parsed payload), key, source and headers;
 - the gateway is SERVING afterwards.
 """
 
@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2
 
 from jetgate import wire
 from jetgate.v1 import event_pb2, gateway_pb2
-from tests.fuzz.live import STREAM, LiveGateway
+from tests.fuzz.live import ROUTED_TYPES, STREAM, LiveGateway
 from tests.support.eventually import eventually
 
 NEVER = frozenset(
@@ -244,5 +244,10 @@ async def check_handled(
     await eventually(handled, what=f"the worker handling sequence {ok.sequence}")
     got = live.handled[ok.sequence]
     assert got.event_id == ok.event_id
-    assert got.data == entry.event.payload.value
-    assert got.headers == dict(entry.event.headers), "headers as the worker got them"
+    event = entry.event
+    assert got.event_type == wire.type_from_url(event.payload.type_url)
+    sent = ROUTED_TYPES[got.event_type].FromString(event.payload.value)
+    assert got.data == sent.SerializeToString(deterministic=True), "payload as the worker got it"
+    assert got.headers == dict(event.headers), "headers as the worker got them"
+    assert live.config is not None
+    assert (got.key, got.source) == (event.key, event.source or live.config.source)
