@@ -12,8 +12,11 @@ PublishResponse; else the google.rpc.Status). The properties:
 - a refusal stores nothing: the stream's last sequence grows by exactly the number of OKs
   that are not duplicates;
 - an OK is stored exactly as sent: subject, payload bytes, every user header byte for byte
-  (raw header block from `$JS.API.STREAM.MSG.GET`), the CloudEvents attributes; and a
-  worker of a consumer group gets the same event (the parsed payload), key, source and headers;
+  (raw header block from `$JS.API.STREAM.MSG.GET`), the CloudEvents attributes as the wire
+  contract writes them (jetgate/wire.py: values percent-encoded per the NATS binding,
+  compared decoded with `wire.attribute_value`; `ce-dataschema` is `wire.data_schema`,
+  `ce-datacontenttype` protobuf; an accepted `source` is a URI-reference); and a worker of
+  a consumer group gets the same event (the parsed payload), key, source and headers;
 - the gateway is SERVING afterwards.
 """
 
@@ -30,7 +33,7 @@ from grpc_health.v1 import health_pb2
 
 from jetgate import wire
 from jetgate.v1 import event_pb2, gateway_pb2
-from tests.fuzz.live import ROUTED_TYPES, STREAM, LiveGateway
+from tests.fuzz.live import ROUTED_TYPES, STREAM, LiveGateway, StoredMessage
 from tests.support.eventually import eventually
 
 NEVER = frozenset(
@@ -198,6 +201,12 @@ def sent_headers(event: event_pb2.Event) -> list[tuple[bytes, bytes]]:
     return sorted((k.encode(), v.encode()) for k, v in event.headers.items())
 
 
+def attribute(stored: StoredMessage, name: str) -> str | None:
+    """The CloudEvents attribute `name` of a stored message, decoded (None: no header)."""
+    value = stored.header(name)
+    return None if value is None else wire.attribute_value(value)
+
+
 async def check_stored(
     live: LiveGateway,
     entry: gateway_pb2.PublishRequest,
@@ -215,7 +224,7 @@ async def check_stored(
         assert ok.sequence > before, (ok.sequence, before)
     stored = await live.stored(ok.sequence)
     assert stored is not None, f"OK sequence {ok.sequence} is not in the stream"
-    assert stored.header(wire.CE_ID) == ok.event_id
+    assert attribute(stored, wire.CE_ID) == ok.event_id
     assert stored.header(wire.MSG_ID) == ok.event_id
     if not fresh:  # the original is stored: this request's content was not
         return
@@ -223,12 +232,22 @@ async def check_stored(
     assert stored.subject == ok.subject == wire.subject("orders", name, event.key)
     assert stored.data == event.payload.value
     assert user_headers(stored.headers) == sent_headers(event)
-    assert stored.header(wire.CE_TYPE) == name
-    assert stored.header(wire.CE_SUBJECT) == event.key
-    assert stored.header(wire.CE_SOURCE) == (event.source or "jetgate")
-    assert stored.header(wire.CE_DATASCHEMA) == wire.type_url(name)
+    # CloudEvents attributes: values percent-encoded by the NATS binding (decoded here), the
+    # dataschema an absolute URI, the content type protobuf (issue 15, jetgate/wire.py).
+    assert attribute(stored, wire.CE_SPECVERSION) == wire.SPEC_VERSION
+    assert attribute(stored, wire.CE_TYPE) == name
+    assert attribute(stored, wire.CE_SUBJECT) == event.key
+    assert live.config is not None
+    source = event.source or live.config.source  # the gateway's default for events without
+    assert attribute(stored, wire.CE_SOURCE) == source
+    assert stored.header(wire.CE_SOURCE) == wire.header_attribute(source), "encoded as sent"
+    assert wire.uri_reference_problem("source", source) is None, f"accepted source {source!r}"
+    assert attribute(stored, wire.CE_DATASCHEMA) == wire.data_schema(name)
+    assert attribute(stored, wire.CE_DATACONTENTTYPE) == wire.CONTENT_TYPE_PROTOBUF
+    assert stored.header(wire.CONTENT_TYPE) == wire.CONTENT_TYPE_PROTOBUF
     if event.HasField("time"):
-        assert stored.header(wire.CE_TIME) == wire.format_time(event.time.ToDatetime(tzinfo=UTC))
+        moment = wire.format_time(event.time.ToDatetime(tzinfo=UTC))
+        assert attribute(stored, wire.CE_TIME) == moment
     ttl = str(event.ttl.seconds) if event.HasField("ttl") else None
     assert stored.header(wire.TTL) == ttl
 
