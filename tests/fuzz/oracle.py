@@ -22,6 +22,7 @@ PublishResponse; else the google.rpc.Status). The properties:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -34,6 +35,7 @@ from grpc_health.v1 import health_pb2
 from jetgate import wire
 from jetgate.v1 import event_pb2, gateway_pb2
 from tests.fuzz.live import ROUTED_TYPES, STREAM, LiveGateway, StoredMessage
+from tests.fuzz.strategies import MAX_PAYLOAD
 from tests.support.eventually import eventually
 
 NEVER = frozenset(
@@ -188,6 +190,12 @@ def coverage(exchanges: Sequence[Exchange], max_payload: int) -> list[str]:
                 labels.add(f"non-ASCII header value: {answer.code.name}")
             if sum(len(v) for v in event.headers.values()) > 60_000:
                 labels.add(f"headers over 60 KB: {answer.code.name}")
+            if entry.trace_context:
+                valid = TRACEPARENT.match(entry.trace_context.get("traceparent", ""))
+                labels.add(
+                    f"trace_context ({'valid' if valid else 'no valid'} traceparent): "
+                    f"{answer.code.name}"
+                )
             if entry.HasField("precondition"):
                 labels.add(f"precondition: {answer.code.name}")
     return sorted(labels)
@@ -250,6 +258,43 @@ async def check_stored(
         assert attribute(stored, wire.CE_TIME) == moment
     ttl = str(event.ttl.seconds) if event.HasField("ttl") else None
     assert stored.header(wire.TTL) == ttl
+    check_trace_context(entry, stored)
+
+
+def check_trace_context(entry: gateway_pb2.PublishRequest, stored: StoredMessage) -> None:
+    """An accepted entry's own trace context has only W3C names with values NATS can carry;
+    a valid traceparent of it is the trace the stored event continues (the gateway's span,
+    when tracing is on, is a child of it: same trace id). Trace headers are left out only
+    when they do not fit under the size limits."""
+    own = dict(entry.trace_context)
+    assert set(own) <= set(wire.TRACE_HEADERS), f"accepted trace_context {sorted(own)}"
+    for name, value in own.items():
+        assert wire.header_value_problem(name, value) is None, f"accepted {name}: {value!r}"
+    sent = TRACEPARENT.match(own.get("traceparent", ""))
+    if sent is None:
+        return
+    stored_parent = stored.header("traceparent")
+    if stored_parent is None:
+        needed, room = wire.encoded_headers_size(own), room_about(entry)
+        assert room < needed, f"trace headers ({needed} bytes) left out, about {room} to spare"
+        return
+    got = TRACEPARENT.match(stored_parent)
+    assert got is not None, f"stored traceparent {stored_parent!r}"
+    assert got["trace"] == sent["trace"], (stored_parent, own)
+
+
+# A valid W3C traceparent (version 00): trace id and parent id not all zeros.
+TRACEPARENT = re.compile(
+    r"^00-(?P<trace>(?!0{32})[0-9a-f]{32})-(?P<parent>(?!0{16})[0-9a-f]{16})-[0-9a-f]{2}$"
+)
+
+
+def room_about(entry: gateway_pb2.PublishRequest) -> int:
+    """About how many bytes the entry's message could still grow by under the size limits
+    (at least: 1 KiB counted for the headers the gateway adds, which take less)."""
+    event = entry.event
+    headers = wire.encoded_headers_size(dict(event.headers))
+    return min(MAX_PAYLOAD - event.ByteSize(), wire.MAX_HEADERS_SIZE - headers) - 1024
 
 
 async def check_handled(
