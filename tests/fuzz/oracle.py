@@ -32,6 +32,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
+from gateway.validation import MAX_SOURCE_LENGTH
 from jetgate import wire
 from jetgate.v1 import event_pb2, gateway_pb2
 from tests.fuzz.live import ROUTED_TYPES, STREAM, LiveGateway, StoredMessage
@@ -97,6 +98,8 @@ def check_code(
     code, status = answer.code, answer.status
     where = f"{code.name}: {status.message if status else ''!r}"
     assert code not in NEVER, where
+    if (rule := broken_rule(entry)) is not None:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{rule}, answered {where}"
     if code == grpc.StatusCode.OK:
         return
     if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -121,6 +124,33 @@ def check_code(
         assert any(e.event.id in acknowledged for e in entries), f"no id stored before: {where}"
         return
     raise AssertionError(f"unexpected {where}")
+
+
+def broken_rule(entry: gateway_pb2.PublishRequest) -> str | None:
+    """A rule of the contract `entry` alone breaks (its refusal is then INVALID_ARGUMENT,
+    in an atomic batch too: the other entries are ABORTED), or None. Stated with wire's
+    rules; the gateway's validation is not consulted."""
+    if not entry.HasField("event"):
+        return "no event"
+    event = entry.event
+    source = event.source  # empty: the gateway's default, a valid one
+    problems = [
+        wire.key_problem(event.key),
+        wire.event_id_problem(event.id),
+        source and wire.header_value_problem("source", source, MAX_SOURCE_LENGTH),
+        source and wire.uri_reference_problem("source", source),
+        *(wire.header_problem(name, value) for name, value in event.headers.items()),
+        *(
+            wire.header_value_problem(name, value)
+            if name in wire.TRACE_HEADERS
+            else f"trace_context name {name!r}"
+            for name, value in entry.trace_context.items()
+        ),
+        wire.ttl_problem(event.ttl.seconds, event.ttl.nanos) if event.HasField("ttl") else None,
+    ]
+    if wire.encoded_headers_size(dict(event.headers)) > wire.MAX_HEADERS_SIZE:
+        problems.append("user headers over JetStream's 64 KiB")
+    return next((p for p in problems if p), None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
