@@ -15,7 +15,12 @@ limit is dead-lettered with a truncated payload). A dead letter that cannot be s
 (DLQ stream missing or full, JetStream away) never uses up a delivery: the event is held,
 kept alive with in_progress, and the store retried with backoff (re-creating a missing DLQ
 stream) until it succeeds; each failed try is a warning and counts in
-`jetgate.consumer.dead_letter_failures`.
+`jetgate.consumer.dead_letter_failures`. A held event is no longer running its handler, so
+it gives its handler slot back (`on_hold`: the worker still counts it among the events it
+holds, so an outage holds at most concurrency + prefetch events per worker), and other
+events keep being handled. The retries of all held events share one signal: as soon as any
+dead letter is stored (DLQ is back), every held store is tried again at once, not at its
+own next backoff (at most DEAD_LETTER_RETRY_MAX).
 
 Trace context: the context in the event's headers is current while its handler runs, with
 tracing on or off, so the follow-ups a handler publishes (e.g. through an instrumented gRPC
@@ -61,7 +66,8 @@ log = logging.getLogger("jetgate.consumers")
 
 # Backoff of a dead-letter store that failed (s): doubling from the first, at most the max.
 DEAD_LETTER_RETRY_FIRST = 0.5
-DEAD_LETTER_RETRY_MAX = 30.0
+# Low: a held event waits for DLQ to come back, and a store costs one request.
+DEAD_LETTER_RETRY_MAX = 5.0
 HANDLER_TIMEOUT = "HandlerTimeout"  # error.type of an attempt whose handler timed out
 ACK, RETRY, DEAD_LETTER, SKIP = "ack", "retry", "dead_letter", "skip"
 Outcome = tuple[str, str]  # (what the worker did, error.type or "")
@@ -94,8 +100,14 @@ class DeliveryHandler:
         stats: WorkerStats,
         metrics: ConsumeMetrics,
         tracer: trace.Tracer | None,
+        on_hold: Callable[[asyncio.Task[Any]], None] | None = None,
     ) -> None:
         self.group = group
+        # Called with the handling task when its event is first held (dead letter not
+        # stored): its handler is done, so the worker can give its slot to another event.
+        self._on_hold = on_hold
+        # Set (and replaced) whenever a dead letter is stored: wakes every held retry.
+        self._dead_letter_stored = asyncio.Event()
         self._nc = nc
         self._js = nc.jetstream()
         self._stats = stats
@@ -275,11 +287,17 @@ class DeliveryHandler:
         pause = DEAD_LETTER_RETRY_FIRST
         failures = 0
         while True:
+            # Taken before the try: a store that succeeds meanwhile ends the pause below.
+            stored = self._dead_letter_stored
             try:
                 # A fresh dict per try: nats-py's publish mutates the one it is given.
                 await self._js.publish(subject, payload, headers=dict(dead_headers))
                 break
             except (NatsError, TimeoutError) as exc:
+                if failures == 0 and self._on_hold is not None:
+                    task = asyncio.current_task()
+                    assert task is not None
+                    self._on_hold(task)
                 failures += 1
                 self._metrics.dead_letter_failed()
                 log.warning(
@@ -289,8 +307,12 @@ class DeliveryHandler:
                 )
             with contextlib.suppress(NatsError, TimeoutError):
                 await deadletter.ensure_stream(self._js)
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await stored.wait()
             pause = min(pause * 2, DEAD_LETTER_RETRY_MAX)
+        self._dead_letter_stored.set()
+        self._dead_letter_stored = asyncio.Event()
         await _settle(msg.term(), msg, self.group.name)
         self._stats.dead_lettered += 1
         self._metrics.dead_lettered(reason.value)

@@ -14,8 +14,11 @@ fairness (slow handlers). nats-py's `fetch` is not used: it waits for a full bat
 timeout, and a long-poll it abandons keeps taking events.
 
 What happens to each delivery (ack, retry, dead letter; its span and metrics) is
-`consumers.handling`. While a handler runs longer than ack_wait/2, the worker sends
-`in_progress` every ack_wait/2.
+`consumers.handling`. An event held because its dead letter cannot be stored (DLQ
+unavailable) gives its handler slot back but still counts among the events the worker
+holds (running, prefetched, held: at most concurrency + prefetch), kept alive likewise.
+While a handler runs longer than ack_wait/2, the worker sends `in_progress` every
+ack_wait/2.
 
 Metrics: the consumer's lag and ack-pending counts are read from JetStream every
 `metrics_interval` seconds (only with a meter provider).
@@ -50,6 +53,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -127,6 +131,8 @@ class Worker:
         self._ids = itertools.count()
         self._pulls: dict[str, _Pull] = {}
         self._running: dict[asyncio.Task[None], _Running] = {}
+        # Events whose dead letter cannot be stored yet (`handling`): no handler slot.
+        self._held: dict[asyncio.Task[None], _Running] = {}
         self._waiting: collections.deque[_Running] = collections.deque()
         self._wake = asyncio.Event()
         self._needs_setup = True
@@ -146,6 +152,7 @@ class Worker:
             stats=self._stats,
             metrics=self._metrics,
             tracer=messaging.tracer(tracer_provider),
+            on_hold=self._hold,
         )
         self._metrics_interval = metrics_interval
         self._pending_read: asyncio.Task[None] | None = None
@@ -155,7 +162,7 @@ class Worker:
     @property
     def stats(self) -> WorkerStats:
         """The counts so far (`in_flight`: handlers running plus prefetched events)."""
-        self._stats.in_flight = len(self._running) + len(self._waiting)
+        self._stats.in_flight = len(self._running) + len(self._waiting) + len(self._held)
         return self._stats
 
     async def run(self, stop: asyncio.Event) -> WorkerStats:
@@ -301,9 +308,20 @@ class Worker:
         self._running[task] = running
         task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        del self._running[task]
+    def _hold(self, task: asyncio.Task[Any]) -> None:
+        """The event of `task` is held for its dead letter: its handler slot is free."""
+        running = self._running.pop(task, None)
+        if running is None:
+            return
+        self._held[task] = running
         if self._waiting:
+            self._start(self._waiting.popleft())
+        self._wake.set()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        if self._running.pop(task, None) is None:
+            del self._held[task]
+        if self._waiting and len(self._running) < self._concurrency:
             self._start(self._waiting.popleft())
         if not task.cancelled() and task.exception() is not None:
             log.error("group %s: worker error", self.group.name, exc_info=task.exception())
@@ -320,7 +338,7 @@ class Worker:
         requested = sum(p.credits for p in self._pulls.values())
         # Every slot stuck: prefetching more would only hold events another worker can take.
         room = self._concurrency + (0 if self._stalled else self._prefetch)
-        free = room - len(self._running) - len(self._waiting) - requested
+        free = room - len(self._running) - len(self._waiting) - len(self._held) - requested
         # Ask in halves under load (fewer requests), at once when nothing is requested.
         if free <= 0 or (requested and free < max(1, room // 2)):
             return
@@ -361,7 +379,7 @@ class Worker:
     async def _keep_alive(self) -> None:
         now = time.monotonic()
         self._handler.expire_overdue(now)
-        for running in [*self._running.values(), *self._waiting]:
+        for running in [*self._running.values(), *self._waiting, *self._held.values()]:
             if now - running.last_progress >= self.group.ack_wait / 2:
                 running.last_progress = now
                 with contextlib.suppress(NatsError):
@@ -370,7 +388,9 @@ class Worker:
     async def _drain(self) -> None:
         self._stopping = True
         deadline = time.monotonic() + self._drain_timeout
-        while (self._pulls or self._running or self._waiting) and time.monotonic() < deadline:
+        while (
+            self._pulls or self._running or self._waiting or self._held
+        ) and time.monotonic() < deadline:
             self._expire()
             await self._keep_alive()
             self._wake.clear()
@@ -378,10 +398,11 @@ class Worker:
         while self._waiting:  # never started: hand them to another worker now
             with contextlib.suppress(NatsError):
                 await self._waiting.popleft().msg.nak()
-        for task in list(self._running):
+        tasks = [*self._running, *self._held]
+        for task in tasks:
             task.cancel()
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(NatsError, TimeoutError):
             await self._nc.flush(timeout=2)
 

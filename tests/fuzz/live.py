@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import grpc
 import nats
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client
 
@@ -50,6 +51,7 @@ ROUTED = (
     orders_pb2.OrderShipped,
     orders_pb2.OrderCancelled,
 )
+ROUTED_TYPES: dict[str, type[Message]] = {kind.DESCRIPTOR.full_name: kind for kind in ROUTED}
 T = TypeVar("T")
 
 
@@ -69,11 +71,16 @@ class StoredMessage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Handled:
-    """What the worker's handler got for one delivery."""
+    """What the worker's handler got for one delivery. A handler gets the parsed event, not
+    the NATS message (`Delivery` holds nothing that settles it): `data` is the event
+    serialized again (deterministic), compared with the sent payload parsed the same way."""
 
     data: bytes
     headers: dict[str, object]
     event_id: str
+    event_type: str
+    key: str
+    source: str
 
 
 def parse_header_block(block: bytes) -> list[tuple[bytes, bytes]]:
@@ -245,12 +252,14 @@ def _recording_group(handled: dict[int, Handled]) -> ConsumerGroup:
         concurrency=8,
     )
 
-    async def record(event: object, delivery: Delivery) -> None:
-        assert delivery.message is not None
+    async def record(event: Message, delivery: Delivery) -> None:
         handled[delivery.sequence] = Handled(
-            data=bytes(delivery.message.data),
+            data=event.SerializeToString(deterministic=True),
             headers=dict(delivery.headers),
             event_id=delivery.event_id,
+            event_type=delivery.event_type,
+            key=delivery.key,
+            source=delivery.source,
         )
 
     for kind in ROUTED:

@@ -12,13 +12,17 @@ PublishResponse; else the google.rpc.Status). The properties:
 - a refusal stores nothing: the stream's last sequence grows by exactly the number of OKs
   that are not duplicates;
 - an OK is stored exactly as sent: subject, payload bytes, every user header byte for byte
-  (raw header block from `$JS.API.STREAM.MSG.GET`), the CloudEvents attributes; and a
-  worker of a consumer group gets the same payload and headers;
+  (raw header block from `$JS.API.STREAM.MSG.GET`), the CloudEvents attributes as the wire
+  contract writes them (jetgate/wire.py: values percent-encoded per the NATS binding,
+  compared decoded with `wire.attribute_value`; `ce-dataschema` is `wire.data_schema`,
+  `ce-datacontenttype` protobuf; an accepted `source` is a URI-reference); and a worker of
+  a consumer group gets the same event (the parsed payload), key, source and headers;
 - the gateway is SERVING afterwards.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -28,9 +32,11 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
+from gateway.validation import MAX_SOURCE_LENGTH
 from jetgate import wire
 from jetgate.v1 import event_pb2, gateway_pb2
-from tests.fuzz.live import STREAM, LiveGateway
+from tests.fuzz.live import ROUTED_TYPES, STREAM, LiveGateway, StoredMessage
+from tests.fuzz.strategies import MAX_PAYLOAD
 from tests.support.eventually import eventually
 
 NEVER = frozenset(
@@ -92,6 +98,8 @@ def check_code(
     code, status = answer.code, answer.status
     where = f"{code.name}: {status.message if status else ''!r}"
     assert code not in NEVER, where
+    if (rule := broken_rule(entry)) is not None:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{rule}, answered {where}"
     if code == grpc.StatusCode.OK:
         return
     if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -116,6 +124,33 @@ def check_code(
         assert any(e.event.id in acknowledged for e in entries), f"no id stored before: {where}"
         return
     raise AssertionError(f"unexpected {where}")
+
+
+def broken_rule(entry: gateway_pb2.PublishRequest) -> str | None:
+    """A rule of the contract `entry` alone breaks (its refusal is then INVALID_ARGUMENT,
+    in an atomic batch too: the other entries are ABORTED), or None. Stated with wire's
+    rules; the gateway's validation is not consulted."""
+    if not entry.HasField("event"):
+        return "no event"
+    event = entry.event
+    source = event.source  # empty: the gateway's default, a valid one
+    problems = [
+        wire.key_problem(event.key),
+        wire.event_id_problem(event.id),
+        source and wire.header_value_problem("source", source, MAX_SOURCE_LENGTH),
+        source and wire.uri_reference_problem("source", source),
+        *(wire.header_problem(name, value) for name, value in event.headers.items()),
+        *(
+            wire.header_value_problem(name, value)
+            if name in wire.TRACE_HEADERS
+            else f"trace_context name {name!r}"
+            for name, value in entry.trace_context.items()
+        ),
+        wire.ttl_problem(event.ttl.seconds, event.ttl.nanos) if event.HasField("ttl") else None,
+    ]
+    if wire.encoded_headers_size(dict(event.headers)) > wire.MAX_HEADERS_SIZE:
+        problems.append("user headers over JetStream's 64 KiB")
+    return next((p for p in problems if p), None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,6 +220,12 @@ def coverage(exchanges: Sequence[Exchange], max_payload: int) -> list[str]:
                 labels.add(f"non-ASCII header value: {answer.code.name}")
             if sum(len(v) for v in event.headers.values()) > 60_000:
                 labels.add(f"headers over 60 KB: {answer.code.name}")
+            if entry.trace_context:
+                valid = TRACEPARENT.match(entry.trace_context.get("traceparent", ""))
+                labels.add(
+                    f"trace_context ({'valid' if valid else 'no valid'} traceparent): "
+                    f"{answer.code.name}"
+                )
             if entry.HasField("precondition"):
                 labels.add(f"precondition: {answer.code.name}")
     return sorted(labels)
@@ -196,6 +237,12 @@ def user_headers(pairs: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
 
 def sent_headers(event: event_pb2.Event) -> list[tuple[bytes, bytes]]:
     return sorted((k.encode(), v.encode()) for k, v in event.headers.items())
+
+
+def attribute(stored: StoredMessage, name: str) -> str | None:
+    """The CloudEvents attribute `name` of a stored message, decoded (None: no header)."""
+    value = stored.header(name)
+    return None if value is None else wire.attribute_value(value)
 
 
 async def check_stored(
@@ -215,7 +262,7 @@ async def check_stored(
         assert ok.sequence > before, (ok.sequence, before)
     stored = await live.stored(ok.sequence)
     assert stored is not None, f"OK sequence {ok.sequence} is not in the stream"
-    assert stored.header(wire.CE_ID) == ok.event_id
+    assert attribute(stored, wire.CE_ID) == ok.event_id
     assert stored.header(wire.MSG_ID) == ok.event_id
     if not fresh:  # the original is stored: this request's content was not
         return
@@ -223,14 +270,61 @@ async def check_stored(
     assert stored.subject == ok.subject == wire.subject("orders", name, event.key)
     assert stored.data == event.payload.value
     assert user_headers(stored.headers) == sent_headers(event)
-    assert stored.header(wire.CE_TYPE) == name
-    assert stored.header(wire.CE_SUBJECT) == event.key
-    assert stored.header(wire.CE_SOURCE) == (event.source or "jetgate")
-    assert stored.header(wire.CE_DATASCHEMA) == wire.type_url(name)
+    # CloudEvents attributes: values percent-encoded by the NATS binding (decoded here), the
+    # dataschema an absolute URI, the content type protobuf (issue 15, jetgate/wire.py).
+    assert attribute(stored, wire.CE_SPECVERSION) == wire.SPEC_VERSION
+    assert attribute(stored, wire.CE_TYPE) == name
+    assert attribute(stored, wire.CE_SUBJECT) == event.key
+    assert live.config is not None
+    source = event.source or live.config.source  # the gateway's default for events without
+    assert attribute(stored, wire.CE_SOURCE) == source
+    assert stored.header(wire.CE_SOURCE) == wire.header_attribute(source), "encoded as sent"
+    assert wire.uri_reference_problem("source", source) is None, f"accepted source {source!r}"
+    assert attribute(stored, wire.CE_DATASCHEMA) == wire.data_schema(name)
+    assert attribute(stored, wire.CE_DATACONTENTTYPE) == wire.CONTENT_TYPE_PROTOBUF
+    assert stored.header(wire.CONTENT_TYPE) == wire.CONTENT_TYPE_PROTOBUF
     if event.HasField("time"):
-        assert stored.header(wire.CE_TIME) == wire.format_time(event.time.ToDatetime(tzinfo=UTC))
+        moment = wire.format_time(event.time.ToDatetime(tzinfo=UTC))
+        assert attribute(stored, wire.CE_TIME) == moment
     ttl = str(event.ttl.seconds) if event.HasField("ttl") else None
     assert stored.header(wire.TTL) == ttl
+    check_trace_context(entry, stored)
+
+
+def check_trace_context(entry: gateway_pb2.PublishRequest, stored: StoredMessage) -> None:
+    """An accepted entry's own trace context has only W3C names with values NATS can carry;
+    a valid traceparent of it is the trace the stored event continues (the gateway's span,
+    when tracing is on, is a child of it: same trace id). Trace headers are left out only
+    when they do not fit under the size limits."""
+    own = dict(entry.trace_context)
+    assert set(own) <= set(wire.TRACE_HEADERS), f"accepted trace_context {sorted(own)}"
+    for name, value in own.items():
+        assert wire.header_value_problem(name, value) is None, f"accepted {name}: {value!r}"
+    sent = TRACEPARENT.match(own.get("traceparent", ""))
+    if sent is None:
+        return
+    stored_parent = stored.header("traceparent")
+    if stored_parent is None:
+        needed, room = wire.encoded_headers_size(own), room_about(entry)
+        assert room < needed, f"trace headers ({needed} bytes) left out, about {room} to spare"
+        return
+    got = TRACEPARENT.match(stored_parent)
+    assert got is not None, f"stored traceparent {stored_parent!r}"
+    assert got["trace"] == sent["trace"], (stored_parent, own)
+
+
+# A valid W3C traceparent (version 00): trace id and parent id not all zeros.
+TRACEPARENT = re.compile(
+    r"^00-(?P<trace>(?!0{32})[0-9a-f]{32})-(?P<parent>(?!0{16})[0-9a-f]{16})-[0-9a-f]{2}$"
+)
+
+
+def room_about(entry: gateway_pb2.PublishRequest) -> int:
+    """About how many bytes the entry's message could still grow by under the size limits
+    (at least: 1 KiB counted for the headers the gateway adds, which take less)."""
+    event = entry.event
+    headers = wire.encoded_headers_size(dict(event.headers))
+    return min(MAX_PAYLOAD - event.ByteSize(), wire.MAX_HEADERS_SIZE - headers) - 1024
 
 
 async def check_handled(
@@ -244,5 +338,10 @@ async def check_handled(
     await eventually(handled, what=f"the worker handling sequence {ok.sequence}")
     got = live.handled[ok.sequence]
     assert got.event_id == ok.event_id
-    assert got.data == entry.event.payload.value
-    assert got.headers == dict(entry.event.headers), "headers as the worker got them"
+    event = entry.event
+    assert got.event_type == wire.type_from_url(event.payload.type_url)
+    sent = ROUTED_TYPES[got.event_type].FromString(event.payload.value)
+    assert got.data == sent.SerializeToString(deterministic=True), "payload as the worker got it"
+    assert got.headers == dict(event.headers), "headers as the worker got them"
+    assert live.config is not None
+    assert (got.key, got.source) == (event.key, event.source or live.config.source)

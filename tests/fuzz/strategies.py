@@ -7,7 +7,8 @@ in any letter case or are no RFC 7230 token, values with non-ASCII text, whitesp
 the edges, CR/LF and 4096/4097 characters, header sets around JetStream's 64 KiB, type
 URLs registered and routed, registered but unrouted, unknown or malformed, payloads that
 are random bytes, messages of other types or of the right type, and events whose size
-lands within a few hundred bytes of nats-server's `max_payload` on either side.
+lands within a few hundred bytes of nats-server's `max_payload` on either side, and
+per-entry trace contexts (W3C names or not, valid or malformed traceparents).
 """
 
 from __future__ import annotations
@@ -177,6 +178,33 @@ preconditions = st.one_of(
 )
 
 
+# PublishRequest.trace_context: W3C names only, values NATS can carry; a malformed
+# traceparent is ignored (the call's context applies), anything else refused.
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+trace_values = st.one_of(
+    st.just(TRACEPARENT),
+    st.sampled_from(["00-xyz", "", "ff-" + TRACEPARENT[3:], TRACEPARENT.upper()]),
+    st.text(alphabet=PRINTABLE, max_size=30),
+    header_values,
+)
+trace_contexts = st.one_of(
+    st.just({}),
+    st.just({"traceparent": TRACEPARENT}),
+    st.fixed_dictionaries(
+        {"traceparent": st.just(TRACEPARENT)},
+        optional={
+            "tracestate": st.sampled_from(["a=1", "vendor=x,b=2", " a=1"]),
+            "baggage": trace_values,
+        },
+    ),
+    st.dictionaries(
+        st.sampled_from(["traceparent", "tracestate", "baggage", "Traceparent", "x-trace", ""]),
+        trace_values,
+        max_size=3,
+    ),
+)
+
+
 @st.composite
 def messages(draw: st.DrawFn, name: str) -> Message:
     """A valid message of type `name` (an order event or value type) with drawn fields."""
@@ -299,6 +327,8 @@ def requests(draw: st.DrawFn, *, wild: bool | None = None) -> gateway_pb2.Publis
         request.ClearField("event")
     if (precondition := draw(preconditions)) is not None:
         request.precondition.CopyFrom(precondition)
+    if draw(st.integers(0, 3)) == 0:
+        request.trace_context.update(draw(trace_contexts))
     return request
 
 

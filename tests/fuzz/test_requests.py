@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from google.protobuf.message import DecodeError
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -18,7 +19,6 @@ from jetgate.v1 import gateway_pb2
 from tests.fuzz import strategies
 from tests.fuzz.live import MAX_BATCH_ENTRIES, LiveGateway
 from tests.fuzz.oracle import (
-    NEVER,
     Answer,
     Exchange,
     check_example,
@@ -83,30 +83,46 @@ async def publish_stream(
 
 
 async def publish_raw(live: LiveGateway, method: str, data: bytes) -> list[str]:
+    """Send request bytes as they are. Bytes that do not parse as the request message (as
+    this process's protobuf parses them: invalid UTF-8 in a string field too) are
+    INVALID_ARGUMENT and store nothing; bytes that parse are held to every property of the
+    request they are (a corrupted request may well carry a precondition that fails)."""
     await live.ensure_serving()
     before = await live.last_sequence()
     call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = live.channel.unary_unary(
         f"/jetgate.v1.EventGateway/{method}"
     )
-    oks: list[gateway_pb2.PublishResponse] = []
-    code = grpc.StatusCode.OK
-    failure = ""
+    kind = gateway_pb2.PublishRequest if method == "Publish" else gateway_pb2.PublishBatchRequest
+    try:
+        parsed: gateway_pb2.PublishRequest | gateway_pb2.PublishBatchRequest | None
+        parsed = kind.FromString(data)
+    except DecodeError:
+        parsed = None
     try:
         reply = await call(data, timeout=30)
     except grpc.aio.AioRpcError as error:
-        code, failure = error.code(), repr(error)
-    if code != grpc.StatusCode.OK:
-        assert code not in NEVER, failure
-        assert code == grpc.StatusCode.INVALID_ARGUMENT, failure
+        answer = from_error(error)
+        reply = None
+    code = grpc.StatusCode.OK if reply is not None else answer.code
+    if parsed is None:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, f"unparseable bytes: {code.name}"
+        await check_example(live, [], before=before)
+        return [f"{method}: unparseable {code.name}"]
+    if isinstance(parsed, gateway_pb2.PublishRequest):
+        if reply is not None:
+            answer = Answer(code=code, ok=gateway_pb2.PublishResponse.FromString(reply))
+        exchange = Exchange(entries=[parsed], answers=[answer])
+    elif reply is not None:
+        answers = batch_answers(parsed, gateway_pb2.PublishBatchResponse.FromString(reply))
+        exchange = Exchange(entries=parsed.entries, answers=answers, atomic=parsed.atomic)
     else:
-        assert isinstance(reply, bytes)
-        if method == "Publish":
-            oks.append(gateway_pb2.PublishResponse.FromString(reply))
-        else:
-            results = gateway_pb2.PublishBatchResponse.FromString(reply).results
-            oks += [r.ok for r in results if r.HasField("ok")]
-    await check_example(live, [], before=before + sum(not ok.duplicate for ok in oks))
-    return [f"{method}: {code.name}"]
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, answer
+        assert not 1 <= len(parsed.entries) <= MAX_BATCH_ENTRIES, answer
+        exchange = Exchange(
+            entries=parsed.entries, answers=[answer] * len(parsed.entries), atomic=parsed.atomic
+        )
+    labels = await check_example(live, [exchange], before=before)
+    return [f"{method}: parsed {code.name}", *labels]
 
 
 def report(labels: list[str]) -> None:
