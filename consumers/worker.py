@@ -27,7 +27,9 @@ Stuck slots: when every handler slot has been busy for ack_wait with no handler 
 (hung handlers, until the group's handler timeout cancels them), the prefetched events are
 handed back (nak without delay: another worker of the group takes them at once) and the
 worker prefetches no more until a slot frees up. Each hand-back counts as a delivery
-toward max_deliver.
+toward max_deliver, so an event already at its last delivery is kept for a slot of this
+worker instead (handed back, it would be dead-lettered unhandled, or lost past the
+consumer's limit).
 
 Resilience: a pull request that got no answer by its expiry (plus a second) is written
 off, so after a reconnect or a nats-server restart the worker simply asks again; "no
@@ -370,11 +372,20 @@ class Worker:
                 "back to the group",
                 *(self.group.name, self._concurrency, busy, len(self._waiting)),
             )
+        # An event is handed back only while its next delivery still runs its handler
+        # (deliveries up to `max_deliver`); one at its last delivery stays here for a slot:
+        # handing it back would dead-letter it unhandled or, past the consumer's limit, lose it.
+        kept = collections.deque(
+            r for r in self._waiting if r.msg.metadata.num_delivered >= self.group.max_deliver
+        )
         while self._waiting:
             running = self._waiting.popleft()
+            if running.msg.metadata.num_delivered >= self.group.max_deliver:
+                continue
             self._stats.handed_back += 1
             with contextlib.suppress(NatsError):
                 await running.msg.nak()
+        self._waiting = kept
 
     async def _keep_alive(self) -> None:
         now = time.monotonic()

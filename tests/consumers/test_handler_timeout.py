@@ -111,3 +111,32 @@ async def test_with_every_slot_hung_prefetched_events_go_to_another_worker(
         assert stuck.stats.handed_back >= 3
         assert idle.stats.processed == 3
         assert stuck.stats.in_flight == 1  # still the hung one
+
+
+async def test_an_event_at_its_last_delivery_is_not_handed_back(
+    nc: Client, js: JetStreamContext
+) -> None:
+    # max_deliver 1: every prefetched event is at its last delivery. Handed back, it would
+    # come again past the group's limit and be dead-lettered without its handler running; it
+    # waits for this worker's slot instead (freed here by the handler timeout).
+    billing = group(concurrency=1, ack_wait=1.0, handler_timeout=4.0, max_deliver=1)
+    started = asyncio.Event()
+    done: list[str] = []
+
+    @billing.handler(orders_pb2.OrderPlaced)
+    async def handle(event: orders_pb2.OrderPlaced, delivery: Delivery) -> None:
+        if event.order_id == "stuck":
+            started.set()
+            await asyncio.Event().wait()
+        done.append(event.order_id)
+
+    worker = Worker(billing, nc, prefetch=3)
+    async with running(worker):
+        await store(js, "stuck")
+        await asyncio.wait_for(started.wait(), 30)
+        await store(js, "o-1")
+        await eventually(lambda: done == ["o-1"], what="o-1 handled")
+    assert worker.stats.handed_back == 0
+    assert not [
+        d async for d in deadletter.dead_letters(js, "billing") if "o-1" in d.origin_subject
+    ]
