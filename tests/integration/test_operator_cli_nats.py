@@ -37,7 +37,7 @@ def _jetgate(args: Sequence[str], env: Mapping[str, str]) -> subprocess.Complete
 
 
 async def _store_one_event(servers: str, **credentials: str) -> None:
-    nc = await nats.connect(servers, **credentials)  # type: ignore[arg-type]
+    nc = await nats.connect(servers, **credentials)
     try:
         js = nc.jetstream()
         await js.add_stream(name="ORDERS", subjects=["orders.>"])
