@@ -11,7 +11,11 @@ runs them in-process with `run()`: same arguments, help, signals and exit codes 
 - `jetgate dlq list|redrive|purge --group G [--nats-url URL]`: show the group's dead
   letters, republish them to their origin subjects, or delete them. Redrive names on
   stderr each dead letter it keeps (see `consumers.deadletter`: a truncated one whose
-  original is gone, or one too big to republish) and goes on with the others.
+  original is gone, or one too big to republish), goes on with the others, and then exits
+  3 (`EXIT_REJECTED`, as the operator commands do for refused data) rather than 0: a
+  script must not take "some kept" for "all redriven". When stderr is a terminal it shows
+  its progress there (a rich progress bar, gone when done; colour unless `NO_COLOR`);
+  otherwise its output is the plain lines only.
 
 Telemetry: `consume` traces with the `OTEL_*` variables (service name: the group's; see
 observability.setup) and installs its providers as OpenTelemetry's global ones, so that
@@ -36,7 +40,8 @@ permission violation (the user may not use the JetStream API, or a subject the g
 before the worker is ready, or during `dlq`, instead of a wait for a timeout. Exit codes
 (jetgate/errors.py, mapped in `main()` only): 0 after a clean stop, 2 for a configuration
 error (a bad MODULE:GROUP, group settings JetStream refuses, a bad `--metrics-listen` or
-`OTEL_*` value), 1 when start-up fails (NATS unreachable, the metrics port taken).
+`OTEL_*` value), 1 when start-up fails (NATS unreachable, the metrics port taken), 3 when
+`dlq redrive` kept dead letters it could not redrive.
 """
 
 from __future__ import annotations
@@ -51,13 +56,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from opentelemetry import metrics, trace
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import observability
 from consumers import deadletter
@@ -73,6 +80,12 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9465"
 METRICS_PORT_TRIES = 100
 CONNECT_TIMEOUT = 10.0  # s
+
+
+class DeadLettersKept(JetgateError):
+    """`dlq redrive` kept dead letters it could not redrive (exit code 3: data refused)."""
+
+    exit_code = errors.EXIT_REJECTED
 
 
 # The commands this module runs, for `jetgate` (gateway/cli.py) to hand over.
@@ -116,7 +129,16 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
         "pass it)",
     )
     text = "list, redrive or purge a group's dead letters (stream DLQ)"
-    dlq = add_parser("dlq", help=text, description=text, allow_abbrev=False)
+    dlq = add_parser(
+        "dlq",
+        help=text,
+        description=text,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  jetgate dlq redrive --group billing\n\n"
+        "exit codes: 0 done, 1 NATS unreachable or refusing, 2 a bad flag or setting, "
+        "3 redrive kept dead letters it could not redrive (named on stderr)",
+    )
     dlq.add_argument(
         "action",
         choices=("list", "redrive", "purge"),
@@ -418,12 +440,17 @@ async def _act_on_dead_letters(nc: NATS, action: str, group: str, *, as_json: bo
                 refused.append(reason)
                 print(f"not redriven: {reason}", file=sys.stderr)
 
-            done = await deadletter.redrive(js, group, max_payload=nc.max_payload, refused=refuse)
+            with redrive_progress(sys.stderr, group) as progress:
+                done = await deadletter.redrive(
+                    js, group, max_payload=nc.max_payload, refused=refuse, progress=progress
+                )
             for dead in done:
                 print(f"redrove {dead.event_id} to {dead.origin_subject}")
             print(f"redrove {len(done)} dead letters of group {group}")
             if refused:
-                print(f"{len(refused)} dead letters of group {group} kept", file=sys.stderr)
+                raise DeadLettersKept(
+                    f"{len(refused)} dead letters of group {group} kept (not redriven: see above)"
+                )
         else:
             listed = 0
             async for dead in deadletter.dead_letters(js, group):
@@ -447,6 +474,35 @@ async def _act_on_dead_letters(nc: NATS, action: str, group: str, *, as_json: bo
                 print(f"no dead letters of group {group}", file=sys.stderr)
     except nats.js.errors.NotFoundError:
         print("no dead-letter stream yet (no worker has started)", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def redrive_progress(stream: Any, group: str) -> Iterator[deadletter.ProgressCallback | None]:
+    """A progress callback for `deadletter.redrive` that shows a rich progress bar on
+    `stream` when it is a terminal (gone when done; colour unless `NO_COLOR`, which rich
+    honours); None otherwise: off a terminal the output is the plain lines only."""
+    isatty = getattr(stream, "isatty", None)
+    if not (isatty and isatty()):
+        yield None
+        return
+    bar = Progress(
+        TextColumn(f"redriving dead letters of group {group}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[refused]} kept"),
+        TimeElapsedColumn(),
+        console=Console(file=stream),
+        transient=True,
+        redirect_stdout=False,  # stdout may be a file or pipe: it keeps the plain lines
+        redirect_stderr=True,  # a "not redriven" line prints above the bar, not through it
+    )
+    task = bar.add_task("redrive", total=None, refused=0)
+
+    def show(state: deadletter.RedriveProgress) -> None:
+        bar.update(task, total=state.total, completed=state.done, refused=state.refused)
+
+    with bar:
+        yield show
 
 
 def _fail(code: int, message: str) -> NoReturn:

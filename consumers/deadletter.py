@@ -29,7 +29,9 @@ letter is never republished as it is (that would be a corrupt event): redrive re
 original from its origin stream by sequence and republishes that; when the original is
 gone (limits, deleted), or the redriven event would exceed `max_payload`, that dead letter
 is refused with the reason and stays, and redrive goes on with the next. `purge` deletes
-them.
+them. A `progress` callback of `redrive` hears how far it is after each dead letter (how
+many there were at the start, how many are done, redriven, refused), so that a CLI can
+show it; the redrive loop itself prints nothing.
 """
 
 from __future__ import annotations
@@ -85,6 +87,20 @@ class RedriveRefused(Exception):
 
 
 Refusal = Callable[[DeadLetter, str], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedriveProgress:
+    """How far a `redrive` is: `done` of `total` dead letters (those of the group when it
+    began), of which `redriven` were republished and `refused` kept."""
+
+    total: int
+    done: int = 0
+    redriven: int = 0
+    refused: int = 0
+
+
+ProgressCallback = Callable[[RedriveProgress], None]
 
 
 async def ensure_stream(js: JetStreamContext, name: str = wire.DEAD_LETTER_STREAM) -> None:
@@ -234,6 +250,7 @@ async def redrive(
     stream: str = wire.DEAD_LETTER_STREAM,
     max_payload: int | None = None,
     refused: Refusal | None = None,
+    progress: ProgressCallback | None = None,
 ) -> list[DeadLetter]:
     """Republish every dead letter of `group` to its origin subject, then delete it;
     returns those redriven.
@@ -244,26 +261,43 @@ async def redrive(
     republish fails stays too (the error propagates); those before it are redriven
     already. Running it again is safe: a republish that reached the origin stream before
     is de-duplicated by its `Nats-Msg-Id`.
+
+    `progress`, when given, is called once before the first dead letter and after each
+    one (a dead letter without an origin subject counts as done, neither redriven nor
+    refused).
     """
     report = refused or _log_refusal
     done: list[DeadLetter] = []
+    state = RedriveProgress(total=await count(js, group, stream=stream) if progress else 0)
+    if progress is not None:
+        progress(state)
     async for dead in dead_letters(js, group, stream=stream):
-        if not dead.origin_subject:
-            continue
-        try:
-            payload, headers = await redriven_event(js, dead)
-            size = wire.encoded_headers_size(headers) + len(payload)
-            if max_payload is not None and size > max_payload:
-                raise RedriveRefused(
-                    f"dead letter {dead.sequence}: the redriven event would take {size} bytes "
-                    f"with its redrive headers, over the server's max_payload {max_payload}"
-                )
-        except RedriveRefused as exc:
-            report(dead, str(exc))
-            continue
-        await js.publish(dead.origin_subject, payload, headers=headers)
-        await js.delete_msg(stream, dead.sequence)
-        done.append(dead)
+        kept = False
+        if dead.origin_subject:
+            try:
+                payload, headers = await redriven_event(js, dead)
+                size = wire.encoded_headers_size(headers) + len(payload)
+                if max_payload is not None and size > max_payload:
+                    raise RedriveRefused(
+                        f"dead letter {dead.sequence}: the redriven event would take {size} "
+                        f"bytes with its redrive headers, over the server's max_payload "
+                        f"{max_payload}"
+                    )
+            except RedriveRefused as exc:
+                report(dead, str(exc))
+                kept = True
+            else:
+                await js.publish(dead.origin_subject, payload, headers=headers)
+                await js.delete_msg(stream, dead.sequence)
+                done.append(dead)
+        if progress is not None:
+            state = RedriveProgress(
+                total=max(state.total, state.done + 1),  # one stored after the count
+                done=state.done + 1,
+                redriven=len(done),
+                refused=state.refused + int(kept),
+            )
+            progress(state)
     return done
 
 
@@ -297,12 +331,17 @@ def _log_refusal(dead: DeadLetter, reason: str) -> None:
     log.warning("group %s: %s", dead.group, reason)
 
 
+async def count(js: JetStreamContext, group: str, *, stream: str = wire.DEAD_LETTER_STREAM) -> int:
+    """How many dead letters of `group` are stored."""
+    info = await js.stream_info(stream, subjects_filter=wire.dead_letter_filter(group))
+    return sum((info.state.subjects or {}).values())
+
+
 async def purge(js: JetStreamContext, group: str, *, stream: str = wire.DEAD_LETTER_STREAM) -> int:
     """Delete every dead letter of `group`; returns how many there were."""
-    info = await js.stream_info(stream, subjects_filter=wire.dead_letter_filter(group))
-    count = sum((info.state.subjects or {}).values())
+    stored = await count(js, group, stream=stream)
     await js.purge_stream(stream, subject=wire.dead_letter_filter(group))
-    return count
+    return stored
 
 
 def _int(text: str | None) -> int:

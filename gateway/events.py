@@ -22,10 +22,11 @@ object per line (`sequence`, `stored`, `time`, `subject`, `type`, `key`, `id`, `
 `trace_id`, `headers`, `payload`, and `error` when the payload does not decode: the event is
 still shown, with `payload: null`). Header values come through `consumers.headers.text_headers`
 (what was published, byte for byte). Types and routes come from the gateway configuration
-(`--config`, as `jetgate decode`); the NATS URL from `--nats-url`, else the configuration's
-`nats_url` / `JETGATE_NATS_URL`, else nats://127.0.0.1:4222 (credentials never printed).
-Exit codes (gateway/terminal.py): 0 done, 1 NATS unreachable or no such stream, 2 a bad
-flag or configuration.
+(`--config`, as `jetgate decode`); NATS URL, credentials and TLS as the gateway's
+(gateway/operator_nats.py: `--nats-*` flags, `JETGATE_NATS_*`, the configuration;
+credentials never printed). Exit codes (gateway/terminal.py): 0 done, 1 NATS unreachable,
+refusing the credentials or the JetStream API, or no such stream, 2 a bad flag or
+configuration.
 """
 
 from __future__ import annotations
@@ -33,31 +34,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from consumers.headers import text_headers
-from gateway.config import load_config
-from gateway.decoding import DEFAULT_CONFIG, Decoder, add_config_argument, as_json_value
+from gateway import operator_nats
+from gateway.decoding import Decoder, add_config_argument, as_json_value
 from gateway.terminal import UsageError, paint, report, use_colour
 from jetgate import wire
 from jetgate.errors import JetgateError, StartupError
-from jetgate.urls import redact
 
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-CONNECT_TIMEOUT = 10.0  # s
 # How long to wait for the first message when the consumer says some are pending.
 READ_TIMEOUT = 30.0  # s
 
@@ -246,12 +241,14 @@ def add_command(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
         "events",
         help=text,
         description=text,
+        allow_abbrev=False,  # `--nats-password SECRET` must not pass for --nats-password-file
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  jetgate events ORDERS --key o-42\n"
         "  jetgate events ORDERS --subject 'orders.OrderPlaced.>' --last 10 --json\n"
         "  jetgate events ORDERS --from 2026-11-30T06:00:00Z --follow\n\n"
         "exit codes: 0 done (or stopped by SIGINT/SIGTERM with --follow), 1 NATS "
-        "unreachable or no such stream, 2 a bad flag or configuration",
+        "unreachable or refusing the credentials, or no such stream, 2 a bad flag or "
+        "configuration",
     )
     parser.add_argument("stream", metavar="STREAM", help="the stream, e.g. ORDERS")
     which = parser.add_mutually_exclusive_group()
@@ -267,12 +264,7 @@ def add_command(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     start.add_argument("--last", type=_positive, metavar="N", help="only the last N events")
     parser.add_argument("--follow", action="store_true", help="go on with new events")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument(
-        "--nats-url",
-        metavar="URL",
-        help="NATS server URL, credentials allowed (never printed) [default: the config's "
-        f"nats_url / JETGATE_NATS_URL, else {DEFAULT_NATS_URL}]",
-    )
+    operator_nats.add_arguments(parser)
     add_config_argument(parser)
     parser.set_defaults(operator_command=run)
 
@@ -296,18 +288,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _events(args: argparse.Namespace) -> None:
-    path: Path | None = args.config
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
-    config = load_config(path, env=os.environ)
+    config = operator_nats.load(args)
     decoder = Decoder.from_config(config)
     chosen = selection(args, decoder, args.stream)
-    url = args.nats_url or config.nats_url or DEFAULT_NATS_URL
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    nc = await connect(url, "jetgate-events")
+    nc, denied = await operator_nats.connect(config.nats_options(), "jetgate-events")
     colour = not args.json and use_colour(sys.stdout)
 
     def emit(msg: Msg) -> None:
@@ -316,23 +304,10 @@ async def _events(args: argparse.Namespace) -> None:
         print(line, flush=True)
 
     try:
-        shown = await read_events(nc, args.stream, chosen, follow=args.follow, stop=stop, emit=emit)
+        shown = await operator_nats.unless_denied(
+            read_events(nc, args.stream, chosen, follow=args.follow, stop=stop, emit=emit), denied
+        )
         if not shown and not args.follow:
             print(f"no events in {args.stream} match", file=sys.stderr)
     finally:
         await nc.close()
-
-
-async def connect(url: str, name: str) -> NATS:
-    """A NATS connection that reconnects; StartupError (exit 1) when NATS is unreachable."""
-    try:
-        return await asyncio.wait_for(
-            nats.connect(url, name=name, max_reconnect_attempts=-1, error_cb=_quiet),
-            CONNECT_TIMEOUT,
-        )
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise StartupError(f"cannot reach NATS at {redact(url)}: {exc!r}") from None
-
-
-async def _quiet(exc: Exception) -> None:
-    """NATS connection errors while following: nats-py reconnects; say nothing mid-output."""

@@ -11,9 +11,10 @@
 
 On a terminal they are tables (rich; colour unless `NO_COLOR`), off one plain aligned
 columns without colour, and with `--json` one JSON object per line with stable keys (sizes
-in bytes, times RFC 3339, absent times `null`). NATS: `--nats-url`, else the configuration's
-`nats_url` / `JETGATE_NATS_URL`, else nats://127.0.0.1:4222. Exit codes (gateway/terminal.py):
-0 shown, 1 NATS unreachable or no such stream, 2 a bad flag or configuration.
+in bytes, times RFC 3339, absent times `null`). NATS URL, credentials and TLS as the
+gateway's (gateway/operator_nats.py: `--nats-*` flags, `JETGATE_NATS_*`, the configuration).
+Exit codes (gateway/terminal.py): 0 shown, 1 NATS unreachable, refusing the credentials or
+the JetStream API, or no such stream, 2 a bad flag or configuration.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,9 +34,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from gateway.config import load_config
-from gateway.decoding import DEFAULT_CONFIG
-from gateway.events import DEFAULT_NATS_URL, connect
+from gateway import operator_nats
 from gateway.terminal import report, use_colour
 from jetgate import wire
 from jetgate.errors import StartupError
@@ -204,21 +202,21 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
             name,
             help=text,
             description=text,
+            allow_abbrev=False,  # `--nats-password X` must not pass for --nats-password-file
             formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog=f"example:\n  {example}\n\nexit codes: 0 shown, 1 NATS unreachable or no "
-            "such stream, 2 a bad flag or configuration",
+            epilog=f"example:\n  {example}\n\nexit codes: 0 shown, 1 NATS unreachable or "
+            "refusing the credentials, or no such stream, 2 a bad flag or configuration",
         )
         if name == "groups":
             parser.add_argument("--stream", metavar="S", help="only the groups of stream S")
         parser.add_argument("--json", action="store_true", help="one JSON object per line")
+        operator_nats.add_arguments(parser)
         parser.add_argument(
-            "--nats-url",
-            metavar="URL",
-            help="NATS server URL, credentials allowed (never printed) [default: the "
-            f"config's nats_url / JETGATE_NATS_URL, else {DEFAULT_NATS_URL}]",
-        )
-        parser.add_argument(
-            "--config", type=Path, metavar="FILE", help="the gateway's TOML file (for nats_url)"
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="the gateway's TOML file, for its NATS settings (default: jetgate.toml if "
+            "present)",
         )
         parser.set_defaults(operator_command=run)
 
@@ -236,29 +234,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _show(args: argparse.Namespace) -> None:
-    path: Path | None = args.config
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
-    config = load_config(path, env=os.environ)
-    nc = await connect(args.nats_url or config.nats_url or DEFAULT_NATS_URL, "jetgate-status")
+    nc, denied = await operator_nats.connect(operator_nats.options(args), "jetgate-status")
     try:
-        if args.command == "streams":
-            rows = await stream_rows(nc)
-            columns = ["stream", "messages", "bytes", "first", "last", "replicas", "event_types"]
-            print_rows(rows, columns, as_json=args.json, title="Streams")
-        else:
-            rows = await group_rows(nc, args.stream)
-            columns = [
-                "group",
-                "stream",
-                "pending",
-                "ack_pending",
-                "redelivered",
-                "dead_letters",
-                "pulls_waiting",
-            ]
-            print_rows(rows, columns, as_json=args.json, title="Consumer groups")
-        if not rows and not args.json:
-            print(f"no {args.command}", file=sys.stderr)
+        await operator_nats.unless_denied(_print(nc, args), denied)
     finally:
         await nc.close()
+
+
+async def _print(nc: NATS, args: argparse.Namespace) -> None:
+    if args.command == "streams":
+        rows = await stream_rows(nc)
+        columns = ["stream", "messages", "bytes", "first", "last", "replicas", "event_types"]
+        print_rows(rows, columns, as_json=args.json, title="Streams")
+    else:
+        rows = await group_rows(nc, args.stream)
+        columns = [
+            "group",
+            "stream",
+            "pending",
+            "ack_pending",
+            "redelivered",
+            "dead_letters",
+            "pulls_waiting",
+        ]
+        print_rows(rows, columns, as_json=args.json, title="Consumer groups")
+    if not rows and not args.json:
+        print(f"no {args.command}", file=sys.stderr)

@@ -27,7 +27,7 @@ from jetgate.urls import redact
 
 log = logging.getLogger("jetgate")
 
-EXIT_REJECTED = 3
+EXIT_REJECTED = errors.EXIT_REJECTED  # one definition, for consumers/cli.py too
 
 
 class Rejected(JetgateError):

@@ -7,7 +7,10 @@ exception that ends them says which (`exit_code` on the class):
   route, a group's settings, an `OTEL_*` variable); fixing the input fixes it;
 - 1: `StartupError`: the configuration is fine but the world is not (NATS unreachable, an
   unsafe stream change refused, a port taken, a worker that cannot start), and any
-  other failure.
+  other failure;
+- 3 (`EXIT_REJECTED`), for the operator commands only: the data itself was refused (a
+  payload that does not decode, an event the gateway refused, dead letters `jetgate dlq
+  redrive` had to keep); gateway/terminal.py's `Rejected` carries it.
 
 Each package's own errors derive from these (gateway/config.py ConfigError, ...), keeping
 their `ValueError`/`RuntimeError` bases for callers that catch those. The CLIs map an
@@ -21,6 +24,7 @@ from typing import ClassVar
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIGURATION = 2
+EXIT_REJECTED = 3
 
 
 class JetgateError(Exception):
