@@ -1,25 +1,27 @@
 """Simulated power loss under a consumer group (issue 12): at-least-once holds, and no more.
 
-nats-server's store is on `tests.support.lazyfs` (see test_power_loss). The stream and the
-group's consumer are created and synced; EVENTS events are published through the gateway
-(all acknowledged); a `consumers.Worker` handles them, each finished handler recording
-its event id in this process. The first HALF (stream sequences 1..HALF) go through; the
-handlers of later ones wait at a gate. Once JetStream reports the first HALF acknowledged
-(the consumer's ack floor), the power goes: nats-server killed (-9), the filesystem
-unmounted; nats-server starts again on the same port on what the disk kept, the gate
-opens, the worker (same process, same connection: it reconnects) finishes the group.
+nats-server's store is on `tests.support.lazyfs` (see test_power_loss). EVENTS events are
+published through the gateway (all acknowledged) and synced in both modes (test_power_loss
+is about the stream: here the power loss can only take the consumer's state). Then a
+`consumers.Worker` handles them, each finished handler recording its event id in this
+process. The first HALF (stream sequences 1..HALF) go through; the handlers of later ones
+wait at a gate. Once JetStream reports the first HALF acknowledged (the consumer's ack
+floor: "confirmed"), the power goes: nats-server killed (-9), the filesystem unmounted;
+nats-server starts again on the same port on what the disk kept, the gate opens, and the
+worker (same process, same connection: nats-py reconnects) finishes the group.
 
-Counted per mode: acknowledged (publishes the gateway answered OK), confirmed (deliveries
-whose ack JetStream had applied before the cut), handled (distinct ids handled), lost
-(acknowledged but never handled), handled twice, confirmed handled again.
-- durability = "fsync": no acknowledged event is lost (every one is handled at least
-  once). Confirmed acks may still be rolled back: nats-server answers an ack (and applies
-  it to `consumer info`) before it writes the consumer's state, which it does at most
-  every 100 ms per consumer (`consumerFileStore.flushLoop`, also under
-  `sync_interval: always`), so the acks of the last moment before a power loss can come
-  back as redeliveries: at-least-once, which the handlers must absorb (idempotent).
-- durability = "lazy": acknowledged events are lost from the stream (never handled) and
-  the consumer's state goes back to its last sync: the harness can tell.
+Counted per run: acknowledged (publishes the gateway answered OK), confirmed, the ack floor
+the disk held at the cut, handled (distinct ids), lost (acknowledged, never handled),
+handled twice, confirmed handled again.
+- durability = "fsync": no acknowledged event is lost, and once the consumer's state is on
+  disk (`settled`) no confirmed delivery is handled again. But nats-server answers an ack
+  (and shows it in `consumer info`) before it writes the consumer's state, which it does at
+  most every 100 ms per consumer, also under `sync_interval: always`
+  (`consumerFileStore.flushLoop`): a power loss right after the acks can roll them back,
+  i.e. redeliveries, at-least-once, which handlers absorb by being idempotent. That is why
+  the worker does not wait for acked acks (`ack_sync`): see consumers/handling.py.
+- durability = "lazy": the consumer's state never reaches the disk: every ack is rolled
+  back, the whole first half handled again. The harness tells the modes apart.
 
 Needs /dev/fuse, fusermount3 and libfuse3 (Debian `fuse3`) and mfusepy: `make lazyfs`.
 """
