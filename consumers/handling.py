@@ -7,6 +7,11 @@ and stay on their dead letters (every `ce-*` header does).
 Outcomes: handler returns -> ack; `Reject`, an unknown type or an undecodable payload ->
 dead letter at once; any other exception -> nak with the group's backoff, or dead letter
 when it was the last allowed attempt; an event redriven for another group -> ack unseen.
+Acks are fire-and-forget (`msg.ack()`), not double acks (`ack_sync()`): nats-server answers
+an ack before it writes the consumer's state (at most every 100 ms, under any
+sync_interval), so its answer promises no durability, and waiting for it cost 34-41% of
+consume throughput (docs/performance.md#durability). Lost or rolled-back acks mean
+redeliveries: at-least-once.
 A handler that runs longer than the group's handler timeout is cancelled, and the attempt
 counts as failed (`error.type` HandlerTimeout): retried with backoff, dead letter last.
 
