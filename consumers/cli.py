@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         _run(args)
     except Exception as exc:  # the one place exceptions become exit codes
-        raise SystemExit(_report(exc)) from None
+        raise SystemExit(errors.report(exc, log)) from None
 
 
 def nats_settings(args: argparse.Namespace, env: os._Environ[str] | dict[str, str]) -> NatsOptions:
@@ -215,19 +215,6 @@ def _run(args: argparse.Namespace) -> None:
             telemetry.shutdown()  # exports the spans still buffered
     else:
         asyncio.run(_dead_letters(args.action, args.group, nats_opts, as_json=args.json))
-
-
-def _report(exc: Exception) -> int:
-    """Print why the command stops (no traceback soup) and return its exit code."""
-    if isinstance(exc, ConfigurationError):
-        message = f"configuration error: {exc}"
-    elif isinstance(exc, JetgateError):
-        message = str(exc)
-    else:
-        log.debug("failed", exc_info=True)
-        message = f"{type(exc).__name__}: {exc}"
-    print(f"jetgate: {redact(message)}", file=sys.stderr)
-    return errors.exit_code(exc)
 
 
 def load_group(target: str) -> ConsumerGroup:

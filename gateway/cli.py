@@ -55,9 +55,8 @@ from gateway import operator_cli
 from gateway.config import ENV_PREFIX, GATEWAY_SETTINGS, GatewayConfig, load_config
 from gateway.security_config import SECURITY_HELP, SECURITY_SETTINGS, TABLES
 from jetgate import errors, nats_options
-from jetgate.errors import ConfigurationError, JetgateError, StartupError
+from jetgate.errors import ConfigurationError, StartupError
 from jetgate.nats_options import SECRET_SETTINGS
-from jetgate.urls import redact
 
 if TYPE_CHECKING:
     import observability
@@ -204,20 +203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _serve(args)
     except Exception as exc:  # the one place exceptions become exit codes
-        raise SystemExit(_report(exc)) from None
-
-
-def _report(exc: Exception) -> int:
-    """Print why `jetgate` stops (no traceback soup) and return its exit code."""
-    if isinstance(exc, ConfigurationError):
-        message = f"configuration error: {exc}"
-    elif isinstance(exc, JetgateError):
-        message = str(exc)
-    else:
-        log.debug("start-up failed", exc_info=True)
-        message = f"{type(exc).__name__}: {exc}"
-    print(f"jetgate: {redact(message)}", file=sys.stderr)
-    return errors.exit_code(exc)
+        raise SystemExit(errors.report(exc, log)) from None
 
 
 def _serve(args: argparse.Namespace) -> None:

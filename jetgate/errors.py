@@ -14,12 +14,16 @@ exception that ends them says which (`exit_code` on the class):
 
 Each package's own errors derive from these (gateway/config.py ConfigError, ...), keeping
 their `ValueError`/`RuntimeError` bases for callers that catch those. The CLIs map an
-exception to its exit code in one place (`exit_code()`).
+exception to its exit code in one place (`report()`, which also prints why).
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import ClassVar
+
+from jetgate.urls import redact
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -49,3 +53,17 @@ class StartupError(JetgateError):
 def exit_code(exc: BaseException) -> int:
     """The exit code a CLI ends with after `exc`: the class's for jetgate errors, else 1."""
     return exc.exit_code if isinstance(exc, JetgateError) else EXIT_FAILURE
+
+
+def report(exc: BaseException, log: logging.Logger) -> int:
+    """Print on stderr why a command stops (one line, URLs redacted, no traceback: that goes
+    to `log` at debug level for unexpected errors) and return its exit code."""
+    if isinstance(exc, ConfigurationError):
+        message = f"configuration error: {exc}"
+    elif isinstance(exc, JetgateError):
+        message = str(exc)
+    else:
+        log.debug("failed", exc_info=exc)
+        message = f"{type(exc).__name__}: {exc}"
+    print(f"jetgate: {redact(message)}", file=sys.stderr)
+    return exit_code(exc)
