@@ -130,6 +130,12 @@ class ChildProcesses:
         assert self._failure is not None, "start() first"
         return await asyncio.shield(self._failure)
 
+    def signal(self, sig: int) -> None:
+        """Send `sig` to every running child (e.g. SIGHUP: reload)."""
+        for slot in self._slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.send_signal(sig)
+
     async def stop(self, grace: float) -> None:
         """SIGTERM every child and wait up to `grace` s for them to drain; SIGKILL the rest."""
         self._stopping.set()

@@ -15,6 +15,7 @@ the same settings) with its own NATS connection, and a supervisor that serves no
   RPCs on a killed child's connections fail UNAVAILABLE: a client that retries with the same
   event ids (the deduplication window makes a retry idempotent) loses nothing and doubles
   nothing.
+- SIGHUP is passed on to every child (each re-reads its certificates, tokens and policy).
 - SIGINT/SIGTERM: `up`'s workers first, then SIGTERM to every child (each drains its
   in-flight publishes within `--grace`), then the embedded nats-server; exit 0.
 - Metrics stay per process: child i (from 0) serves /metrics on the `metrics_listen` port
@@ -47,6 +48,7 @@ from gateway.config import GatewayConfig
 from gateway.embedded import NatsServer
 from gateway.workers import WorkerProcesses
 from jetgate import processes
+from jetgate.errors import StartupError
 
 log = logging.getLogger("jetgate.processes")
 PROCESS = "JETGATE_PROCESS"  # "I/N" in a child's environment: which gateway process it is
@@ -185,7 +187,10 @@ async def run(
     from gateway.banner import announce
     from gateway.server import Gateway
 
-    reserved, listen = reserve_port(config.listen)
+    try:
+        reserved, listen = reserve_port(config.listen)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.listen}: {exc}") from exc
     try:
         gateways = GatewayProcesses(
             config.processes,
@@ -211,6 +216,8 @@ async def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        # SIGHUP: every gateway process re-reads its certificates, tokens, keys and policy.
+        loop.add_signal_handler(signal.SIGHUP, gateways.signal, signal.SIGHUP)
         gateways.start()
         try:
             await gateways.wait_ready()

@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -21,7 +22,15 @@ from nats.aio.client import Client
 
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import request
-from tests.integration.jetgate_up import REPO, WAIT, alive, jetgate
+from tests.integration.jetgate_up import (
+    REPO,
+    WAIT,
+    alive,
+    jetgate,
+    read_banner,
+    read_rest,
+    start_up,
+)
 from tests.support.eventually import eventually
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -131,7 +140,59 @@ async def test_both_processes_serve_the_one_port(served: Served) -> None:
     await _until_each_process_served(served)
     for n, pid in served.pids.items():
         assert f"gateway process {n}/2 (pid {pid}) serving on {served.address}" in served.text
-    await _stop(served)
+    # SIGHUP (reload) goes on to the processes: the supervisor and both of them live on
+    # (unhandled, it would end the supervisor, and its children with it).
+    served.proc.send_signal(signal.SIGHUP)
+    await _until_each_process_served(served)
+    assert served.proc.returncode is None
+    assert all(alive(pid) for pid in served.pids.values())
+    await _stop(served)  # the same pids stop with code 0: none was restarted
+
+
+async def test_a_taken_port_stops_start_up_with_exit_code_1(nats_url: str) -> None:
+    with socket.socket() as taken:  # no SO_REUSEPORT: nobody may share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            *(jetgate(), "serve", "--config", str(REPO / "jetgate.toml"), "--processes", "2"),
+            *("--nats-url", nats_url, "--listen", f"127.0.0.1:{port}", "--metrics-listen", ""),
+            env={k: v for k, v in os.environ.items() if not k.startswith(("JETGATE_", "OTEL_"))},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        async with asyncio.timeout(WAIT):
+            output, _ = await proc.communicate()
+    assert proc.returncode == 1, output
+    assert f"jetgate: cannot listen on 127.0.0.1:{port}" in output.decode()
+
+
+async def test_jetgate_up_runs_processes_and_workers(tmp_path: Path) -> None:
+    proc = await start_up(tmp_path, args=["--processes", "2"])
+    assert proc.stdout is not None
+    try:
+        banner = await read_banner(proc.stdout)  # printed once the workers pull events
+        rest = asyncio.create_task(read_rest(proc.stdout))
+        pids = [int(pid) for pid in re.findall(r"gateway process \d: pid (\d+), metrics", banner)]
+        assert len(pids) == 2, banner
+        listening = re.search(r"jetgate gateway listening on (\S+)", banner)
+        assert listening is not None
+        async with grpc.aio.insecure_channel(listening.group(1)) as channel:
+            reply = await gateway_pb2_grpc.EventGatewayStub(channel).Publish(
+                request("o-42"), timeout=WAIT
+            )
+        assert reply.sequence == 1
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), WAIT) == 0
+        log = await asyncio.wait_for(rest, WAIT)
+        # Workers first (their follow-ups need the gateway), then the gateway processes.
+        first_gateway = log.index("gateway process 1 (pid")
+        assert log.index("worker consumers.demo:billing (pid") < first_gateway
+        assert all(not alive(pid) for pid in pids)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def test_kill_9_of_one_process_under_load_loses_nothing(served: Served, nc: Client) -> None:
