@@ -9,6 +9,9 @@
   restarted with backoff when one dies; a worker that cannot start, or keeps dying, stops
   `jetgate up` with exit code 1) and prints how to publish and inspect. On SIGINT/SIGTERM
   it stops the workers (they drain), then the gateway, then nats-server.
+- `--processes N` (`serve` and `up`): N gateway processes share the listen port, under a
+  supervisor that serves no RPC (gateway/processes.py); each child is `jetgate serve
+  --processes 1` and reports ready instead of printing the banner.
 - `jetgate consume ...` and `jetgate dlq ...`: the consumer-group commands of the
   `consumers` package, parsed and run in-process by consumers/cli.py (`gateway` sits above
   `consumers` and may import it): the same arguments, help, signals and exit codes as
