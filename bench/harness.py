@@ -9,6 +9,11 @@ server when asked, waits until they serve, and runs an async body with the Conte
 `measure_block` is the body that measures scenarios one after another. A block without a
 gateway declares the configured streams itself (what the gateway does when it starts).
 
+"procs-gateway" (the `*-procs-2` scenarios, issue 11): `jetgate serve --processes 2`, ready
+once its banner is printed (every gateway process serves); its pid's CPU includes its
+children's (`bench.measure.proc_cpu`). The `*-procs-*` rows publish over SPREAD_CHANNELS
+connections of their own (`Context.spread`): SO_REUSEPORT spreads connections, not calls.
+
 "traced-gateway" (the `*-traced` scenarios): Jaeger (`bench.jaeger`) and a second `jetgate
 serve` with tracing on (`servers.traced_env`), measured by `bench.tracing`.
 """
@@ -31,11 +36,13 @@ from bench import jaeger, secure, tracing
 from bench.events import Events, order_payload
 from bench.jaeger import Jaeger, run_jaeger
 from bench.measure import Context, Row, Window
-from bench.scenarios import SCENARIOS
+from bench.scenarios import SCENARIOS, SPREAD_CHANNELS
 from bench.servers import (
     CONFIG_PATH,
     PUBLISH_TIMEOUT,
+    START_LIMIT,
     Process,
+    log_tail,
     start_echo,
     start_gateway,
     stop_process,
@@ -51,8 +58,12 @@ from jetgate import nats_options
 from jetgate.v1 import gateway_pb2_grpc
 
 T = TypeVar("T")
+# A channel of its own connection (equal channel arguments share one by default).
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 TRACED_GATEWAY = "traced-gateway"
 SECURE_GATEWAY = "secure-gateway"
+PROCS_GATEWAY = "procs-gateway"  # `jetgate serve --processes 2`
+PROCS = 2
 # The gateway's durability setting in each block: it declares what its nats-server does,
 # so under fsync-always the gateway group-commits (gateway.group_commit).
 DURABILITY: dict[str, Durability] = {"default": "lazy", "fsync-always": "fsync"}
@@ -155,7 +166,17 @@ def run_block(
             )
             processes.append(process)
             secured = (process, setup)
-        servers = _Servers(gateway, echo, tracing, untraced, DURABILITY[block], secured)
+        procs = None
+        if PROCS_GATEWAY in wanted and opts.mode == "process":
+            procs = start_gateway(
+                nats_server.url,
+                workdir,
+                name="gateway-procs",
+                extra=["--processes", str(PROCS)],
+                env={"JETGATE_DURABILITY": DURABILITY[block]},
+            )
+            processes.append(procs)
+        servers = _Servers(gateway, echo, tracing, untraced, DURABILITY[block], secured, procs)
         return asyncio.run(_run(opts, nats_server, workdir, wanted, servers, body))
     raise AssertionError("unreachable")  # mypy: an ExitStack may swallow exceptions
 
@@ -175,6 +196,7 @@ class _Servers:
     untraced: str  # why there is no traced gateway
     durability: Durability  # the gateway's setting (DURABILITY)
     secure: tuple[Process, secure.SecureSetup] | None = None  # the TLS + token gateway
+    procs: Process | None = None  # `jetgate serve --processes PROCS`
 
 
 async def _run(
@@ -221,6 +243,7 @@ async def _run(
             ctx.gateway = gateway_pb2_grpc.EventGatewayStub(channel)
             ctx.gateway_channel = channel
             ctx.gateway_pid = gateway.pid if gateway else None
+            ctx.spread["gateway"] = _spread(address, channels)
         if echo is not None:
             channels.append(channel := grpc.aio.insecure_channel(echo.address))
             await wait_serving(channel, echo)
@@ -239,6 +262,10 @@ async def _run(
             ctx.secure = gateway_pb2_grpc.EventGatewayStub(channel)
             ctx.secure_pid = process.pid
             ctx.secure_metadata = setup.metadata
+        if servers.procs is not None:
+            await _wait_banner(servers.procs)  # printed once every gateway process serves
+            ctx.spread[PROCS_GATEWAY] = _spread(servers.procs.address, channels)
+            ctx.procs_pid = servers.procs.pid
         if address is None and servers.tracing is None:
             # No gateway declared the streams (e.g. `--scenario raw-async` alone): declare
             # them as it would, the raw scenarios publish into the gateway's stream.
@@ -251,6 +278,25 @@ async def _run(
         if inprocess is not None:
             await inprocess.stop(grace=2.0)
         await nc.close()
+
+
+def _spread(address: str, channels: list[grpc.aio.Channel]) -> list[object]:
+    """SPREAD_CHANNELS stubs on connections of their own (appended to `channels`)."""
+    stubs: list[object] = []
+    for _ in range(SPREAD_CHANNELS):
+        channel = grpc.aio.insecure_channel(address, options=OWN_CONNECTION)
+        channels.append(channel)
+        stubs.append(gateway_pb2_grpc.EventGatewayStub(channel))
+    return stubs
+
+
+async def _wait_banner(process: Process) -> None:
+    """Until `jetgate serve --processes N` printed its banner (RuntimeError when it exits)."""
+    async with asyncio.timeout(START_LIMIT):
+        while "Gateway processes:" not in process.log.read_text(errors="replace"):
+            if process.proc.poll() is not None:
+                raise RuntimeError(f"{process.name} exited:\n{log_tail(process.log)}")
+            await asyncio.sleep(0.1)
 
 
 def measure_block(
@@ -267,7 +313,10 @@ def measure_block(
                 f"  [{block}] {name}: {window.warmup:g}s warm-up + {window.seconds:g}s ...",
                 flush=True,
             )
-            if SECURE_GATEWAY in scenario.needs and ctx.secure is None:
+            missing = (PROCS_GATEWAY in scenario.needs and ctx.procs_pid is None) or (
+                SECURE_GATEWAY in scenario.needs and ctx.secure is None
+            )
+            if missing:
                 row = Row(skipped="needs the gateway as a process (--gateway process)")
             elif scenario.traced is None:
                 row = await scenario.measure(ctx, window)

@@ -30,7 +30,7 @@ DRAIN_TIMEOUT = 15.0  # s for in-flight work to finish after a measurement
 MAX_ERRORS = 10_000  # a scenario stops early once this many events failed
 _ENTRY_INDEX = re.compile(r"\[\d+\]")
 
-Server = Literal["gateway", "echo", "secure-gateway"]
+Server = Literal["gateway", "echo", "secure-gateway", "procs-gateway"]
 
 
 @dataclass
@@ -91,8 +91,14 @@ class Context:
     secure: Any = None
     secure_pid: int | None = None
     secure_metadata: tuple[tuple[str, str], ...] = ()
+    # `jetgate serve --processes 2` (the supervisor's pid: its CPU counts its children's).
+    procs_pid: int | None = None
+    # Stubs on separate connections (SO_REUSEPORT spreads connections, not calls), per server.
+    spread: dict[str, list[Any]] = field(default_factory=dict)
 
     def pid(self, server: Server | None) -> int | None:
+        if server == "procs-gateway":
+            return self.procs_pid
         if server == "gateway":
             return self.gateway_pid
         if server == "echo":
@@ -147,12 +153,29 @@ class Row:
 
 
 def proc_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system, all threads) used so far by process `pid`."""
+    """CPU seconds (user + system, all threads) used so far by process `pid` and its running
+    descendants (the gateway processes of `jetgate serve --processes N`)."""
     if pid is None:
         return 0.0
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    return own + sum(_child_cpu(child) for child in _children(pid))
+
+
+def _child_cpu(pid: int) -> float:
+    try:
+        return proc_cpu(pid)
+    except OSError:  # it exited since it was listed
+        return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            children += [int(c) for c in task.read_text().split()]
+    return children
 
 
 def proc_rss(pid: int) -> int:

@@ -79,6 +79,7 @@ RAW_ASYNC_PENDING = 4000
 RAW_WINDOW = 1000
 RAW_ATOMIC_SIZE = 1000
 RAW_ATOMIC_IN_FLIGHT = 4
+SPREAD_CHANNELS = 16  # connections of the `-procs-*` rows (spread over the processes)
 PER_RPC = "per RPC"
 PER_MESSAGE = "per message"
 
@@ -87,14 +88,22 @@ def rpc_error(exc: grpc.aio.AioRpcError) -> str:
     return f"{exc.code().name}: {exc.details()}"
 
 
-def run_unary(server: Server, concurrency: int = UNARY_CONCURRENCY) -> Runner:
-    """`Publish`, `concurrency` calls in flight, against the gateway or the echo server."""
+def run_unary(
+    server: Server, concurrency: int = UNARY_CONCURRENCY, *, spread: bool = False
+) -> Runner:
+    """`Publish`, `concurrency` calls in flight, against the gateway or the echo server;
+    `spread`: over the server's SPREAD_CHANNELS connections (`Context.spread`)."""
 
     async def run(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
-        stub = {"gateway": ctx.gateway, "echo": ctx.echo, "secure-gateway": ctx.secure}[server]
+        if spread:
+            stubs = ctx.spread[server]
+        else:
+            stubs = [
+                {"gateway": ctx.gateway, "echo": ctx.echo, "secure-gateway": ctx.secure}[server]
+            ]
         metadata = ctx.secure_metadata if server == "secure-gateway" else None
 
-        async def worker() -> None:
+        async def worker(stub: Any) -> None:
             while not stop.is_set() and tally.failed < MAX_ERRORS:
                 request = ctx.events.request("unary")
                 started = time.perf_counter()
@@ -107,7 +116,7 @@ def run_unary(server: Server, concurrency: int = UNARY_CONCURRENCY) -> Runner:
                 tally.duplicates += response.duplicate
                 tally.rpc(started)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(stubs[i % len(stubs)]) for i in range(concurrency)))
 
     return run
 
@@ -125,16 +134,18 @@ def run_batch(
     in_flight: int = BATCH_IN_FLIGHT,
     sampled: float | None = None,
     server: Server = "gateway",
+    *,
+    spread: bool = False,
 ) -> Runner:
     """`PublishBatch` of `size` events, `in_flight` calls at a time; with `sampled`, each
     call carries a client's trace context (`trace_context`); against the secure gateway,
-    its bearer token."""
+    its bearer token; `spread`: over the server's SPREAD_CHANNELS connections."""
 
     async def run(ctx: Context, tally: Tally, stop: asyncio.Event) -> None:
         secure = server == "secure-gateway"
-        stub = ctx.secure if secure else ctx.gateway
+        stubs = ctx.spread[server] if spread else [ctx.secure if secure else ctx.gateway]
 
-        async def worker() -> None:
+        async def worker(stub: Any) -> None:
             while not stop.is_set() and tally.failed < MAX_ERRORS:
                 request = ctx.events.batch(f"b{size}", size)
                 metadata = trace_context(sampled) if sampled is not None else None
@@ -151,7 +162,7 @@ def run_batch(
                 tally.results(response.results)
                 tally.rpc(started)
 
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        await asyncio.gather(*(worker(stubs[i % len(stubs)]) for i in range(in_flight)))
 
     return run
 
@@ -347,6 +358,42 @@ def publish_batch(size: int) -> Scenario:
     )
 
 
+PROCS_GATEWAY = frozenset({"procs-gateway"})
+
+
+def processes_scenarios() -> list[Scenario]:
+    """publish-unary and publish-batch-100 over SPREAD_CHANNELS connections to 1 and 2
+    gateway processes; the `-procs-2` ratio is the scaling (the server CPU column sums the
+    supervisor and its gateway processes)."""
+    rows = []
+    cases: list[tuple[int, Server]] = [(1, "gateway"), (2, "procs-gateway")]
+    for procs, server in cases:
+        needs = GATEWAY if procs == 1 else PROCS_GATEWAY
+        spread = f"{SPREAD_CHANNELS} connections, --processes {procs}"
+        rows += [
+            Scenario(
+                f"publish-unary-procs-{procs}",
+                f"Publish, {UNARY_CONCURRENCY} concurrent calls, {spread}",
+                timed(run_unary(server, spread=True), server=server),
+                needs=needs,
+                baseline="publish-unary-procs-1" if procs > 1 else None,
+                nats_bound=False,
+            ),
+            Scenario(
+                f"publish-batch-100-procs-{procs}",
+                f"PublishBatch 100/call, {2 * BATCH_IN_FLIGHT} in flight, {spread}",
+                timed(
+                    run_batch(100, 2 * BATCH_IN_FLIGHT, server=server, spread=True),
+                    server=server,
+                ),
+                needs=needs,
+                baseline="publish-batch-100-procs-1" if procs > 1 else None,
+                nats_bound=False,
+            ),
+        ]
+    return rows
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -456,6 +503,9 @@ SCENARIOS: dict[str, Scenario] = {
             target=0.85,
             nats_bound=False,
         ),
+        # Every core (issue 11): the same client, SPREAD_CHANNELS connections, against
+        # `jetgate serve --processes 1` (the gateway above) and `--processes 2`.
+        *processes_scenarios(),
         publish_batch(500),
         Scenario(
             "publish-stream",

@@ -15,6 +15,8 @@ Replicas come from the configured streams (reconciled at start-up).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import observability
 from gateway.config import GatewayConfig
 from gateway.embedded import NatsServer
@@ -22,6 +24,9 @@ from gateway.server import Gateway
 from gateway.workers import WorkerProcesses
 from jetgate import wire
 from jetgate.urls import MASK, redact
+
+if TYPE_CHECKING:
+    from gateway.processes import GatewayProcesses
 
 DEMO_TYPE = "jetgate.examples.orders.v1.OrderPlaced"
 # The last event of the demo pipeline (consumers/demo.py), shown in the banner.
@@ -33,6 +38,8 @@ def announce(
     embedded: NatsServer | None,
     workers: WorkerProcesses,
     telemetry: observability.Telemetry,
+    *,
+    processes: GatewayProcesses | None = None,
 ) -> None:
     """Print where everything runs and how to publish and inspect (stdout, once ready)."""
     # Credentials never reach the output: the nats CLI hints show the URL redacted too.
@@ -40,7 +47,15 @@ def announce(
     where = ""
     if embedded is not None:
         where = f" (embedded, pid {embedded.pid}; JetStream data in {embedded.store_dir})"
-    lines = [f"jetgate gateway listening on {addr}", f"NATS: {url}{where}"]
+    lines = [f"jetgate gateway listening on {addr}"]
+    if processes is not None:
+        lines.append(f"Gateway processes: {len(processes.targets)} on {addr} (SO_REUSEPORT)")
+        lines += [
+            f"  gateway process {n}: pid {pid}, metrics "
+            + (f"http://{processes.metrics[int(n) - 1]}/metrics" if processes.metrics[0] else "off")
+            for n, pid in processes.pids
+        ]
+    lines.append(f"NATS: {url}{where}")
     if url != gateway.config.nats_url:
         lines.append(f"  (credentials hidden as {MASK}: give them to the nats CLI yourself)")
     lines.append(durability_line(gateway.config, embedded))

@@ -9,6 +9,9 @@
   restarted with backoff when one dies; a worker that cannot start, or keeps dying, stops
   `jetgate up` with exit code 1) and prints how to publish and inspect. On SIGINT/SIGTERM
   it stops the workers (they drain), then the gateway, then nats-server.
+- `--processes N` (`serve` and `up`): N gateway processes share the listen port, under a
+  supervisor that serves no RPC (gateway/processes.py); each child is `jetgate serve
+  --processes 1` and reports ready instead of printing the banner.
 - `jetgate consume ...` and `jetgate dlq ...`: the consumer-group commands of the
   `consumers` package, parsed and run in-process by consumers/cli.py (`gateway` sits above
   `consumers` and may import it): the same arguments, help, signals and exit codes as
@@ -95,6 +98,8 @@ SETTING_HELP = {
     "workers": "comma-separated MODULE:GROUP consumer groups `up` runs one worker process of",
     "metrics_listen": "Prometheus /metrics endpoint HOST:PORT ('': off); `up` gives its "
     "workers the next ports",
+    "processes": "gateway processes sharing the listen port (SO_REUSEPORT), each with its own "
+    "NATS connection and metrics port (metrics_listen + 0, 1, ...); auto: one per core",
     "insecure": "allow plaintext gRPC on a non-loopback listen address (a trusted network or "
     "a TLS-terminating proxy in front)",
     **SECURITY_HELP,
@@ -190,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if given[:1] == [operator_cli.DECODE]:  # the light path: see the module docstring
         raise SystemExit(operator_cli.run_decode(given))
     args = _parser().parse_args(given)
+    args.argv = given  # what a supervisor of gateway processes gives each of them
     if (operator_command := getattr(args, "operator_command", None)) is not None:
         raise SystemExit(operator_command(args))  # decode, events, publish: gateway/operator_cli.py
     from consumers import cli as consumers_cli
@@ -229,7 +235,9 @@ def _serve(args: argparse.Namespace) -> None:
 
     try:
         telemetry = observability.configure(
-            observability.GATEWAY_SERVICE, metrics_listen=config.metrics_listen
+            observability.GATEWAY_SERVICE,
+            # Several gateway processes: each serves its own (gateway/processes.py).
+            metrics_listen=config.metrics_listen if config.processes == 1 else "",
         )
     except OSError as exc:
         raise StartupError(f"metrics_listen {config.metrics_listen}: {exc}") from exc
@@ -256,6 +264,13 @@ async def _run(
         embedded.start()
         config = dataclasses.replace(config, nats_url=embedded.url)
     try:
+        if config.processes > 1:
+            from gateway import processes
+
+            await processes.run(
+                args.command, args.argv, config, embedded, telemetry, grace=args.grace
+            )
+            return
         gateway = Gateway(
             config,
             tracer_provider=telemetry.tracer_provider,
@@ -275,7 +290,10 @@ async def _run(
             try:
                 workers.start()
                 await workers.wait_ready()
-                announce(gateway, embedded, workers, telemetry)
+                from gateway.processes import report_ready
+
+                if not report_ready(gateway.address, telemetry):  # else: a supervisor's child
+                    announce(gateway, embedded, workers, telemetry)
                 await _until_stopped(stop, workers)
             finally:
                 if workers.targets:

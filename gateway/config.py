@@ -12,6 +12,7 @@ The `[gateway.tls]` and `[gateway.auth]` tables: `gateway.security_config`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -170,6 +171,9 @@ class GatewayConfig:
     # Prometheus scrape endpoint (HOST:PORT; empty: none). `jetgate up` gives its workers
     # the following ports (port 0: any free port for each).
     metrics_listen: str = "127.0.0.1:9464"
+    # Gateway processes sharing `listen` (SO_REUSEPORT; gateway/processes.py); `auto`: one
+    # per core.
+    processes: int = 1
     # Plaintext gRPC on a non-loopback `listen` is refused unless this says it is meant.
     insecure: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -197,6 +201,8 @@ class GatewayConfig:
             raise ConfigError("max_pending and stream_window must be at least 1")
         if self.max_inflight_request_bytes < 1024 * 1024:
             raise ConfigError("max_inflight_request_bytes must be at least 1MiB")
+        if not 1 <= self.processes <= 1024:
+            raise ConfigError("processes must be within 1..1024 (or auto: one per core)")
         for target in self.workers:
             module, _, group = target.partition(":")
             if not module or not group:
@@ -250,6 +256,8 @@ def _coerce(cls: type[Any], name: str, raw: object, where: str) -> object:
             return parse_duration(raw)
         if name in {"max_bytes", "max_msg_size", "max_inflight_request_bytes"}:
             return parse_size(raw)
+        if name == "processes" and str(raw).strip().lower() == "auto":
+            return os.cpu_count() or 1
         if kind == "int":
             if isinstance(raw, bool | float):
                 raise ConfigError(f"not an integer: {raw!r}")

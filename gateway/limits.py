@@ -84,6 +84,8 @@ def server_options() -> list[ServerOption]:
         ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
         ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
         ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
+        # Several gateway processes share one port (gateway/processes.py); Linux only.
+        ("grpc.so_reuseport", 1),
     ]
 
 
