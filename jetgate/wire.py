@@ -105,6 +105,7 @@ JS_WRONG_LAST_SEQUENCE: Final = 10071
 JS_STREAM_STORE_FAILED: Final = 10077  # e.g. "maximum bytes exceeded" (discard new)
 JS_HEADER_EXCEEDS_MAXIMUM: Final = 10097
 JS_WRONG_LAST_SEQUENCE_CONSTANT: Final = 10164  # in a batch: no actual sequence given
+JS_MSG_ID_IN_PROCESS: Final = 10158  # "duplicate message id is in process": retry it
 JS_MESSAGE_TTL_DISABLED: Final = 10166
 JS_MESSAGE_TTL_INVALID: Final = 10165
 JS_ATOMIC_UNSUPPORTED_HEADER: Final = 10177
