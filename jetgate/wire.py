@@ -70,13 +70,17 @@ BATCH_COMMIT: Final = "Nats-Batch-Commit"
 # The status line of a reply without a body (`NATS/1.0 503 No Responders`) arrives as the
 # headers `Status` and `Description` (nats-py). Statuses jetgate tells apart: 503 no responders
 # (no stream took a publish; a pull's consumer is gone), 100 an idle heartbeat of a pull, 404
-# no messages and 408 a pull request that expired (both the normal end of a pull).
+# no messages and 408 a pull request that expired (both the normal end of a pull), 409 a
+# pull ended by the consumer (its reason in Description; "Leadership Change": the
+# consumer's leader moved to another node of a cluster, pull again at once).
 STATUS: Final = "Status"
 STATUS_DESCRIPTION: Final = "Description"
 STATUS_NO_RESPONDERS: Final = "503"
 STATUS_IDLE_HEARTBEAT: Final = "100"
 STATUS_NO_MESSAGES: Final = "404"
 STATUS_REQUEST_TIMEOUT: Final = "408"
+STATUS_CONFLICT: Final = "409"
+LEADERSHIP_CHANGE: Final = "Leadership Change"
 
 # Size limits nats-server enforces on one message (a message over them is refused or,
 # over max_payload, makes the server close the connection). The header block is at most
