@@ -79,6 +79,12 @@ def test_the_node_config_lists_every_route() -> None:
     assert "name: jetgate" in text
 
 
+def test_the_production_docs_show_the_generated_node_config() -> None:
+    routes = [f"nats-route://nats-{n}:6222" for n in (1, 2, 3)]
+    text = node_config(cluster_listen="0.0.0.0:6222", routes=routes, monitor_listen="0.0.0.0:8222")
+    assert text in (Path(__file__).parents[2] / "docs" / "production.md").read_text()
+
+
 def test_cluster_mode_replicates_single_copy_streams() -> None:
     config = GatewayConfig(
         streams=(
