@@ -446,6 +446,9 @@ class Publisher:
         entry[0].settle(entry[1], parse_ack(msg))
 
 
+_RETRYABLE_API_ERRORS = frozenset({wire.JS_CLUSTER_NOT_AVAILABLE, wire.JS_MSG_ID_IN_PROCESS})
+
+
 def attempt_limit(within: float) -> float:
     """How long one attempt of a publish with `within` seconds in all waits for its answer."""
     return max(ATTEMPT_MIN, within / 4)
@@ -455,16 +458,15 @@ def retryable(outcome: object) -> bool:
     """Whether `outcome` is transient: the same message (same id) may simply be sent again.
 
     No answer in time, no responders or no connection (a leader election, a reconnect to
-    another node), JetStream temporarily unavailable (API code 503), or the same id still
-    being stored by an earlier attempt (10158). Never a refusal by a rule or a conflict.
+    another node), JetStream's cluster temporarily unavailable (10008), or the same id still
+    being stored by an earlier attempt (10158). Never a refusal by a rule or a conflict, nor
+    a full store (10023, also API code 503: retrying would only delay RESOURCE_EXHAUSTED).
     """
     if not isinstance(outcome, PublishFailure):
         return False
     if outcome.kind in ("timeout", "unavailable"):
         return outcome is not _CANCELLED
-    return outcome.kind == "api" and (
-        outcome.err_code == wire.JS_MSG_ID_IN_PROCESS or outcome.code == 503
-    )
+    return outcome.kind == "api" and outcome.err_code in _RETRYABLE_API_ERRORS
 
 
 def _expired(within: float) -> PublishFailure:

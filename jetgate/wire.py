@@ -99,6 +99,7 @@ BATCH_ID_LENGTH: Final = 32
 
 # JetStream API error codes (`err_code` in an API error; nats-server's errors.json). They
 # are the server's protocol, shared by every side that talks to JetStream, so they live here.
+JS_CLUSTER_NOT_AVAILABLE: Final = 10008  # "JetStream system temporarily unavailable"
 JS_INSUFFICIENT_RESOURCES: Final = 10023  # account or server storage limit reached
 JS_MAXIMUM_STREAMS: Final = 10027  # account limit on the number of streams
 JS_MEMORY_RESOURCES: Final = 10028  # insufficient memory resources

@@ -12,6 +12,7 @@ from nats.js.api import StreamConfig as JsStreamConfig
 
 from gateway.cluster import NatsCluster, node_config, replicated
 from gateway.config import ConfigError, GatewayConfig, StreamConfig
+from gateway.health_check import StoreCheck
 from tests.support.eventually import eventually
 
 # While a leader is elected, JetStream answers late or not at all.
@@ -98,3 +99,26 @@ def test_cluster_mode_replicates_single_copy_streams() -> None:
 def test_a_cluster_of_two_is_refused() -> None:
     with pytest.raises(ConfigError, match="cluster"):
         GatewayConfig(cluster=2)
+
+
+async def test_health_survives_the_loss_of_the_probe_streams_leader(cluster: NatsCluster) -> None:
+    check = StoreCheck(stream="JETGATE_HEALTH", replicas=3, timeout=5.0)
+    names = {node.name for node in cluster.nodes}
+    nc = await nats.connect(cluster.url.split(","), max_reconnect_attempts=-1)
+    try:
+        await eventually(lambda: check.prepare(nc), retry_on=TRANSIENT)
+        assert await check.run(nc) == ""
+        info = await nc.jetstream().stream_info("JETGATE_HEALTH")
+        assert info.cluster is not None
+        assert info.cluster.leader in names
+        leader = next(n for n in cluster.nodes if n.name == info.cluster.leader)
+        leader.kill()
+
+        async def healthy() -> None:
+            assert await check.run(nc) == ""
+
+        # Replicated: another node leads the probe stream and health comes back while the
+        # node is down (an R1 probe stream would fail until it returns).
+        await eventually(healthy, within=60, retry_on=TRANSIENT)
+    finally:
+        await nc.close()

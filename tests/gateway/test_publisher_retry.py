@@ -119,4 +119,6 @@ def test_what_is_retried() -> None:
     conflict = PublishFailure(kind="api", description="", err_code=wire.JS_WRONG_LAST_SEQUENCE)
     assert not retryable(conflict)
     assert not retryable(PublishFailure(kind="denied", description=""))
+    full = PublishFailure(kind="api", description="", code=503, err_code=10023)
+    assert not retryable(full)
     assert not retryable(Stored(stream="T", sequence=1))
