@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint proto tools cloudevents-peer node-deps lazyfs bench soak fuzz faults clean
+.PHONY: venv run test lint proto tools cloudevents-peer node-deps lazyfs bench soak fuzz faults chaos clean
 
 venv: $(STAMP)
 
@@ -70,6 +70,11 @@ fuzz: venv
 # The fault suite (tests/faults) with ten times the events per scenario of `make test`.
 faults: venv
 	JETGATE_FAULTS_EVENTS=3000 $(BIN)/python -m pytest -q tests/faults
+
+# The cluster chaos test (tests/faults/test_cluster.py: leader kill -9, restart, step-down
+# under load) five times in a row, printing its counts; `make test` runs it once.
+chaos: venv
+	for i in 1 2 3 4 5; do $(BIN)/python -m pytest -q -s tests/faults/test_cluster.py || exit 1; done
 
 # Publish, consume, end-to-end and tracing-cost figures next to their baselines, on its own servers (about 4 min).
 bench: venv

@@ -33,7 +33,10 @@ consumer's limit).
 
 Resilience: a pull request that got no answer by its expiry (plus a second) is written
 off, so after a reconnect or a nats-server restart the worker simply asks again; "no
-responders" or a deleted consumer makes it create the consumer again. A connection that
+responders" or a deleted consumer makes it create the consumer again. In a cluster, a
+pull ended by "409 Leadership Change" (the consumer's leader moved) is simply made again
+at once, to the new leader; a pull lost with a killed leader is written off at its expiry
+like any other. A connection that
 nats-py closed for good (it does not reconnect after a server error, e.g. a message over
 max_payload) is replaced with `connect()` (one warning, not one per pull): new
 connection, inbox subscription and consumer set up again; events held on the old one come
@@ -287,6 +290,10 @@ class Worker:
             description = (msg.headers or {}).get(wire.STATUS_DESCRIPTION, "")
             if status == wire.STATUS_NO_RESPONDERS or "Consumer Deleted" in description:
                 self._needs_setup = True
+            elif status == wire.STATUS_CONFLICT and wire.LEADERSHIP_CHANGE in description:
+                # The consumer's leader moved (a cluster): pull from the new one at once;
+                # acks lost in the move come back as redeliveries.
+                log.info("group %s: consumer leader changed; pulling again", self.group.name)
             elif status not in (wire.STATUS_NO_MESSAGES, wire.STATUS_REQUEST_TIMEOUT):
                 log.warning("group %s: pull ended: %s %s", self.group.name, status, description)
             self._wake.set()

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import observability
+from gateway.cluster import NatsCluster
 from gateway.config import GatewayConfig
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
@@ -35,7 +36,7 @@ DEMO_LAST_TYPE = "jetgate.examples.orders.v1.OrderShipped"
 
 def announce(
     gateway: Gateway,
-    embedded: NatsServer | None,
+    embedded: NatsServer | NatsCluster | None,
     workers: WorkerProcesses,
     telemetry: observability.Telemetry,
     *,
@@ -58,6 +59,8 @@ def announce(
     lines.append(f"NATS: {url}{where}")
     if url != gateway.config.nats_url:
         lines.append(f"  (credentials hidden as {MASK}: give them to the nats CLI yourself)")
+    if isinstance(embedded, NatsCluster):
+        lines += embedded.banner_lines()
     lines.append(durability_line(gateway.config, embedded))
     if telemetry.metrics_server is not None:
         lines.append(f"Prometheus metrics: {telemetry.metrics_server.url}")
@@ -140,7 +143,7 @@ def _pipeline_lines(gateway: Gateway, stream: str, workers: WorkerProcesses) -> 
     return lines
 
 
-def durability_line(config: GatewayConfig, embedded: NatsServer | None) -> str:
+def durability_line(config: GatewayConfig, embedded: NatsServer | NatsCluster | None) -> str:
     """What an OK from a gateway with `config` means on disk, as far as it can know."""
     replicas = sorted({s.replicas for s in config.streams}) or [1]
     copies = "/".join(f"R{r}" for r in replicas)

@@ -63,6 +63,7 @@ from jetgate.nats_options import SECRET_SETTINGS
 
 if TYPE_CHECKING:
     import observability
+    from gateway.cluster import NatsCluster
     from gateway.embedded import NatsServer
     from gateway.workers import WorkerProcesses
 
@@ -95,6 +96,8 @@ SETTING_HELP = {
     "type_modules": "comma-separated Python modules of generated *_pb2 event types to accept",
     "descriptor_sets": "comma-separated FileDescriptorSet files of event types to accept",
     "data_dir": "where `up` keeps the embedded nats-server's JetStream data",
+    "cluster": "nodes of `up`'s embedded JetStream cluster on loopback (0 or 1: one server; "
+    "3 or 5: a cluster, streams replicated on every node)",
     "workers": "comma-separated MODULE:GROUP consumer groups `up` runs one worker process of",
     "metrics_listen": "Prometheus /metrics endpoint HOST:PORT ('': off); `up` gives its "
     "workers the next ports",
@@ -251,16 +254,20 @@ async def _run(
     args: argparse.Namespace, config: GatewayConfig, telemetry: observability.Telemetry
 ) -> None:
     from gateway.banner import announce
+    from gateway.cluster import NatsCluster, replicated
     from gateway.embedded import NatsServer
     from gateway.server import Gateway
     from gateway.workers import WorkerProcesses
 
-    embedded: NatsServer | None = None
+    embedded: NatsServer | NatsCluster | None = None
     if args.command == "up" and not config.nats_url:
         port = args.nats_port if args.nats_port is not None else _default_nats_port()
-        embedded = NatsServer(
-            Path(config.data_dir) / "nats", port=port, sync_always=config.durability == "fsync"
-        )
+        store, sync_always = Path(config.data_dir) / "nats", config.durability == "fsync"
+        if config.cluster > 1:
+            embedded = NatsCluster(store, size=config.cluster, port=port, sync_always=sync_always)
+            config = replicated(config, config.cluster)
+        else:
+            embedded = NatsServer(store, port=port, sync_always=sync_always)
         embedded.start()
         config = dataclasses.replace(config, nats_url=embedded.url)
     try:

@@ -166,6 +166,9 @@ class GatewayConfig:
     descriptor_sets: tuple[str, ...] = ()
     # Where `jetgate up` keeps the embedded nats-server's JetStream data.
     data_dir: str = "data"
+    # `jetgate up` without nats_url: nodes of the embedded JetStream cluster (0/1: one
+    # server; 3 or 5: a cluster on loopback, streams replicated on every node).
+    cluster: int = 0
     # Consumer groups (`MODULE:GROUP`) `jetgate up` runs one worker process of each.
     workers: tuple[str, ...] = ()
     # Prometheus scrape endpoint (HOST:PORT; empty: none). `jetgate up` gives its workers
@@ -187,6 +190,8 @@ class GatewayConfig:
             _check_address("metrics_listen", self.metrics_listen)
         _check_choice("durability", self.durability, Durability)
         self.nats_options()  # raises when the NATS settings contradict each other
+        if self.cluster not in (0, 1, 3, 5):
+            raise ConfigError(f"cluster must be 0, 1, 3 or 5 nodes; got {self.cluster}")
         if self.publish_timeout <= 0:
             raise ConfigError("publish_timeout must be positive")
         if self.health_interval <= 0 or self.health_timeout <= 0:

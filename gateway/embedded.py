@@ -89,6 +89,7 @@ class NatsServer:
         token: str | None = None,
         config: str = "",
         binary: Path | None = None,
+        name: str = "",
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
         self.host = host
@@ -98,7 +99,8 @@ class NatsServer:
         self.config = config
         self.binary = binary
         # Fixed for the object's life: readiness checks that the INFO line is from our process.
-        self.name = f"jetgate-{secrets.token_hex(6)}"
+        # A cluster node gives its own, stable across runs (its Raft peer identity).
+        self.name = name or f"jetgate-{secrets.token_hex(6)}"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -24,6 +24,12 @@ Each event gets exactly the result it would get alone:
   (`OutboundMessage.batchable`) and events of streams without `allow_atomic` are not
   accepted: the publisher sends them alone, pipelined.
 
+Leader changes (see `gateway.publisher`): a commit waits for its answer at most
+`attempt_limit`; one failing for a transient reason (`retryable`: no responders, no answer,
+no connection) may have been stored or not, so its events are published again one by one
+with their ids (`each(..., retried=True)`, which retries until the time runs out and
+reports a duplicate as the original store, the batch having stored it).
+
 Time: every caller waits at most its own `within`; a commit runs for the longest `within`
 of its events (none outlives its caller by more than the difference). An event whose
 caller gave up (timeout, cancellation) before its commit started is not sent.
@@ -38,7 +44,15 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from gateway.config import StreamConfig
-from gateway.publisher import OutboundMessage, Outcome, Publisher, PublishFailure, Stored
+from gateway.publisher import (
+    OutboundMessage,
+    Outcome,
+    Publisher,
+    PublishFailure,
+    Stored,
+    attempt_limit,
+    retryable,
+)
 from jetgate import wire
 
 log = logging.getLogger("jetgate.gateway")
@@ -184,13 +198,20 @@ class GroupCommit:
 
     async def _commit(self, lane: _Lane, batch: list[_Entry]) -> None:
         try:
-            within = max(0.0, max(e.deadline for e in batch) - asyncio.get_running_loop().time())
+            loop = asyncio.get_running_loop()
+            deadline = max(e.deadline for e in batch)
+            within = max(0.0, deadline - loop.time())
             messages = [e.message for e in batch]
             if len(batch) == 1:
                 outcomes = await self._each(messages, within=within)
             else:
-                stored = await self._atomic(messages, within=within)
-                if isinstance(stored, PublishFailure) and stored.kind == "api":
+                stored = await self._atomic(messages, within=min(within, attempt_limit(within)))
+                if retryable(stored) and deadline > loop.time():
+                    # Stored or not: each again with its id (a duplicate is our own store).
+                    outcomes = await self._each(
+                        messages, within=deadline - loop.time(), retried=True
+                    )
+                elif isinstance(stored, PublishFailure) and stored.kind == "api":
                     # Refused: one event may be a stored duplicate or break a rule; alone,
                     # each gets its own answer and none fails its neighbours.
                     outcomes = await self._each(messages, within=within)

@@ -21,7 +21,10 @@ now", and it catches:
   succeeds again (space freed, limit raised; after ENOSPC nats-server may need a restart).
   The probe uses the declared streams' storage type (memory when all of them are memory,
   else file): it tests the store the events go to, on the server it lands on (with
-  several servers, the probe stream's may not be the streams' own).
+  several servers, the probe stream's may not be the streams' own). It is replicated like
+  the declared streams (`replicas`: their highest): in a cluster an R1 probe stream on a
+  lost node would say NOT_SERVING for as long as that node is down, while the R3 streams
+  store on; replicated, health is NOT_SERVING only while the probe has no leader.
 
 A stream limit (a declared stream's `max_bytes` with discard `new`) is that stream's
 business, answered per publish (RESOURCE_EXHAUSTED), not health. With `health_stream`
@@ -62,6 +65,7 @@ class StoreCheck:
         stream: str,
         storage: api.StorageType = api.StorageType.FILE,
         timeout: float = 2.0,
+        replicas: int = 1,
     ) -> None:
         self._timeout = timeout
         self._stream = (
@@ -70,7 +74,7 @@ class StoreCheck:
                 subjects=[f"_jetgate.health.{stream}.*"],
                 description="jetgate gateway health checks: can JetStream store now?",
                 storage=storage,
-                num_replicas=1,
+                num_replicas=replicas,
                 max_msgs_per_subject=1,
                 max_age=PROBE_MAX_AGE,
                 discard=api.DiscardPolicy.OLD,

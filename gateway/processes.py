@@ -44,6 +44,7 @@ from collections.abc import Sequence
 
 import observability
 from gateway.children import RESTART_BACKOFF, ChildFailed, ChildProcesses
+from gateway.cluster import NatsCluster
 from gateway.config import GatewayConfig
 from gateway.embedded import NatsServer
 from gateway.workers import WorkerProcesses
@@ -177,7 +178,7 @@ async def run(
     command: str,
     argv: Sequence[str],
     config: GatewayConfig,
-    embedded: NatsServer | None,
+    embedded: NatsServer | NatsCluster | None,
     telemetry: observability.Telemetry,
     *,
     grace: float,

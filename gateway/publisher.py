@@ -20,6 +20,17 @@ handing each message to nats-py (whose publish waits while its outgoing buffer i
 e.g. while nats-server stalls) and the acknowledgements. nats-py swallows a cancellation
 that arrives while it waits to flush, so after each message the publisher checks the
 limit itself and sends no more once it has expired.
+
+Leader changes are invisible to callers: during a stream leader election (a JetStream
+cluster) a publish is answered "no responders", not answered at all, or, retried with the
+same `Nats-Msg-Id` while the first try is still being stored, refused with 10158
+("duplicate message id is in process"); with no connection (reconnecting to another node)
+it is not sent. `publish_each` publishes such messages again (`retryable`), with the same
+headers, hence the same id, after a short growing backoff, each attempt limited to
+`attempt_limit(within)`, until `within` runs out. A retried message answered as a duplicate
+was most likely stored by one of our own earlier attempts, so it is reported as the
+original store (`duplicate = False`): the caller sent it once. Real conflicts (wrong last
+sequence 10071 and every other API error) are answered as they come, never retried.
 """
 
 from __future__ import annotations
@@ -86,6 +97,12 @@ Outcome = Stored | PublishFailure
 _CANCELLED = PublishFailure(kind="unavailable", description="cancelled")
 _NOT_CONNECTED = PublishFailure(kind="unavailable", description="not connected to NATS")
 # The usual PubAck, exactly as nats-server writes it; anything else goes through json.
+# Retries of transient failures: the first pause, its growth and its ceiling (seconds).
+RETRY_BACKOFF = 0.05
+RETRY_BACKOFF_MAX = 0.5
+# One attempt waits at least this long, or a quarter of the publish's time: long enough not
+# to give up on a busy but healthy server, short enough to try again within publish_timeout.
+ATTEMPT_MIN = 1.0
 _PLAIN_ACK = re.compile(rb'\{"stream":"([A-Za-z0-9_-]+)","seq":(\d+)(,"duplicate":true)?\}')
 
 
@@ -141,6 +158,7 @@ class Publisher:
         self._prefix = ""
         self._sub: Subscription | None = None
         self._coalescer: Coalescer | None = None
+        self._closed = False  # close() was called: nothing more is retried
 
     def coalesce_with(self, coalescer: Coalescer | None) -> None:
         """From now on, `publish` hands the messages `coalescer` accepts to it (None: none)."""
@@ -169,6 +187,7 @@ class Publisher:
 
     async def close(self) -> None:
         """Fail what is still pending and drop the inbox subscription."""
+        self._closed = True
         self.fail_pending("gateway shutting down")
         if self._sub is not None:
             with contextlib.suppress(NatsError):
@@ -231,9 +250,46 @@ class Publisher:
         return merged
 
     async def publish_each(
+        self, messages: Sequence[OutboundMessage], *, within: float, retried: bool = False
+    ) -> list[Outcome]:
+        """Publish `messages` pipelined: one outcome each, in order, all within `within` s.
+
+        Transient failures (`retryable`) are published again with the same headers until
+        `within` runs out. `retried`: the messages may have been stored already by an
+        earlier attempt (e.g. an atomic batch that was not answered), so a duplicate answer
+        is reported as the original store.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        attempt = attempt_limit(within)
+        outcomes = await self._publish_once(messages, within=min(attempt, within))
+        again = set(range(len(messages))) if retried else set()
+        delay = RETRY_BACKOFF
+        while not self._closed:
+            todo = [i for i, outcome in enumerate(outcomes) if retryable(outcome)]
+            if not todo or deadline - loop.time() <= delay:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_BACKOFF_MAX)
+            remaining = deadline - loop.time()
+            answers = await self._publish_once(
+                [messages[i] for i in todo], within=min(attempt, remaining)
+            )
+            for index, outcome in zip(todo, answers, strict=True):
+                outcomes[index] = outcome
+                again.add(index)
+        expired = _expired(within)
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, Stored) and outcome.duplicate and index in again:
+                outcomes[index] = Stored(stream=outcome.stream, sequence=outcome.sequence)
+            elif isinstance(outcome, PublishFailure) and outcome.kind == "timeout":
+                outcomes[index] = expired
+        return outcomes
+
+    async def _publish_once(
         self, messages: Sequence[OutboundMessage], *, within: float
     ) -> list[Outcome]:
-        """Publish `messages` pipelined: one outcome each, in order, all within `within` s."""
+        """One attempt of `publish_each`: one outcome each, in order, all within `within` s."""
         call = _Call(len(messages), asyncio.get_running_loop().create_future())
         tokens: list[str] = []
         try:
@@ -388,6 +444,29 @@ class Publisher:
             return  # timed out or failed earlier: the late answer has no one to tell
         self._window.release()
         entry[0].settle(entry[1], parse_ack(msg))
+
+
+_RETRYABLE_API_ERRORS = frozenset({wire.JS_CLUSTER_NOT_AVAILABLE, wire.JS_MSG_ID_IN_PROCESS})
+
+
+def attempt_limit(within: float) -> float:
+    """How long one attempt of a publish with `within` seconds in all waits for its answer."""
+    return max(ATTEMPT_MIN, within / 4)
+
+
+def retryable(outcome: object) -> bool:
+    """Whether `outcome` is transient: the same message (same id) may simply be sent again.
+
+    No answer in time, no responders or no connection (a leader election, a reconnect to
+    another node), JetStream's cluster temporarily unavailable (10008), or the same id still
+    being stored by an earlier attempt (10158). Never a refusal by a rule or a conflict, nor
+    a full store (10023, also API code 503: retrying would only delay RESOURCE_EXHAUSTED).
+    """
+    if not isinstance(outcome, PublishFailure):
+        return False
+    if outcome.kind in ("timeout", "unavailable"):
+        return outcome is not _CANCELLED
+    return outcome.kind == "api" and outcome.err_code in _RETRYABLE_API_ERRORS
 
 
 def _expired(within: float) -> PublishFailure:

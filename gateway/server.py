@@ -81,6 +81,7 @@ class Gateway:
                     else api.StorageType.FILE
                 ),
                 timeout=config.health_timeout,
+                replicas=max((s.replicas for s in config.streams), default=1),
             ),
             check_interval=config.health_interval,
         )

@@ -70,13 +70,17 @@ BATCH_COMMIT: Final = "Nats-Batch-Commit"
 # The status line of a reply without a body (`NATS/1.0 503 No Responders`) arrives as the
 # headers `Status` and `Description` (nats-py). Statuses jetgate tells apart: 503 no responders
 # (no stream took a publish; a pull's consumer is gone), 100 an idle heartbeat of a pull, 404
-# no messages and 408 a pull request that expired (both the normal end of a pull).
+# no messages and 408 a pull request that expired (both the normal end of a pull), 409 a
+# pull ended by the consumer (its reason in Description; "Leadership Change": the
+# consumer's leader moved to another node of a cluster, pull again at once).
 STATUS: Final = "Status"
 STATUS_DESCRIPTION: Final = "Description"
 STATUS_NO_RESPONDERS: Final = "503"
 STATUS_IDLE_HEARTBEAT: Final = "100"
 STATUS_NO_MESSAGES: Final = "404"
 STATUS_REQUEST_TIMEOUT: Final = "408"
+STATUS_CONFLICT: Final = "409"
+LEADERSHIP_CHANGE: Final = "Leadership Change"
 
 # Size limits nats-server enforces on one message (a message over them is refused or,
 # over max_payload, makes the server close the connection). The header block is at most
@@ -95,6 +99,7 @@ BATCH_ID_LENGTH: Final = 32
 
 # JetStream API error codes (`err_code` in an API error; nats-server's errors.json). They
 # are the server's protocol, shared by every side that talks to JetStream, so they live here.
+JS_CLUSTER_NOT_AVAILABLE: Final = 10008  # "JetStream system temporarily unavailable"
 JS_INSUFFICIENT_RESOURCES: Final = 10023  # account or server storage limit reached
 JS_MAXIMUM_STREAMS: Final = 10027  # account limit on the number of streams
 JS_MEMORY_RESOURCES: Final = 10028  # insufficient memory resources
@@ -105,6 +110,7 @@ JS_WRONG_LAST_SEQUENCE: Final = 10071
 JS_STREAM_STORE_FAILED: Final = 10077  # e.g. "maximum bytes exceeded" (discard new)
 JS_HEADER_EXCEEDS_MAXIMUM: Final = 10097
 JS_WRONG_LAST_SEQUENCE_CONSTANT: Final = 10164  # in a batch: no actual sequence given
+JS_MSG_ID_IN_PROCESS: Final = 10158  # "duplicate message id is in process": retry it
 JS_MESSAGE_TTL_DISABLED: Final = 10166
 JS_MESSAGE_TTL_INVALID: Final = 10165
 JS_ATOMIC_UNSUPPORTED_HEADER: Final = 10177

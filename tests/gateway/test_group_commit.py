@@ -30,6 +30,7 @@ class Recorder:
         self.singles: list[list[str]] = []
         self.refuse = refuse
         self.sequence = 0
+        self.retried = False
 
     async def atomic(
         self, messages: Sequence[OutboundMessage], *, within: float
@@ -41,7 +42,10 @@ class Recorder:
         self.sequence += len(messages)
         return [Stored(stream="S", sequence=first + i) for i in range(len(messages))]
 
-    async def each(self, messages: Sequence[OutboundMessage], *, within: float) -> list[Outcome]:
+    async def each(
+        self, messages: Sequence[OutboundMessage], *, within: float, retried: bool = False
+    ) -> list[Outcome]:
+        self.retried = retried
         self.singles.append([m.headers[wire.MSG_ID] for m in messages])
         outcomes: list[Outcome] = []
         for _ in messages:
@@ -99,13 +103,24 @@ async def test_a_refused_batch_is_retried_event_by_event() -> None:
     assert all(isinstance(r[0], Stored) for r in results)
 
 
-async def test_no_answer_is_every_events_answer_without_a_retry() -> None:
+async def test_a_batch_without_answer_is_published_again_event_by_event_as_retries() -> None:
+    # A leader change: the batch may be stored or not; each event again, with its id.
     lost = PublishFailure(kind="unavailable", description="connection closed")
     recorder = Recorder(refuse=lost)
     group = _group(recorder)
     results = await asyncio.gather(*(group.publish([_message(i)], within=5) for i in "ab"))
+    assert recorder.singles == [["a", "b"]]
+    assert recorder.retried
+    assert all(isinstance(r[0], Stored) for r in results)
+
+
+async def test_a_failed_batch_without_time_left_is_every_events_answer() -> None:
+    lost = PublishFailure(kind="unavailable", description="connection closed")
+    recorder = Recorder(refuse=lost)
+    group = _group(recorder)
+    results = await asyncio.gather(*(group.publish([_message(i)], within=0) for i in "ab"))
     assert recorder.singles == []
-    assert [r[0] for r in results] == [lost, lost]
+    assert all(isinstance(r[0], PublishFailure) for r in results)
 
 
 async def test_an_event_whose_caller_gave_up_while_queued_is_not_sent() -> None:
@@ -118,7 +133,7 @@ async def test_an_event_whose_caller_gave_up_while_queued_is_not_sent() -> None:
         await release.wait()
         return await each(messages, within=within)
 
-    recorder.each = slow  # type: ignore[method-assign]
+    recorder.each = slow  # type: ignore[method-assign, assignment]
     group = _group(recorder)
     first = asyncio.ensure_future(group.publish([_message("first")], within=5))
     await started.wait()
@@ -153,7 +168,7 @@ async def test_a_trickle_gathers_behind_the_commit_under_way_a_flood_does_not() 
         await release.wait()
         return await each(messages, within=within)
 
-    recorder.each = slow  # type: ignore[method-assign]
+    recorder.each = slow  # type: ignore[method-assign, assignment]
     group = _group(recorder, max_inflight=4, fill=3)
     first = asyncio.ensure_future(group.publish([_message("a")], within=5))
     await started.wait()

@@ -60,7 +60,7 @@ async def test_jetstream_errors_are_failures_with_their_codes(nc: Client) -> Non
     )
     assert isinstance(outcome, PublishFailure)
     assert (outcome.kind, outcome.err_code) == ("api", 10071)
-    (outcome,) = await publisher.publish([_msg("nostream.a")], within=5)
+    (outcome,) = await publisher.publish([_msg("nostream.a")], within=0.5)
     assert isinstance(outcome, PublishFailure)
     assert outcome.kind == "unavailable"
     await publisher.close()
@@ -93,16 +93,17 @@ async def test_lost_connection_fails_pending_and_new_publishes_fast(
 ) -> None:
     publisher = await _publisher(nc)
     silent = await nc.subscribe("quiet.>")
-    waiting = asyncio.ensure_future(publisher.publish([_msg("quiet.a")], within=30))
+    # Retried (a lost link may be a leader change) until its time is up, not for ever.
+    waiting = asyncio.ensure_future(publisher.publish([_msg("quiet.a")], within=2))
     await eventually(lambda: publisher.pending == 1, what="the publish pending")
     publisher.fail_pending("connection lost")  # what the gateway's disconnect callback does
     (outcome,) = await asyncio.wait_for(waiting, FAST)
     assert isinstance(outcome, PublishFailure)
-    assert outcome.kind == "unavailable"
+    assert outcome.kind in ("unavailable", "timeout")
     await silent.unsubscribe()
     nats_server.stop()
     await eventually(lambda: not nc.is_connected, what="the client disconnected")
-    (outcome,) = await asyncio.wait_for(publisher.publish([_msg("t.a")], within=30), FAST)
+    (outcome,) = await asyncio.wait_for(publisher.publish([_msg("t.a")], within=1), FAST)
     assert isinstance(outcome, PublishFailure)
     assert outcome.kind == "unavailable"
 
