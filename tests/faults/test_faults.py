@@ -256,8 +256,19 @@ async def test_jetstream_storage_full(small_server: NatsServer, tmp_path: Path) 
     cluster = Cluster(small_server, tmp_path)
     try:
         await cluster.start()
+        # 200 KB in a stream of its own: purged later to make room, so that the gateway can
+        # be healthy again with every event of the test still there to check.
+        await cluster.js.add_stream(StreamConfig(name="FILLER", subjects=["filler.>"]))
+        for _ in range(25):
+            await cluster.js.publish("filler.x", b"f" * 8000)
         load = await publish_until_refused(cluster, 1000, padding=8000)
         assert set(load.refusals) == {"RESOURCE_EXHAUSTED"}, load.last_refusal
+
+        async def not_serving() -> None:
+            assert await cluster.health() != SERVING, "SERVING while nothing can be stored"
+
+        await cluster.eventually(not_serving, "gateway NOT_SERVING while the store is full")
+        await cluster.js.purge_stream("FILLER")
         await cluster.check_invariants(load.acknowledged)
     finally:
         await cluster.close()
