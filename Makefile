@@ -71,8 +71,9 @@ fuzz: venv
 faults: venv
 	JETGATE_FAULTS_EVENTS=3000 $(BIN)/python -m pytest -q tests/faults
 
-# The cluster chaos test (tests/faults/test_cluster.py: leader kill -9, restart, step-down
-# under load) five times in a row, printing its counts; `make test` runs it once.
+# The cluster chaos tests (tests/faults/test_cluster.py: leader kill -9, restart, step-down
+# under load; the demo pipeline through kills of the stream's and the consumer's leader)
+# five times in a row, printing their counts; `make test` runs them once.
 chaos: venv
 	for i in 1 2 3 4 5; do $(BIN)/python -m pytest -q -s tests/faults/test_cluster.py || exit 1; done
 

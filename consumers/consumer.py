@@ -28,8 +28,8 @@ async def ensure(js: JetStreamContext, group: ConsumerGroup) -> bool:
     Raises GroupConfigError when JetStream refuses the group's settings.
     """
     try:
-        await deadletter.ensure_stream(js)
         stream = await js.stream_info(group.stream)
+        await deadletter.ensure_stream(js, replicas=stream.config.num_replicas or 1)
         subjects = stream.config.subjects or []
         for subject_filter in group.filter_subjects:
             if not any(wire.subject_filter_covers(s, subject_filter) for s in subjects):

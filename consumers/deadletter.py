@@ -103,8 +103,15 @@ class RedriveProgress:
 ProgressCallback = Callable[[RedriveProgress], None]
 
 
-async def ensure_stream(js: JetStreamContext, name: str = wire.DEAD_LETTER_STREAM) -> None:
-    """Create the dead-letter stream unless it exists (an existing one is left as it is)."""
+async def ensure_stream(
+    js: JetStreamContext, name: str = wire.DEAD_LETTER_STREAM, *, replicas: int = 1
+) -> None:
+    """Create the dead-letter stream unless it exists (an existing one is left as it is).
+
+    `replicas`: those of the stream the dead letters come from (a worker passes its group's
+    stream's): in a cluster an R1 DLQ lives on one node, and while that node is down every
+    worker's setup waits on it, so the whole pipeline stops although its stream is R3.
+    """
     try:
         await js.stream_info(name)
     except NotFoundError:
@@ -113,6 +120,7 @@ async def ensure_stream(js: JetStreamContext, name: str = wire.DEAD_LETTER_STREA
                 name=name,
                 subjects=[f"{wire.DEAD_LETTER_PREFIX}.>"],
                 storage=StorageType.FILE,
+                num_replicas=replicas,
                 duplicate_window=DEAD_LETTER_DUPLICATE_WINDOW,
                 description="jetgate dead letters: dlq.<group>.<origin subject>",
             )
