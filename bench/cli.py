@@ -3,6 +3,7 @@
     .venv/bin/python -m bench [--seconds 5] [--warmup 1] [--scenario NAME ...]
                               [--fsync both|default|always] [--gateway process|inprocess]
                               [--profile-gateway FILE] [--nats-cli PATH] [--results FILE]
+                              [--cluster 3]
     .venv/bin/python -m bench --memory 60 [--warmup 1]
 
 Default: every scenario, in two blocks (nats-server default durability, then
@@ -10,6 +11,8 @@ Default: every scenario, in two blocks (nats-server default durability, then
 bench/results/latest.json (and latest-<gateway mode>.json). `--scenario` picks scenarios
 (their baselines are added). `--memory SECONDS` runs only the memory check (gateway RSS
 during publish-stream, `bench.memory`), written to memory.json next to --results.
+`--cluster N` adds a block on a JetStream cluster of N nodes on loopback with R{N}
+streams: publish-unary, publish-batch-100 and raw-pipelined (bench.harness).
 Exit status 1 when the sanity check fails (stream count != OK results, errors); missed
 targets are printed, not an error.
 """
@@ -25,7 +28,7 @@ from types import FrameType
 
 from bench import memory, natscli
 from bench.events import Events, order_payload
-from bench.harness import Options, run_block, run_table
+from bench.harness import CLUSTER_BLOCK, Options, run_block, run_table
 from bench.measure import Window
 from bench.report import LEGEND, environment, header, sanity, table, write_json
 from bench.scenarios import SCENARIOS, with_baselines
@@ -82,6 +85,15 @@ def parse_args(argv: list[str] | None) -> Options:
         metavar="SECONDS",
         help="only the memory check: gateway RSS during SECONDS of publish-stream",
     )
+    parser.add_argument(
+        "--cluster",
+        type=int,
+        choices=(0, 3, 5),
+        default=0,
+        metavar="N",
+        help="add a block on a JetStream cluster of N nodes (3 or 5) with R{N} streams: "
+        "publish-unary, publish-batch-100 and raw-pipelined against the replicated stream",
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("--seconds must be positive and --warmup not negative")
@@ -100,7 +112,13 @@ def parse_args(argv: list[str] | None) -> Options:
         natscli=natscli.find(args.nats_cli),
         results=args.results.absolute(),
         memory=args.memory,
+        cluster=args.cluster,
     )
+
+
+def cluster_blocks(opts: Options) -> list[str]:
+    """The "cluster-N" block `--cluster N` adds (none without it)."""
+    return [f"{CLUSTER_BLOCK}{opts.cluster}"] if opts.cluster else []
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,7 +145,7 @@ def _main(opts: Options) -> None:
     print(
         header(
             f"gateway {opts.mode}, {window.warmup:g}s warm-up + {window.seconds:g}s per "
-            f"scenario, blocks: {', '.join(opts.blocks)}",
+            f"scenario, blocks: {', '.join(opts.blocks + cluster_blocks(opts))}",
             sizes,
         ),
         flush=True,
@@ -143,7 +161,8 @@ def _main(opts: Options) -> None:
         "options": {
             "seconds": window.seconds,
             "warmup": window.warmup,
-            "blocks": opts.blocks,
+            "blocks": opts.blocks + cluster_blocks(opts),
+            "cluster": opts.cluster,
             "scenarios": opts.scenarios,
             "natscli": opts.natscli,
         },

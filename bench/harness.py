@@ -14,6 +14,14 @@ once its banner is printed (every gateway process serves); its pid's CPU include
 children's (`bench.measure.proc_cpu`). The `*-procs-*` rows publish over SPREAD_CHANNELS
 connections of their own (`Context.spread`): SO_REUSEPORT spreads connections, not calls.
 
+"cluster-N" (`--cluster 3`, issue 11): an extra block on a JetStream cluster of N
+embedded nats-servers on loopback (`gateway.cluster.NatsCluster`, default durability),
+the streams replicated on every node (`--stream-set NAME.replicas=N`, as `jetgate up
+--cluster N` does), with only CLUSTER_SCENARIOS: publish-unary and publish-batch-100 next to
+their R1 rows, raw-pipelined (raw nats-py into the R3 stream) as publish-batch-100's
+baseline. Opt-in: three more servers and their elections cost the smoke test time. The
+nats CPU column is the first node's only (the stream leader may be another node).
+
 "traced-gateway" (the `*-traced` scenarios): Jaeger (`bench.jaeger`) and a second `jetgate
 serve` with tracing on (`servers.traced_env`), measured by `bench.tracing`.
 """
@@ -50,7 +58,8 @@ from bench.servers import (
     wait_serving,
 )
 from bench.tracing import TracedGateway
-from gateway.config import Durability, load_config
+from gateway.cluster import NatsCluster, replicated
+from gateway.config import Durability, GatewayConfig, load_config
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from gateway.streams import reconcile_streams
@@ -67,6 +76,8 @@ PROCS = 2
 # The gateway's durability setting in each block: it declares what its nats-server does,
 # so under fsync-always the gateway group-commits (gateway.group_commit).
 DURABILITY: dict[str, Durability] = {"default": "lazy", "fsync-always": "fsync"}
+CLUSTER_SCENARIOS = ("publish-unary", "raw-pipelined", "publish-batch-100")
+CLUSTER_BLOCK = "cluster-"  # + the node count
 JAEGER_MAX_TRACES = 2000  # memory storage: only recent traces are queried (spans are counted)
 
 
@@ -82,6 +93,7 @@ class Options:
     natscli: Path | None
     results: Path
     memory: float | None
+    cluster: int = 0  # nodes of the extra "cluster-N" block (0: none)
 
 
 @dataclass
@@ -119,7 +131,12 @@ def run_block(
     Processes are started from this (the main) thread: their parent-death signal follows it.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    nats_server = NatsServer(workdir / "nats", sync_always=block == "fsync-always")
+    nodes = cluster_size(block)
+    nats_server: NatsServer | NatsCluster = (
+        NatsCluster(workdir / "nats", size=nodes)
+        if nodes
+        else NatsServer(workdir / "nats", sync_always=block == "fsync-always")
+    )
     processes: list[Process] = []
     with contextlib.ExitStack() as stack:
         stack.callback(nats_server.stop)
@@ -139,14 +156,16 @@ def run_block(
         stack.callback(_stop_all, processes)
         gateway = None
         if "gateway" in wanted and opts.mode == "process":
-            durable: dict[str, str] = {"JETGATE_DURABILITY": DURABILITY[block]}
-            gateway = start_gateway(nats_server.url, workdir, opts.profile, env=durable)
+            durable: dict[str, str] = {"JETGATE_DURABILITY": durability(block)}
+            gateway = start_gateway(
+                nats_server.url, workdir, opts.profile, env=durable, extra=replica_flags(nodes)
+            )
             processes.append(gateway)
         tracing = None
         if collector is not None:
             env = {
                 **traced_env(collector.otlp_grpc_endpoint),
-                "JETGATE_DURABILITY": DURABILITY[block],
+                "JETGATE_DURABILITY": durability(block),
             }
             traced = start_gateway(nats_server.url, workdir, name="gateway-traced", env=env)
             processes.append(traced)
@@ -162,7 +181,7 @@ def run_block(
                 workdir,
                 name="gateway-secure",
                 extra=setup.args(),
-                env={"JETGATE_DURABILITY": DURABILITY[block]},
+                env={"JETGATE_DURABILITY": durability(block)},
             )
             processes.append(process)
             secured = (process, setup)
@@ -173,12 +192,41 @@ def run_block(
                 workdir,
                 name="gateway-procs",
                 extra=["--processes", str(PROCS)],
-                env={"JETGATE_DURABILITY": DURABILITY[block]},
+                env={"JETGATE_DURABILITY": durability(block)},
             )
             processes.append(procs)
-        servers = _Servers(gateway, echo, tracing, untraced, DURABILITY[block], secured, procs)
+        servers = _Servers(
+            gateway, echo, tracing, untraced, durability(block), secured, procs, nodes
+        )
         return asyncio.run(_run(opts, nats_server, workdir, wanted, servers, body))
     raise AssertionError("unreachable")  # mypy: an ExitStack may swallow exceptions
+
+
+def cluster_size(block: str) -> int:
+    """The node count of a "cluster-N" block (0: one nats-server)."""
+    return int(block.removeprefix(CLUSTER_BLOCK)) if block.startswith(CLUSTER_BLOCK) else 0
+
+
+def durability(block: str) -> Durability:
+    """The gateway's durability setting in `block` (a cluster block: nats-server's default)."""
+    return DURABILITY.get(block, "lazy")
+
+
+def replica_flags(nodes: int) -> list[str]:
+    """`jetgate serve` flags replicating the configured single-copy streams on `nodes`."""
+    if not nodes:
+        return []
+    streams = load_config(CONFIG_PATH, env={}).streams
+    return [
+        f
+        for s in streams
+        if s.replicas == 1
+        for f in ("--stream-set", f"{s.name}.replicas={nodes}")
+    ]
+
+
+def _replicated(config: GatewayConfig, nodes: int) -> GatewayConfig:
+    return replicated(config, nodes) if nodes else config
 
 
 def _stop_all(processes: list[Process]) -> None:
@@ -197,11 +245,12 @@ class _Servers:
     durability: Durability  # the gateway's setting (DURABILITY)
     secure: tuple[Process, secure.SecureSetup] | None = None  # the TLS + token gateway
     procs: Process | None = None  # `jetgate serve --processes PROCS`
+    nodes: int = 0  # the cluster's node count (0: one nats-server)
 
 
 async def _run(
     opts: Options,
-    nats_server: NatsServer,
+    nats_server: NatsServer | NatsCluster,
     workdir: Path,
     wanted: frozenset[str],
     servers: _Servers,
@@ -228,7 +277,7 @@ async def _run(
         if "gateway" in wanted and gateway is None:  # in this event loop
             config = load_config(CONFIG_PATH, env={})
             config = dataclasses.replace(
-                config,
+                _replicated(config, servers.nodes),
                 nats_url=nats_server.url,
                 listen="127.0.0.1:0",
                 publish_timeout=PUBLISH_TIMEOUT,
@@ -269,7 +318,7 @@ async def _run(
         if address is None and servers.tracing is None:
             # No gateway declared the streams (e.g. `--scenario raw-async` alone): declare
             # them as it would, the raw scenarios publish into the gateway's stream.
-            config = load_config(CONFIG_PATH, env={})
+            config = _replicated(load_config(CONFIG_PATH, env={}), servers.nodes)
             await reconcile_streams(nc.jetstream(), config.streams, {})
         return await body(ctx)
     finally:
@@ -341,4 +390,10 @@ def run_table(opts: Options, workdir: Path) -> list[Row]:
         names = [n for n in opts.scenarios if i == 0 or SCENARIOS[n].nats_bound]
         body = measure_block(opts, block, names)
         rows += run_block(opts, block, workdir / block, needs(names), body)
+    if opts.cluster:
+        block = f"{CLUSTER_BLOCK}{opts.cluster}"
+        names = [n for n in opts.scenarios if n in CLUSTER_SCENARIOS]
+        if names:
+            body = measure_block(opts, block, names)
+            rows += run_block(opts, block, workdir / block, needs(names), body)
     return rows
