@@ -227,22 +227,10 @@ async def test_stream_limit_reached(make_cluster: ClusterFactory) -> None:
     await cluster.check_invariants(load.acknowledged)
 
 
-class SmallStorageServer(NatsServer):
-    """A nats-server whose JetStream may store only `max_file_store` bytes on disk."""
-
-    def __init__(self, store_dir: Path, max_file_store: int) -> None:
-        super().__init__(store_dir)
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.config_file = self.store_dir / "small.conf"
-        self.config_file.write_text(f"jetstream {{\n  max_file_store: {max_file_store}\n}}\n")
-
-    def command(self) -> list[str]:
-        return [*super().command(), "-c", str(self.config_file)]
-
-
 @pytest.fixture
 def small_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = SmallStorageServer(tmp_path / "small-nats", 1024 * 1024)
+    # JetStream may store only 1 MiB on disk (`max_file_store`).
+    server = NatsServer(tmp_path / "small-nats", config="jetstream { max_file_store: 1048576 }\n")
     server.start()
     try:
         yield server

@@ -22,27 +22,19 @@ from nats.js.errors import APIError
 from gateway.config import GatewayConfig
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
+from jetgate import wire
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import request, serving
 from tests.support.eventually import eventually
 
 SERVING: int = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
-INSUFFICIENT_RESOURCES = 10023
-
-
-class SmallStoreServer(NatsServer):
-    """A nats-server whose JetStream file store holds 64 KiB in all (`max_file_store`)."""
-
-    def command(self) -> list[str]:
-        config = self.store_dir / "small-store.conf"
-        config.write_text("jetstream {\n  max_file_store: 64KB\n}\n")
-        return [*super().command(), "-c", str(config)]
 
 
 @pytest.fixture
 def small_store(tmp_path: Path) -> Iterator[NatsServer]:
-    server = SmallStoreServer(tmp_path / "small")
+    # A JetStream file store of 64 KiB in all (`max_file_store`).
+    server = NatsServer(tmp_path / "small", config="jetstream {\n  max_file_store: 64KB\n}\n")
     server.start()
     try:
         yield server
@@ -231,7 +223,7 @@ async def test_health_turns_not_serving_while_jetstream_cannot_store(
                     refused = exc
                     break
             assert refused is not None, "the store never filled up"
-            assert refused.err_code == INSUFFICIENT_RESOURCES, refused
+            assert refused.err_code == wire.JS_INSUFFICIENT_RESOURCES, refused
 
             async def not_serving() -> bool:
                 return (
@@ -266,7 +258,7 @@ async def test_a_gateway_started_on_a_full_store_is_not_serving_from_the_start(
                 refused = exc
                 break
         assert refused is not None, "the store never filled up"
-        assert refused.err_code == INSUFFICIENT_RESOURCES, refused
+        assert refused.err_code == wire.JS_INSUFFICIENT_RESOURCES, refused
         config = dataclasses.replace(gateway_config, nats_url=small_store.url)
         async with (
             serving(config) as gateway,

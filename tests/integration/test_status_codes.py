@@ -46,18 +46,10 @@ def _expecting(key: str, **condition: int | str) -> gateway_pb2.PublishRequest:
     return request(key, precondition=event_pb2.Precondition(**condition))  # type: ignore[arg-type]
 
 
-class SmallStoreServer(NatsServer):
-    """A nats-server whose JetStream may store at most 1 MB on disk."""
-
-    def command(self) -> list[str]:
-        conf = self.store_dir / "small-store.conf"
-        conf.write_text("jetstream {\n  max_file_store: 1MB\n}\n")
-        return [*super().command(), "-c", str(conf)]
-
-
 @pytest.fixture
-def small_store(tmp_path: Path) -> Iterator[SmallStoreServer]:
-    server = SmallStoreServer(tmp_path / "small")
+def small_store(tmp_path: Path) -> Iterator[NatsServer]:
+    # JetStream may store at most 1 MB on disk (`max_file_store`).
+    server = NatsServer(tmp_path / "small", config="jetstream {\n  max_file_store: 1MB\n}\n")
     server.start()
     try:
         yield server
@@ -66,7 +58,7 @@ def small_store(tmp_path: Path) -> Iterator[SmallStoreServer]:
 
 
 async def test_storage_full_is_resource_exhausted(
-    gateway_config: GatewayConfig, small_store: SmallStoreServer
+    gateway_config: GatewayConfig, small_store: NatsServer
 ) -> None:
     config = dataclasses.replace(gateway_config, nats_url=small_store.url)
     async with serving(config) as gateway, grpc.aio.insecure_channel(gateway.address) as channel:
