@@ -11,9 +11,27 @@ async def charge(event: orders_pb2.OrderPlaced, delivery: Delivery) -> None: ...
 Run it with `jetgate consume my.module:group`, or `Worker(group, nc).run(stop)`.
 """
 
+from typing import TYPE_CHECKING
+
 from consumers.delivery import Delivery, Reject
 from consumers.group import ConsumerGroup, GroupConfigError
-from consumers.handling import WorkerStats
-from consumers.worker import Worker
+
+if TYPE_CHECKING:
+    from consumers.handling import WorkerStats
+    from consumers.worker import Worker
 
 __all__ = ["ConsumerGroup", "Delivery", "GroupConfigError", "Reject", "Worker", "WorkerStats"]
+
+
+def __getattr__(name: str) -> object:
+    # The runtime (and its telemetry) is imported when first asked for: the gateway's
+    # configuration builds ConsumerGroups, and `jetgate decode` loads it per message.
+    if name == "Worker":
+        from consumers.worker import Worker
+
+        return Worker
+    if name == "WorkerStats":
+        from consumers.handling import WorkerStats
+
+        return WorkerStats
+    raise AttributeError(f"module 'consumers' has no attribute {name!r}")

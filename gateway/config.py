@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from gateway.groups import GroupConfig
 from gateway.security_config import SECURITY_SETTINGS, TABLES, AuthConfig, TlsConfig
 from jetgate import nats_options
 from jetgate.errors import ConfigurationError
@@ -183,6 +184,8 @@ class GatewayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     streams: tuple[StreamConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    # Consumer groups open to Subscribe (gateway/groups.py).
+    groups: tuple[GroupConfig, ...] = ()
 
     def __post_init__(self) -> None:
         _check_address("listen", self.listen)
@@ -220,6 +223,14 @@ class GatewayConfig:
         for route in self.routes:
             if route.stream not in names:
                 raise ConfigError(f"route {route.match!r} names unknown stream {route.stream!r}")
+        groups = [g.name for g in self.groups]
+        if len(set(groups)) != len(groups):
+            raise ConfigError(f"group names must be unique: {groups}")
+        for declared in self.groups:
+            if declared.stream not in names:
+                raise ConfigError(
+                    f"group {declared.name!r} names unknown stream {declared.stream!r}"
+                )
 
     def stream(self, name: str) -> StreamConfig:
         return next(s for s in self.streams if s.name == name)
@@ -230,7 +241,7 @@ class GatewayConfig:
 
 
 # The scalar gateway settings: each has a `JETGATE_<NAME>` variable and a `--<name>` flag.
-_TABLES = ("streams", "routes", *TABLES)
+_TABLES = ("streams", "routes", "groups", *TABLES)
 GATEWAY_SETTINGS = tuple(f.name for f in dataclasses.fields(GatewayConfig) if f.name not in _TABLES)
 
 
@@ -257,8 +268,14 @@ def _coerce(cls: type[Any], name: str, raw: object, where: str) -> object:
             "health_timeout",
             "jwt_leeway",
             "reload_interval",
+            "ack_wait",
         }:
             return parse_duration(raw)
+        if name == "backoff":
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list | tuple):
+                raise ConfigError(f"not a list: {raw!r}")
+            return tuple(parse_duration(i) for i in items if str(i).strip())
         if name in {"max_bytes", "max_msg_size", "max_inflight_request_bytes"}:
             return parse_size(raw)
         if name == "processes" and str(raw).strip().lower() == "auto":
@@ -328,7 +345,7 @@ def load_config(
         if name in streams:
             raise ConfigError(f"{path}: stream {name!r} is declared twice")
         streams[name] = dict(table)
-    unknown = sorted(set(data) - {"gateway", "streams", "routes"})
+    unknown = sorted(set(data) - {"gateway", "streams", "routes", "groups"})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
 
@@ -371,11 +388,16 @@ def load_config(
             RouteConfig(**_build(RouteConfig, dict(r), f"routes[{i}]"))
             for i, r in enumerate(data.get("routes", []))
         )
+        groups = tuple(
+            GroupConfig(**_build(GroupConfig, dict(g), f"groups[{i}]"))
+            for i, g in enumerate(data.get("groups", []))
+        )
         return GatewayConfig(
             **_build(GatewayConfig, gateway_table, "gateway"),
             **{t: cls(**_build(cls, security[t], f"gateway.{t}")) for t, cls in TABLES.items()},
             streams=stream_configs,
             routes=routes,
+            groups=groups,
         )
     except TypeError as exc:  # a required field is missing
         raise ConfigError(str(exc)) from None

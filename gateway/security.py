@@ -37,7 +37,7 @@ from gateway.security_config import SecurityConfigError, check_listener
 
 @dataclass(slots=True, kw_only=True)
 class Caller:
-    """Who makes one call, and what the policy lets it publish (decisions kept per call)."""
+    """Who makes one call, and what the policy lets it do (decisions kept per call)."""
 
     principal: Principal | None
     policy: PolicyHolder | None
@@ -50,18 +50,24 @@ class Caller:
 
     def publish_denial(self, event_type: str) -> status_pb2.Status | None:
         """PERMISSION_DENIED when the caller may not publish `event_type`; None if it may."""
+        return self.denial(Action.PUBLISH, event_type)
+
+    def denial(self, action: Action, resource: str) -> status_pb2.Status | None:
+        """PERMISSION_DENIED when the caller may not do `action` on `resource` (an event
+        type, group or stream; see gateway.auth.policy); None if it may or auth is off."""
         if self.policy is None:
             return None
-        if event_type in self._decided:
-            return self._decided[event_type]
+        key = f"{action.value}:{resource}"
+        if key in self._decided:
+            return self._decided[key]
         denial: status_pb2.Status | None
         if self.principal is None:  # the interceptor lets no EventGateway call through so
             denial = AuthError(Reason.CREDENTIALS_MISSING, "this call needs credentials").status()
-        elif self.policy.allows(self.principal, Action.PUBLISH, event_type):
+        elif self.policy.allows(self.principal, action, resource):
             denial = None
         else:
-            denial = permission_denied(self.principal, Action.PUBLISH.value, event_type)
-        self._decided[event_type] = denial
+            denial = permission_denied(self.principal, action.value, resource)
+        self._decided[key] = denial
         return denial
 
 

@@ -18,6 +18,7 @@ from nats.js import api
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
+from gateway.admin import AdminServicer
 from gateway.config import GatewayConfig
 from gateway.connection import NatsSupervisor
 from gateway.group_commit import group_commit
@@ -25,21 +26,24 @@ from gateway.health_check import StoreCheck
 from gateway.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported (bench)
 from gateway.limits import InFlightBudget, RequestGuard, server_options
 from gateway.publisher import Publisher
+from gateway.read import Reader
 from gateway.reflection import enable_reflection
 from gateway.registry import TypeRegistry
 from gateway.routing import Router
 from gateway.security import ListenerSecurity
 from gateway.servicer import EventGatewayServicer
 from gateway.streams import reconcile_streams
+from gateway.subscribe import Subscriptions
 from gateway.telemetry import PublishTelemetry, server_interceptors
 from gateway.validation import Validator
-from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
+from jetgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from observability import messaging
 from observability.metrics import PublishMetrics
 
 log = logging.getLogger("jetgate.gateway")
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["EventGateway"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 # Start-up gives NATS this long to answer; afterwards recovery goes on for ever.
 CONNECT_TIMEOUT = 10.0
 
@@ -86,6 +90,7 @@ class Gateway:
             check_interval=config.health_interval,
         )
         self._publisher: Publisher | None = None
+        self._subscriptions = Subscriptions()
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -126,11 +131,15 @@ class Gateway:
             publisher=self._publisher,
             telemetry=telemetry,
             security=self.security,
+            subscriptions=self._subscriptions,
+            reader=Reader(),
         )
         gateway_pb2_grpc.add_EventGatewayServicer_to_server(servicer, self._server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        served = [gateway_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR]
-        enable_reflection(self._server, [SERVICE_NAME, health.SERVICE_NAME], served, self.registry)
+        served = [gateway_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR]
+        services = [SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME]
+        enable_reflection(self._server, services, served, self.registry)
         self.port = self.security.add_port(self._server, self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
@@ -159,6 +168,7 @@ class Gateway:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting RPCs, let in-flight publishes finish (up to `grace` s), disconnect."""
         await self._nats.unwatch()
+        await self._subscriptions.close()
         if self._server is not None:
             await self._server.stop(grace)
         if self._publisher is not None:

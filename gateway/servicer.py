@@ -1,4 +1,5 @@
-"""The jetgate.v1.EventGateway servicer: Publish, PublishBatch, PublishStream.
+"""The jetgate.v1.EventGateway servicer: Publish, PublishBatch, PublishStream here;
+Subscribe (`gateway.subscribe`) and Read (`gateway.read`) are delegated.
 
 One publish reads top to bottom (`_publish`, `_publish_all`): validate every entry
 (`gateway.validation`: sizes counted with every header the gateway adds), start telemetry
@@ -56,7 +57,9 @@ from gateway.errors import (
     make_status,
 )
 from gateway.publisher import Outcome, Publisher, PublishFailure, Stored
+from gateway.read import Reader
 from gateway.security import Caller, ListenerSecurity
+from gateway.subscribe import Subscriptions
 from gateway.telemetry import PublishTelemetry
 from gateway.validation import PreparedEvent, Validator, atomic_batch_problems, outbound
 from jetgate import wire
@@ -81,7 +84,11 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
         publisher: Publisher,
         telemetry: PublishTelemetry,
         security: ListenerSecurity,
+        subscriptions: Subscriptions,
+        reader: Reader,
     ):
+        self._subscriptions = subscriptions
+        self._reader = reader
         self._config = config
         self._validator = validator
         self._publisher = publisher
@@ -108,6 +115,19 @@ class EventGatewayServicer(gateway_pb2_grpc.EventGatewayServicer):
             return await self._publish_batch(request, self._security.caller(), within, context)
         except RpcAbort as exc:
             await abort(context, exc.status)
+
+    async def Subscribe(
+        self, request_iterator: AsyncIterator[gateway_pb2.SubscribeRequest], context: Context
+    ) -> AsyncIterator[gateway_pb2.SubscribeResponse]:
+        # An async generator (not a returned iterator): the tracing interceptor iterates it.
+        async for response in self._subscriptions.serve(request_iterator, context):
+            yield response
+
+    async def Read(
+        self, request: gateway_pb2.ReadRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.ReadResponse]:
+        async for response in self._reader.read(request, context):
+            yield response
 
     async def PublishStream(
         self, request_iterator: AsyncIterator[gateway_pb2.PublishBatchRequest], context: Context

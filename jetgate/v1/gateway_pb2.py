@@ -23,11 +23,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from jetgate.v1 import event_pb2 as jetgate_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jetgate/v1/gateway.proto\x12\njetgate.v1\x1a\x17google/rpc/status.proto\x1a\x16jetgate/v1/event.proto\"\xdc\x01\n\x0ePublishRequest\x12 \n\x05\x65vent\x18\x01 \x01(\x0b\x32\x11.jetgate.v1.Event\x12.\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x18.jetgate.v1.Precondition\x12\x43\n\rtrace_context\x18\x03 \x03(\x0b\x32,.jetgate.v1.PublishRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x0fPublishResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"R\n\x13PublishBatchRequest\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.jetgate.v1.PublishRequest\x12\x0e\n\x06\x61tomic\x18\x02 \x01(\x08\"i\n\rPublishResult\x12)\n\x02ok\x18\x01 \x01(\x0b\x32\x1b.jetgate.v1.PublishResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"B\n\x14PublishBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.jetgate.v1.PublishResult2\xfd\x01\n\x0c\x45ventGateway\x12\x42\n\x07Publish\x12\x1a.jetgate.v1.PublishRequest\x1a\x1b.jetgate.v1.PublishResponse\x12Q\n\x0cPublishBatch\x12\x1f.jetgate.v1.PublishBatchRequest\x1a .jetgate.v1.PublishBatchResponse\x12V\n\rPublishStream\x12\x1f.jetgate.v1.PublishBatchRequest\x1a .jetgate.v1.PublishBatchResponse(\x01\x30\x01\x42X\n\x0e\x64\x65v.jetgate.v1B\x0cGatewayProtoP\x01Z)jetgate.dev/genproto/jetgate/v1;jetgatev1\xaa\x02\nJetgate.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jetgate/v1/gateway.proto\x12\njetgate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x16jetgate/v1/event.proto\"\xdc\x01\n\x0ePublishRequest\x12 \n\x05\x65vent\x18\x01 \x01(\x0b\x32\x11.jetgate.v1.Event\x12.\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x18.jetgate.v1.Precondition\x12\x43\n\rtrace_context\x18\x03 \x03(\x0b\x32,.jetgate.v1.PublishRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x0fPublishResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"R\n\x13PublishBatchRequest\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.jetgate.v1.PublishRequest\x12\x0e\n\x06\x61tomic\x18\x02 \x01(\x08\"i\n\rPublishResult\x12)\n\x02ok\x18\x01 \x01(\x0b\x32\x1b.jetgate.v1.PublishResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"B\n\x14PublishBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.jetgate.v1.PublishResult\"}\n\x10SubscribeRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x19.jetgate.v1.SubscribeOpen\x12+\n\x0bsettlements\x18\x02 \x03(\x0b\x32\x16.jetgate.v1.Settlement\x12\x13\n\x0b\x61\x64\x64_credits\x18\x03 \x01(\r\"E\n\rSubscribeOpen\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x15\n\rmax_in_flight\x18\x03 \x01(\r\"\xf2\x01\n\nSettlement\x12\x0e\n\x06\x61\x63k_id\x18\x01 \x01(\t\x12-\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1d.jetgate.v1.Settlement.Action\x12(\n\x05\x64\x65lay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"k\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x0e\n\nACTION_ACK\x10\x01\x12\x0e\n\nACTION_NAK\x10\x02\x12\x16\n\x12\x41\x43TION_IN_PROGRESS\x10\x03\x12\x11\n\rACTION_REJECT\x10\x04\"\xc2\x01\n\x11SubscribeResponse\x12*\n\nsubscribed\x18\x01 \x01(\x0b\x32\x16.jetgate.v1.Subscribed\x12(\n\ndeliveries\x18\x02 \x03(\x0b\x32\x14.jetgate.v1.Delivery\x12-\n\x07settled\x18\x03 \x03(\x0b\x32\x1c.jetgate.v1.SettlementResult\x12(\n\theartbeat\x18\x04 \x01(\x0b\x32\x15.jetgate.v1.Heartbeat\"\xc9\x01\n\nSubscribed\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x15\n\rmax_in_flight\x18\x03 \x01(\r\x12+\n\x08\x61\x63k_wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_deliver\x18\x05 \x01(\r\x12*\n\x07\x62\x61\x63koff\x18\x06 \x03(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0f\x66ilter_subjects\x18\x07 \x03(\t\"\xdf\x02\n\x08\x44\x65livery\x12\x0e\n\x06\x61\x63k_id\x18\x01 \x01(\t\x12 \n\x05\x65vent\x18\x02 \x01(\x0b\x32\x11.jetgate.v1.Event\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12=\n\rtrace_context\x18\x04 \x03(\x0b\x32&.jetgate.v1.Delivery.TraceContextEntry\x12/\n\x0bstored_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\nextensions\x18\x06 \x03(\x0b\x32$.jetgate.v1.Delivery.ExtensionsEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf6\x01\n\x10SettlementResult\x12\x0e\n\x06\x61\x63k_id\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.jetgate.v1.SettlementResult.Status\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x8c\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_APPLIED\x10\x01\x12\x12\n\x0eSTATUS_UNKNOWN\x10\x02\x12\x12\n\x0eSTATUS_EXPIRED\x10\x03\x12\x1a\n\x16STATUS_ALREADY_SETTLED\x10\x04\x12\x12\n\x0eSTATUS_INVALID\x10\x05\"5\n\tHeartbeat\x12\x11\n\tin_flight\x18\x01 \x01(\r\x12\x15\n\rmax_in_flight\x18\x02 \x01(\r\"\xf4\x01\n\x0bReadRequest\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x17.jetgate.v1.KeySelectorH\x00\x12/\n\x08subjects\x18\x02 \x01(\x0b\x32\x1b.jetgate.v1.SubjectSelectorH\x00\x12\x17\n\rfrom_sequence\x18\x03 \x01(\x04H\x01\x12/\n\tfrom_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x01\x12\x0e\n\x04last\x18\x05 \x01(\x04H\x01\x12\r\n\x05limit\x18\x06 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x07 \x01(\x08\x42\n\n\x08selectorB\x07\n\x05start\".\n\x0bKeySelector\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\":\n\x0fSubjectSelector\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x17\n\x0f\x66ilter_subjects\x18\x02 \x03(\t\"k\n\x0cReadResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.jetgate.v1.StoredEventH\x00\x12)\n\tcaught_up\x18\x02 \x01(\x0b\x32\x14.jetgate.v1.CaughtUpH\x00\x42\x06\n\x04item\"\xd0\x01\n\x0bStoredEvent\x12 \n\x05\x65vent\x18\x01 \x01(\x0b\x32\x11.jetgate.v1.Event\x12/\n\x0bstored_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\nextensions\x18\x03 \x03(\x0b\x32\'.jetgate.v1.StoredEvent.ExtensionsEntry\x1a\x31\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\x08\x43\x61ughtUp\x12\x15\n\rlast_sequence\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x32\x88\x03\n\x0c\x45ventGateway\x12\x42\n\x07Publish\x12\x1a.jetgate.v1.PublishRequest\x1a\x1b.jetgate.v1.PublishResponse\x12Q\n\x0cPublishBatch\x12\x1f.jetgate.v1.PublishBatchRequest\x1a .jetgate.v1.PublishBatchResponse\x12V\n\rPublishStream\x12\x1f.jetgate.v1.PublishBatchRequest\x1a .jetgate.v1.PublishBatchResponse(\x01\x30\x01\x12L\n\tSubscribe\x12\x1c.jetgate.v1.SubscribeRequest\x1a\x1d.jetgate.v1.SubscribeResponse(\x01\x30\x01\x12;\n\x04Read\x12\x17.jetgate.v1.ReadRequest\x1a\x18.jetgate.v1.ReadResponse0\x01\x42X\n\x0e\x64\x65v.jetgate.v1B\x0cGatewayProtoP\x01Z)jetgate.dev/genproto/jetgate/v1;jetgatev1\xaa\x02\nJetgate.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +39,62 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.jetgate.v1B\014GatewayProtoP\001Z)jetgate.dev/genproto/jetgate/v1;jetgatev1\252\002\nJetgate.V1'
   _globals['_PUBLISHREQUEST_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_PUBLISHREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_PUBLISHREQUEST']._serialized_start=90
-  _globals['_PUBLISHREQUEST']._serialized_end=310
-  _globals['_PUBLISHREQUEST_TRACECONTEXTENTRY']._serialized_start=259
-  _globals['_PUBLISHREQUEST_TRACECONTEXTENTRY']._serialized_end=310
-  _globals['_PUBLISHRESPONSE']._serialized_start=312
-  _globals['_PUBLISHRESPONSE']._serialized_end=417
-  _globals['_PUBLISHBATCHREQUEST']._serialized_start=419
-  _globals['_PUBLISHBATCHREQUEST']._serialized_end=501
-  _globals['_PUBLISHRESULT']._serialized_start=503
-  _globals['_PUBLISHRESULT']._serialized_end=608
-  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=610
-  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=676
-  _globals['_EVENTGATEWAY']._serialized_start=679
-  _globals['_EVENTGATEWAY']._serialized_end=932
+  _globals['_DELIVERY_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_DELIVERY_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_DELIVERY_EXTENSIONSENTRY']._loaded_options = None
+  _globals['_DELIVERY_EXTENSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_STOREDEVENT_EXTENSIONSENTRY']._loaded_options = None
+  _globals['_STOREDEVENT_EXTENSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_PUBLISHREQUEST']._serialized_start=155
+  _globals['_PUBLISHREQUEST']._serialized_end=375
+  _globals['_PUBLISHREQUEST_TRACECONTEXTENTRY']._serialized_start=324
+  _globals['_PUBLISHREQUEST_TRACECONTEXTENTRY']._serialized_end=375
+  _globals['_PUBLISHRESPONSE']._serialized_start=377
+  _globals['_PUBLISHRESPONSE']._serialized_end=482
+  _globals['_PUBLISHBATCHREQUEST']._serialized_start=484
+  _globals['_PUBLISHBATCHREQUEST']._serialized_end=566
+  _globals['_PUBLISHRESULT']._serialized_start=568
+  _globals['_PUBLISHRESULT']._serialized_end=673
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=675
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=741
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=743
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=868
+  _globals['_SUBSCRIBEOPEN']._serialized_start=870
+  _globals['_SUBSCRIBEOPEN']._serialized_end=939
+  _globals['_SETTLEMENT']._serialized_start=942
+  _globals['_SETTLEMENT']._serialized_end=1184
+  _globals['_SETTLEMENT_ACTION']._serialized_start=1077
+  _globals['_SETTLEMENT_ACTION']._serialized_end=1184
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1187
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1381
+  _globals['_SUBSCRIBED']._serialized_start=1384
+  _globals['_SUBSCRIBED']._serialized_end=1585
+  _globals['_DELIVERY']._serialized_start=1588
+  _globals['_DELIVERY']._serialized_end=1939
+  _globals['_DELIVERY_TRACECONTEXTENTRY']._serialized_start=324
+  _globals['_DELIVERY_TRACECONTEXTENTRY']._serialized_end=375
+  _globals['_DELIVERY_EXTENSIONSENTRY']._serialized_start=1890
+  _globals['_DELIVERY_EXTENSIONSENTRY']._serialized_end=1939
+  _globals['_SETTLEMENTRESULT']._serialized_start=1942
+  _globals['_SETTLEMENTRESULT']._serialized_end=2188
+  _globals['_SETTLEMENTRESULT_STATUS']._serialized_start=2048
+  _globals['_SETTLEMENTRESULT_STATUS']._serialized_end=2188
+  _globals['_HEARTBEAT']._serialized_start=2190
+  _globals['_HEARTBEAT']._serialized_end=2243
+  _globals['_READREQUEST']._serialized_start=2246
+  _globals['_READREQUEST']._serialized_end=2490
+  _globals['_KEYSELECTOR']._serialized_start=2492
+  _globals['_KEYSELECTOR']._serialized_end=2538
+  _globals['_SUBJECTSELECTOR']._serialized_start=2540
+  _globals['_SUBJECTSELECTOR']._serialized_end=2598
+  _globals['_READRESPONSE']._serialized_start=2600
+  _globals['_READRESPONSE']._serialized_end=2707
+  _globals['_STOREDEVENT']._serialized_start=2710
+  _globals['_STOREDEVENT']._serialized_end=2918
+  _globals['_STOREDEVENT_EXTENSIONSENTRY']._serialized_start=1890
+  _globals['_STOREDEVENT_EXTENSIONSENTRY']._serialized_end=1939
+  _globals['_CAUGHTUP']._serialized_start=2920
+  _globals['_CAUGHTUP']._serialized_end=2968
+  _globals['_EVENTGATEWAY']._serialized_start=2971
+  _globals['_EVENTGATEWAY']._serialized_end=3363
 # @@protoc_insertion_point(module_scope)

@@ -6,8 +6,11 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
 from jetgate.v1 import event_pb2 as _event_pb2
 import builtins as _builtins
@@ -183,3 +186,593 @@ class PublishBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PublishBatchResponse: _TypeAlias = PublishBatchResponse  # noqa: Y015
+
+@_typing.final
+class SubscribeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_FIELD_NUMBER: _builtins.int
+    SETTLEMENTS_FIELD_NUMBER: _builtins.int
+    ADD_CREDITS_FIELD_NUMBER: _builtins.int
+    add_credits: _builtins.int
+    """Raises max_in_flight by this many (credits are the number of deliveries the client
+    may hold unsettled; settling one frees its credit).
+    """
+    @_builtins.property
+    def open(self) -> Global___SubscribeOpen:
+        """First message only: which group to join and how many deliveries may be unsettled."""
+
+    @_builtins.property
+    def settlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Settlement]:
+        """Settlements of deliveries received on this stream, by ack id. Each one is confirmed
+        in a later response (SettlementResult).
+        """
+
+    def __init__(
+        self,
+        *,
+        open: Global___SubscribeOpen | None = ...,
+        settlements: _abc.Iterable[Global___Settlement] | None = ...,
+        add_credits: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["open", b"open"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_credits", b"add_credits", "open", b"open", "settlements", b"settlements"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
+
+@_typing.final
+class SubscribeOpen(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The consumer group (declared in the gateway's configuration)."""
+    stream: _builtins.str
+    """Optional: the group's stream, checked against the declaration."""
+    max_in_flight: _builtins.int
+    """Deliveries the client may hold unsettled at once (>= 1; capped by the group's
+    max_ack_pending).
+    """
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        stream: _builtins.str = ...,
+        max_in_flight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "max_in_flight", b"max_in_flight", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeOpen: _TypeAlias = SubscribeOpen  # noqa: Y015
+
+@_typing.final
+class Settlement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Action:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Settlement._Action.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ACTION_UNSPECIFIED: Settlement._Action.ValueType  # 0
+        ACTION_ACK: Settlement._Action.ValueType  # 1
+        """Processed: the event is done for this group."""
+        ACTION_NAK: Settlement._Action.ValueType  # 2
+        """Failed: deliver again after `delay` (empty: the group's backoff for this attempt);
+        after the group's max_deliver attempts the event is dead-lettered.
+        """
+        ACTION_IN_PROGRESS: Settlement._Action.ValueType  # 3
+        """Still working: restarts the ack_wait timer of this delivery."""
+        ACTION_REJECT: Settlement._Action.ValueType  # 4
+        """Can never succeed: dead-letter now (reason required), no further attempts."""
+
+    class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
+    ACTION_UNSPECIFIED: Settlement.Action.ValueType  # 0
+    ACTION_ACK: Settlement.Action.ValueType  # 1
+    """Processed: the event is done for this group."""
+    ACTION_NAK: Settlement.Action.ValueType  # 2
+    """Failed: deliver again after `delay` (empty: the group's backoff for this attempt);
+    after the group's max_deliver attempts the event is dead-lettered.
+    """
+    ACTION_IN_PROGRESS: Settlement.Action.ValueType  # 3
+    """Still working: restarts the ack_wait timer of this delivery."""
+    ACTION_REJECT: Settlement.Action.ValueType  # 4
+    """Can never succeed: dead-letter now (reason required), no further attempts."""
+
+    ACK_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ack_id: _builtins.str
+    action: Global___Settlement.Action.ValueType
+    reason: _builtins.str
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        ack_id: _builtins.str = ...,
+        action: Global___Settlement.Action.ValueType = ...,
+        delay: _duration_pb2.Duration | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_id", b"ack_id", "action", b"action", "delay", b"delay", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Settlement: _TypeAlias = Settlement  # noqa: Y015
+
+@_typing.final
+class SubscribeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIBED_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    SETTLED_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscribed(self) -> Global___Subscribed:
+        """First response: the group's settings as declared."""
+
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]: ...
+    @_builtins.property
+    def settled(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettlementResult]:
+        """Confirmations of settlements, in the order they were received."""
+
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """Sent when nothing else was sent for a heartbeat interval."""
+
+    def __init__(
+        self,
+        *,
+        subscribed: Global___Subscribed | None = ...,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
+        settled: _abc.Iterable[Global___SettlementResult] | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "subscribed", b"subscribed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "heartbeat", b"heartbeat", "settled", b"settled", "subscribed", b"subscribed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
+
+@_typing.final
+class Subscribed(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    ACK_WAIT_FIELD_NUMBER: _builtins.int
+    MAX_DELIVER_FIELD_NUMBER: _builtins.int
+    BACKOFF_FIELD_NUMBER: _builtins.int
+    FILTER_SUBJECTS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    stream: _builtins.str
+    max_in_flight: _builtins.int
+    max_deliver: _builtins.int
+    @_builtins.property
+    def ack_wait(self) -> _duration_pb2.Duration:
+        """An unsettled delivery with no IN_PROGRESS for this long fails its attempt."""
+
+    @_builtins.property
+    def backoff(self) -> _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]: ...
+    @_builtins.property
+    def filter_subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        stream: _builtins.str = ...,
+        max_in_flight: _builtins.int = ...,
+        ack_wait: _duration_pb2.Duration | None = ...,
+        max_deliver: _builtins.int = ...,
+        backoff: _abc.Iterable[_duration_pb2.Duration] | None = ...,
+        filter_subjects: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "backoff", b"backoff", "filter_subjects", b"filter_subjects", "group", b"group", "max_deliver", b"max_deliver", "max_in_flight", b"max_in_flight", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Subscribed: _TypeAlias = Subscribed  # noqa: Y015
+
+@_typing.final
+class Delivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ExtensionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ACK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    STORED_TIME_FIELD_NUMBER: _builtins.int
+    EXTENSIONS_FIELD_NUMBER: _builtins.int
+    ack_id: _builtins.str
+    """Opaque, valid on this Subscribe stream only."""
+    attempt: _builtins.int
+    """1 on the first delivery."""
+    @_builtins.property
+    def event(self) -> _event_pb2.Event:
+        """The event as stored (stream, subject and sequence set)."""
+
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """W3C trace context (traceparent, tracestate) of the gateway's CONSUMER span for this
+        delivery: continue it to keep the event's trace.
+        """
+
+    @_builtins.property
+    def stored_time(self) -> _timestamp_pb2.Timestamp:
+        """When JetStream stored the event."""
+
+    @_builtins.property
+    def extensions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """CloudEvents extension attributes of events published straight into the stream."""
+
+    def __init__(
+        self,
+        *,
+        ack_id: _builtins.str = ...,
+        event: _event_pb2.Event | None = ...,
+        attempt: _builtins.int = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        stored_time: _timestamp_pb2.Timestamp | None = ...,
+        extensions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "stored_time", b"stored_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_id", b"ack_id", "attempt", b"attempt", "event", b"event", "extensions", b"extensions", "stored_time", b"stored_time", "trace_context", b"trace_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class SettlementResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Status:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[SettlementResult._Status.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATUS_UNSPECIFIED: SettlementResult._Status.ValueType  # 0
+        STATUS_APPLIED: SettlementResult._Status.ValueType  # 1
+        """The settlement was applied (ack/nak/term sent to JetStream, dead letter stored)."""
+        STATUS_UNKNOWN: SettlementResult._Status.ValueType  # 2
+        """No delivery with this ack id was made on this stream."""
+        STATUS_EXPIRED: SettlementResult._Status.ValueType  # 3
+        """The delivery's attempt already ended unsettled (ack_wait passed): the event will be
+        or was delivered again.
+        """
+        STATUS_ALREADY_SETTLED: SettlementResult._Status.ValueType  # 4
+        """The delivery was settled before."""
+        STATUS_INVALID: SettlementResult._Status.ValueType  # 5
+        """The settlement itself is invalid (e.g. REJECT without a reason); `detail` says why."""
+
+    class Status(_Status, metaclass=_StatusEnumTypeWrapper): ...
+    STATUS_UNSPECIFIED: SettlementResult.Status.ValueType  # 0
+    STATUS_APPLIED: SettlementResult.Status.ValueType  # 1
+    """The settlement was applied (ack/nak/term sent to JetStream, dead letter stored)."""
+    STATUS_UNKNOWN: SettlementResult.Status.ValueType  # 2
+    """No delivery with this ack id was made on this stream."""
+    STATUS_EXPIRED: SettlementResult.Status.ValueType  # 3
+    """The delivery's attempt already ended unsettled (ack_wait passed): the event will be
+    or was delivered again.
+    """
+    STATUS_ALREADY_SETTLED: SettlementResult.Status.ValueType  # 4
+    """The delivery was settled before."""
+    STATUS_INVALID: SettlementResult.Status.ValueType  # 5
+    """The settlement itself is invalid (e.g. REJECT without a reason); `detail` says why."""
+
+    ACK_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    ack_id: _builtins.str
+    status: Global___SettlementResult.Status.ValueType
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        ack_id: _builtins.str = ...,
+        status: Global___SettlementResult.Status.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_id", b"ack_id", "detail", b"detail", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettlementResult: _TypeAlias = SettlementResult  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    in_flight: _builtins.int
+    """Deliveries sent and not yet settled, and the current max_in_flight."""
+    max_in_flight: _builtins.int
+    def __init__(
+        self,
+        *,
+        in_flight: _builtins.int = ...,
+        max_in_flight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_flight", b"in_flight", "max_in_flight", b"max_in_flight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class ReadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FROM_TIME_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    from_sequence: _builtins.int
+    """From this stream sequence on (inclusive)."""
+    last: _builtins.int
+    """The last N matching events."""
+    limit: _builtins.int
+    """At most this many events (0: no limit; with follow, the stream ends after limit)."""
+    follow: _builtins.bool
+    """After the stored events, send CaughtUp and keep streaming new ones."""
+    @_builtins.property
+    def key(self) -> Global___KeySelector:
+        """Every event of one key in the route of an event type (<prefix>.*.<key>): an
+        aggregate's history.
+        """
+
+    @_builtins.property
+    def subjects(self) -> Global___SubjectSelector:
+        """Events of a stream, optionally only on these subject filters."""
+
+    @_builtins.property
+    def from_time(self) -> _timestamp_pb2.Timestamp:
+        """From the first event stored at or after this time."""
+
+    def __init__(
+        self,
+        *,
+        key: Global___KeySelector | None = ...,
+        subjects: Global___SubjectSelector | None = ...,
+        from_sequence: _builtins.int = ...,
+        from_time: _timestamp_pb2.Timestamp | None = ...,
+        last: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_sequence", b"from_sequence", "from_time", b"from_time", "key", b"key", "last", b"last", "selector", b"selector", "start", b"start", "subjects", b"subjects"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "from_sequence", b"from_sequence", "from_time", b"from_time", "key", b"key", "last", b"last", "limit", b"limit", "selector", b"selector", "start", b"start", "subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["key", "subjects"]  # noqa: Y015
+    _WhichOneofArgType_selector: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
+    _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["from_sequence", "from_time", "last"]  # noqa: Y015
+    _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_selector) -> _WhichOneofReturnType_selector | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_start) -> _WhichOneofReturnType_start | None: ...
+
+Global___ReadRequest: _TypeAlias = ReadRequest  # noqa: Y015
+
+@_typing.final
+class KeySelector(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    event_type: _builtins.str
+    """Any event type routed to the aggregate's route: its subject prefix is used."""
+    key: _builtins.str
+    def __init__(
+        self,
+        *,
+        event_type: _builtins.str = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeySelector: _TypeAlias = KeySelector  # noqa: Y015
+
+@_typing.final
+class SubjectSelector(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    FILTER_SUBJECTS_FIELD_NUMBER: _builtins.int
+    stream: _builtins.str
+    @_builtins.property
+    def filter_subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty: the whole stream."""
+
+    def __init__(
+        self,
+        *,
+        stream: _builtins.str = ...,
+        filter_subjects: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter_subjects", b"filter_subjects", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectSelector: _TypeAlias = SubjectSelector  # noqa: Y015
+
+@_typing.final
+class ReadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___StoredEvent: ...
+    @_builtins.property
+    def caught_up(self) -> Global___CaughtUp:
+        """Every event stored when the read began has been sent (sent once)."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___StoredEvent | None = ...,
+        caught_up: Global___CaughtUp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "event", b"event", "item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "event", b"event", "item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "caught_up"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___ReadResponse: _TypeAlias = ReadResponse  # noqa: Y015
+
+@_typing.final
+class StoredEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ExtensionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    STORED_TIME_FIELD_NUMBER: _builtins.int
+    EXTENSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _event_pb2.Event:
+        """stream, subject and sequence set."""
+
+    @_builtins.property
+    def stored_time(self) -> _timestamp_pb2.Timestamp:
+        """When JetStream stored it."""
+
+    @_builtins.property
+    def extensions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        event: _event_pb2.Event | None = ...,
+        stored_time: _timestamp_pb2.Timestamp | None = ...,
+        extensions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "stored_time", b"stored_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "extensions", b"extensions", "stored_time", b"stored_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredEvent: _TypeAlias = StoredEvent  # noqa: Y015
+
+@_typing.final
+class CaughtUp(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    last_sequence: _builtins.int
+    """Sequence of the last event sent (0: none matched)."""
+    count: _builtins.int
+    """Events sent before this marker."""
+    def __init__(
+        self,
+        *,
+        last_sequence: _builtins.int = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "last_sequence", b"last_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaughtUp: _TypeAlias = CaughtUp  # noqa: Y015

@@ -57,6 +57,16 @@ class EventGatewayStub:
                 request_serializer=jetgate_dot_v1_dot_gateway__pb2.PublishBatchRequest.SerializeToString,
                 response_deserializer=jetgate_dot_v1_dot_gateway__pb2.PublishBatchResponse.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.stream_stream(
+                '/jetgate.v1.EventGateway/Subscribe',
+                request_serializer=jetgate_dot_v1_dot_gateway__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=jetgate_dot_v1_dot_gateway__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
+        self.Read = channel.unary_stream(
+                '/jetgate.v1.EventGateway/Read',
+                request_serializer=jetgate_dot_v1_dot_gateway__pb2.ReadRequest.SerializeToString,
+                response_deserializer=jetgate_dot_v1_dot_gateway__pb2.ReadResponse.FromString,
+                _registered_method=True)
 
 
 class EventGatewayServicer:
@@ -92,6 +102,24 @@ class EventGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscribe(self, request_iterator, context):
+        """Joins a consumer group declared by the operator and processes its events: the first
+        request message opens (SubscribeOpen), later ones settle deliveries by ack id and add
+        credits. Each event goes to one member of the group (gRPC subscribers and Python
+        workers alike). Unknown group: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Read(self, request, context):
+        """Reads stored events in stream order: one aggregate's history (by key) or a stream
+        replay (by subject filter), then optionally follows new events after a CaughtUp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +137,16 @@ def add_EventGatewayServicer_to_server(servicer, server):
                     servicer.PublishStream,
                     request_deserializer=jetgate_dot_v1_dot_gateway__pb2.PublishBatchRequest.FromString,
                     response_serializer=jetgate_dot_v1_dot_gateway__pb2.PublishBatchResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.stream_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=jetgate_dot_v1_dot_gateway__pb2.SubscribeRequest.FromString,
+                    response_serializer=jetgate_dot_v1_dot_gateway__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'Read': grpc.unary_stream_rpc_method_handler(
+                    servicer.Read,
+                    request_deserializer=jetgate_dot_v1_dot_gateway__pb2.ReadRequest.FromString,
+                    response_serializer=jetgate_dot_v1_dot_gateway__pb2.ReadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -199,6 +237,60 @@ class EventGateway:
             '/jetgate.v1.EventGateway/PublishStream',
             jetgate_dot_v1_dot_gateway__pb2.PublishBatchRequest.SerializeToString,
             jetgate_dot_v1_dot_gateway__pb2.PublishBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/jetgate.v1.EventGateway/Subscribe',
+            jetgate_dot_v1_dot_gateway__pb2.SubscribeRequest.SerializeToString,
+            jetgate_dot_v1_dot_gateway__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Read(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jetgate.v1.EventGateway/Read',
+            jetgate_dot_v1_dot_gateway__pb2.ReadRequest.SerializeToString,
+            jetgate_dot_v1_dot_gateway__pb2.ReadResponse.FromString,
             options,
             channel_credentials,
             insecure,

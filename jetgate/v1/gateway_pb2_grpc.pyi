@@ -51,6 +51,16 @@ class EventGatewayStub:
     """High-throughput publishing: one response per request message, in order, with a
     bounded number of request messages in flight.
     """
+    Subscribe: _grpc.StreamStreamMultiCallable[_gateway_pb2.SubscribeRequest, _gateway_pb2.SubscribeResponse]
+    """Joins a consumer group declared by the operator and processes its events: the first
+    request message opens (SubscribeOpen), later ones settle deliveries by ack id and add
+    credits. Each event goes to one member of the group (gRPC subscribers and Python
+    workers alike). Unknown group: NOT_FOUND.
+    """
+    Read: _grpc.UnaryStreamMultiCallable[_gateway_pb2.ReadRequest, _gateway_pb2.ReadResponse]
+    """Reads stored events in stream order: one aggregate's history (by key) or a stream
+    replay (by subject filter), then optionally follows new events after a CaughtUp.
+    """
 
 @_typing.type_check_only
 class EventGatewayAsyncStub(EventGatewayStub):
@@ -73,6 +83,16 @@ class EventGatewayAsyncStub(EventGatewayStub):
     PublishStream: _aio.StreamStreamMultiCallable[_gateway_pb2.PublishBatchRequest, _gateway_pb2.PublishBatchResponse]  # type: ignore[assignment]
     """High-throughput publishing: one response per request message, in order, with a
     bounded number of request messages in flight.
+    """
+    Subscribe: _aio.StreamStreamMultiCallable[_gateway_pb2.SubscribeRequest, _gateway_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """Joins a consumer group declared by the operator and processes its events: the first
+    request message opens (SubscribeOpen), later ones settle deliveries by ack id and add
+    credits. Each event goes to one member of the group (gRPC subscribers and Python
+    workers alike). Unknown group: NOT_FOUND.
+    """
+    Read: _aio.UnaryStreamMultiCallable[_gateway_pb2.ReadRequest, _gateway_pb2.ReadResponse]  # type: ignore[assignment]
+    """Reads stored events in stream order: one aggregate's history (by key) or a stream
+    replay (by subject filter), then optionally follows new events after a CaughtUp.
     """
 
 class EventGatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -111,6 +131,28 @@ class EventGatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_gateway_pb2.PublishBatchResponse], _abc.AsyncIterator[_gateway_pb2.PublishBatchResponse]]:
         """High-throughput publishing: one response per request message, in order, with a
         bounded number of request messages in flight.
+        """
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_pb2.SubscribeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.SubscribeResponse], _abc.AsyncIterator[_gateway_pb2.SubscribeResponse]]:
+        """Joins a consumer group declared by the operator and processes its events: the first
+        request message opens (SubscribeOpen), later ones settle deliveries by ack id and add
+        credits. Each event goes to one member of the group (gRPC subscribers and Python
+        workers alike). Unknown group: NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def Read(
+        self,
+        request: _gateway_pb2.ReadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.ReadResponse], _abc.AsyncIterator[_gateway_pb2.ReadResponse]]:
+        """Reads stored events in stream order: one aggregate's history (by key) or a stream
+        replay (by subject filter), then optionally follows new events after a CaughtUp.
         """
 
 def add_EventGatewayServicer_to_server(servicer: EventGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
