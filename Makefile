@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint proto tools cloudevents-peer node-deps lazyfs bench soak fuzz faults chaos clean
+.PHONY: venv run test lint proto tools cloudevents-peer goclient node-deps lazyfs bench soak fuzz faults chaos clean
 
 venv: $(STAMP)
 
@@ -28,7 +28,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 # The interop tests run real third-party peers, built from the Go module proxy into .tools/bin.
-tools: cloudevents-peer
+tools: cloudevents-peer goclient
 	bash tools/install-go-tool.sh nats github.com/nats-io/natscli/nats v0.5.0
 	bash tools/install-go-tool.sh grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl v1.9.3
 	bash tools/install-go-tool.sh jaeger github.com/jaegertracing/jaeger/cmd/jaeger v1.76.0
@@ -45,6 +45,33 @@ $(TOOLS_BIN)/cloudevents: $(CE_PEER)/go.mod $(CE_PEER)/go.sum $(CE_PEER)/main.go
 	cd $(CE_PEER) && HOME="$${HOME:-$$(getent passwd $$(id -u) | cut -d: -f6)}" \
 		GOWORK=off GOFLAGS="-mod=readonly -buildvcs=false" \
 		$(GO) build -trimpath -o $(abspath $(TOOLS_BIN))/cloudevents .
+
+# The Go client (tests/interop/goclient, docs/clients.md's recipe): its stubs are generated
+# from proto/ at build time, by grpcio-tools' protoc with protoc-gen-go and
+# protoc-gen-go-grpc from the Go module proxy (pinned here), into its nested module
+# jetgate.dev/genproto (a replace in its go.mod; google.rpc comes from genproto); its
+# dependencies are pinned by its go.mod and go.sum. Rebuilt when its sources or the protos change.
+GO_CLIENT := tests/interop/goclient
+GO_PROTOS := jetgate/v1/event.proto jetgate/v1/gateway.proto jetgate/v1/admin.proto \
+	jetgate/examples/orders/v1/orders.proto
+PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go v1.36.10
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc v1.5.1
+goclient: $(TOOLS_BIN)/goclient
+
+$(TOOLS_BIN)/goclient: Makefile $(GO_CLIENT)/go.mod $(GO_CLIENT)/go.sum \
+		$(GO_CLIENT)/genproto/go.mod $(wildcard $(GO_CLIENT)/*.go) $(addprefix proto/,$(GO_PROTOS)) | $(STAMP)
+	TOOLS_BIN=$(abspath $(TOOLS_BIN)) bash tools/install-go-tool.sh protoc-gen-go $(PROTOC_GEN_GO)
+	TOOLS_BIN=$(abspath $(TOOLS_BIN)) bash tools/install-go-tool.sh protoc-gen-go-grpc $(PROTOC_GEN_GO_GRPC)
+	rm -rf $(GO_CLIENT)/genproto/jetgate
+	$(BIN)/python -m grpc_tools.protoc -Iproto \
+		--plugin=protoc-gen-go=$(abspath $(TOOLS_BIN))/protoc-gen-go \
+		--plugin=protoc-gen-go-grpc=$(abspath $(TOOLS_BIN))/protoc-gen-go-grpc \
+		--go_out=$(GO_CLIENT)/genproto --go_opt=module=jetgate.dev/genproto \
+		--go-grpc_out=$(GO_CLIENT)/genproto --go-grpc_opt=module=jetgate.dev/genproto \
+		$(GO_PROTOS)
+	cd $(GO_CLIENT) && HOME="$${HOME:-$$(getent passwd $$(id -u) | cut -d: -f6)}" \
+		GOWORK=off GOFLAGS="-mod=readonly -buildvcs=false" \
+		$(GO) build -trimpath -o $(abspath $(TOOLS_BIN))/goclient .
 
 # The Node client the interop tests run (docs/clients.md's recipe), from the committed lock.
 NODE_CLIENT := tests/interop/node

@@ -2,8 +2,9 @@
 # Usage: tools/install-go-tool.sh NAME PACKAGE VERSION
 #
 # Builds the Go program PACKAGE@VERSION from the Go module proxy into
-# $REPO/.tools/bin/NAME (third-party peers for tests/interop: the nats CLI,
-# grpcurl). Idempotent: a stamp file beside the binary records what was built,
+# $REPO/.tools/bin/NAME, or $TOOLS_BIN/NAME when set (an absolute path: third-party
+# peers for tests/interop such as the nats CLI and grpcurl, and the protoc plugins the
+# Go client is generated with). Idempotent: a stamp file beside the binary records what was built,
 # and a matching stamp exits at once. Go's own caches stay in their default
 # locations, so a rebuild on the same machine is fast; nothing but .tools/ is
 # written under the repo.
@@ -11,7 +12,7 @@ set -euo pipefail
 
 NAME="$1" PKG="$2" VERSION="$3"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN_DIR="$REPO/.tools/bin"
+BIN_DIR="${TOOLS_BIN:-$REPO/.tools/bin}"
 STAMP="$BIN_DIR/.$NAME.version"
 
 if [[ -x "$BIN_DIR/$NAME" && "$(cat "$STAMP" 2>/dev/null)" == "$PKG@$VERSION" ]]; then
