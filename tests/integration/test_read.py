@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -17,7 +18,8 @@ from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import field_violations, order_placed, request, rich_status
 
 PLACED = "jetgate.examples.orders.v1.OrderPlaced"
-Stub = gateway_pb2_grpc.EventGatewayAsyncStub
+if TYPE_CHECKING:
+    Stub = gateway_pb2_grpc.EventGatewayAsyncStub  # only in the stubs' .pyi
 
 
 def by_key(key: str, **options: object) -> gateway_pb2.ReadRequest:
