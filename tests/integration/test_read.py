@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import any_pb2, timestamp_pb2
 from nats.aio.client import Client
 
+from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
@@ -265,3 +266,11 @@ async def test_event_types_may_be_given_as_type_urls(stub: Stub) -> None:
     )
     events, _ = await read_all(stub, read)
     assert [e.event.sequence for e in events] == [sequence]
+
+
+async def test_nats_unreachable_is_unavailable(stub: Stub, nats_server: NatsServer) -> None:
+    await publish(stub, "o-13", order_placed("o-13"))
+    nats_server.stop()
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await read_all(stub, by_key("o-13"))
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE, failure.value.details()
