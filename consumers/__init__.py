@@ -13,14 +13,23 @@ Run it with `jetgate consume my.module:group`, or `Worker(group, nc).run(stop)`.
 
 from typing import TYPE_CHECKING
 
-from consumers.delivery import Delivery, Reject
+from consumers.delivery import Delivery, HandBack, Reject, Retry
 from consumers.group import ConsumerGroup, GroupConfigError
 
 if TYPE_CHECKING:
     from consumers.handling import WorkerStats
     from consumers.worker import Worker
 
-__all__ = ["ConsumerGroup", "Delivery", "GroupConfigError", "Reject", "Worker", "WorkerStats"]
+__all__ = [
+    "ConsumerGroup",
+    "Delivery",
+    "GroupConfigError",
+    "HandBack",
+    "Reject",
+    "Retry",
+    "Worker",
+    "WorkerStats",
+]
 
 
 def __getattr__(name: str) -> object:

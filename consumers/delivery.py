@@ -1,4 +1,6 @@
-"""What a handler gets besides its event: `Delivery`, and `Reject` to refuse an event."""
+"""What a handler gets besides its event (`Delivery`), and what it may raise besides a
+failure: `Reject` (dead letter now), `Retry` (nak with a chosen delay), `HandBack` (give
+the event back to the group at once, not an attempt of this handler's failing)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,25 @@ class Reject(Exception):
         self.reason = reason
 
 
+class Retry(Exception):
+    """Raise from a handler to fail this attempt and have the event delivered again after
+    `delay` seconds (None: the group's backoff for this attempt).
+
+    It is a failed attempt like any other exception: after the group's max_deliver
+    attempts the event is dead-lettered. Remote members (gRPC Subscribe) raise it for NAK.
+    """
+
+    def __init__(self, delay: float | None = None) -> None:
+        super().__init__("nak" if delay is None else f"nak, retry in {delay:g}s")
+        self.delay = delay
+
+
+class HandBack(Exception):
+    """Raise from a handler to give the event back to the group at once (nak without delay):
+    its handler did not run it (a remote member went away). Counted in
+    `WorkerStats.handed_back`, not as a failure; JetStream still counts the delivery."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Delivery:
     """One delivery of one stored event to a handler of a consumer group.
@@ -41,6 +62,8 @@ class Delivery:
     CloudEvents extension attributes, read-only, by attribute name (`ce-tenant: acme` is
     `{"tenant": "acme"}`): events published by the gateway have none; an event a
     CloudEvents SDK published straight into the stream has those its producer set.
+    `stored_time` is when JetStream stored the event; `payload` the event as stored (the
+    serialized message the handler gets decoded).
 
     It holds what a handler may know and do, and nothing that settles the event: the
     worker alone acknowledges, naks or dead-letters it, from the handler's outcome (a
@@ -61,6 +84,8 @@ class Delivery:
     headers: Mapping[str, str] = field(default_factory=dict)
     raw_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     extensions: Mapping[str, str] = field(default_factory=lambda: _NO_EXTENSIONS)
+    stored_time: datetime | None = None
+    payload: bytes = field(default=b"", repr=False, compare=False)
     _progress: Progress = field(default=_no_progress, repr=False, compare=False)
 
     @property

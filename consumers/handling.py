@@ -5,8 +5,10 @@ like the gateway's: their extension attributes reach the handler (`Delivery.exte
 and stay on their dead letters (every `ce-*` header does).
 
 Outcomes: handler returns -> ack; `Reject`, an unknown type or an undecodable payload ->
-dead letter at once; any other exception -> nak with the group's backoff, or dead letter
-when it was the last allowed attempt; an event redriven for another group -> ack unseen.
+dead letter at once; any other exception -> nak with the group's backoff (`Retry(delay)`:
+with its delay), or dead letter when it was the last allowed attempt; `HandBack` -> nak
+without delay, not a failure (the member that got it went away: another takes it at once;
+`handed_back`); an event redriven for another group -> ack unseen.
 Acks are fire-and-forget (`msg.ack()`), not double acks (`ack_sync()`): nats-server answers
 an ack before it writes the consumer's state (at most every 100 ms, under any
 sync_interval), so its answer promises no durability, and waiting for it cost 34-41% of
@@ -58,7 +60,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from consumers import deadletter
-from consumers.delivery import Delivery, Reject
+from consumers.delivery import Delivery, HandBack, Reject, Retry
 from consumers.group import ConsumerGroup
 from consumers.headers import text_headers
 from jetgate import wire
@@ -75,6 +77,7 @@ DEAD_LETTER_RETRY_FIRST = 0.5
 DEAD_LETTER_RETRY_MAX = 5.0
 HANDLER_TIMEOUT = "HandlerTimeout"  # error.type of an attempt whose handler timed out
 ACK, RETRY, DEAD_LETTER, SKIP = "ack", "retry", "dead_letter", "skip"
+HAND_BACK = "hand_back"
 Outcome = tuple[str, str]  # (what the worker did, error.type or "")
 
 
@@ -82,7 +85,8 @@ Outcome = tuple[str, str]  # (what the worker did, error.type or "")
 class WorkerStats:
     """What one worker did: events handled OK, handler failures, redeliveries seen, dead
     letters stored, events skipped (redriven for another group), failures that were handler
-    timeouts, prefetched events handed back (all handler slots stuck), and in flight."""
+    timeouts, events handed back (prefetched ones when all handler slots are stuck, and
+    those a handler raised `HandBack` for), and in flight."""
 
     processed: int = 0
     failed: int = 0
@@ -218,6 +222,8 @@ class DeliveryHandler:
             headers=envelope.headers,
             raw_headers=headers,
             extensions=MappingProxyType(wire.extensions(headers)),
+            stored_time=meta.timestamp,
+            payload=msg.data,
             _progress=_progress(msg),
         )
         task = asyncio.current_task()
@@ -243,6 +249,10 @@ class DeliveryHandler:
             return ACK, ""
         if isinstance(failure, Reject):
             return await dead(Reason.REJECT, failure.reason)
+        if isinstance(failure, HandBack):
+            self._stats.handed_back += 1
+            await _settle(msg.nak(), msg, group.name)
+            return HAND_BACK, ""
         self._stats.failed += 1
         if isinstance(failure, asyncio.CancelledError):
             self._stats.timed_out += 1
@@ -256,6 +266,8 @@ class DeliveryHandler:
         if attempt >= group.max_deliver:
             return await dead(Reason.EXHAUSTED, error)
         delay = group.retry_delay(attempt)
+        if isinstance(failure, Retry) and failure.delay is not None:
+            delay = failure.delay
         log.warning(
             "group %s: %s seq %d attempt %d failed (%s); retry in %gs",
             *(group.name, msg.subject, delivery.sequence, attempt, error, delay),

@@ -21,7 +21,8 @@ While a handler runs longer than ack_wait/2, the worker sends `in_progress` ever
 ack_wait/2.
 
 Metrics: the consumer's lag and ack-pending counts are read from JetStream every
-`metrics_interval` seconds (only with a meter provider).
+`metrics_interval` seconds (only with a meter provider, and not with `lag_gauges=False`:
+many workers in one process, where a gauge would only report the first).
 
 Stuck slots: when every handler slot has been busy for ack_wait with no handler finishing
 (hung handlers, until the group's handler timeout cancels them), the prefetched events are
@@ -40,11 +41,17 @@ like any other. A connection that
 nats-py closed for good (it does not reconnect after a server error, e.g. a message over
 max_payload) is replaced with `connect()` (one warning, not one per pull): new
 connection, inbox subscription and consumer set up again; events held on the old one come
-back after ack_wait. Without `connect`, `run()` raises ConnectionClosedError then. `run()` returns
+back after ack_wait. A worker given `current` instead (the gateway's Subscribe: the
+gateway's supervised connection, which the gateway replaces itself) moves onto whatever
+connection `current()` returns once it is a new, open one, and never closes it. Without
+either, `run()` raises ConnectionClosedError then. `run()` returns
 after `stop` is set and the drain is done: no new requests, the outstanding ones answered
 or expired, in-flight and prefetched events handled and acknowledged. After `drain_timeout`
 (default: the group's ack_wait) running handlers are cancelled (their events come back
 after ack_wait) and prefetched events not yet started are nak'ed (back at once).
+
+`resize()` raises the concurrency (and sets the prefetch) while the worker runs: a remote
+member's handler slots are its client's credits, which the client may raise.
 """
 
 from __future__ import annotations
@@ -78,6 +85,7 @@ from observability.metrics import ConsumeMetrics
 log = logging.getLogger("jetgate.consumers")
 
 SETUP_RETRY = 1.0  # s between attempts to create the consumer while JetStream is away
+CURRENT_RETRY = 0.1  # s between looks at `current()` while its owner replaces the connection
 # Default prefetch per handler slot. Measured (`python -m bench --scenario consume`, no-op
 # handler, concurrency 16): 1x drains at 0.86-0.93x a plain fetch(100) loop, 2x 0.85-0.92x,
 # 3x 0.98-1.15x with less CPU per event (fewer pull round trips).
@@ -100,7 +108,8 @@ class Worker:
     """Runs `group`'s handlers in this process over connection `nc` (owned by the caller).
 
     `connect` makes a new connection when nats-py closed `nc` for good; the worker owns
-    (and closes) the connections it makes.
+    (and closes) the connections it makes. `current` (instead of `connect`) gives the
+    connection its owner holds now: the worker follows it and never closes it.
 
     `ready` is set once the consumer is set up and the first pull request is out: from then
     on the group's events flow to this worker.
@@ -119,11 +128,15 @@ class Worker:
         meter_provider: MeterProvider | None = None,
         metrics_interval: float = 5.0,
         connect: Callable[[], Awaitable[NATS]] | None = None,
+        current: Callable[[], NATS] | None = None,
+        lag_gauges: bool = True,
     ) -> None:
         self.group = group
         self._stats = WorkerStats()
         self._nc = nc
         self._connect = connect
+        self._current = current
+        self._lag_gauges = lag_gauges
         self._own_connection: NATS | None = None
         self._sub: Subscription | None = None
         self._js = nc.jetstream()
@@ -149,7 +162,11 @@ class Worker:
         self._stalled = False
         self._pending: tuple[int, int] | None = None
         self._metrics = ConsumeMetrics(
-            meter_provider, group=group.name, stream=group.stream, pending=lambda: self._pending
+            meter_provider,
+            group=group.name,
+            stream=group.stream,
+            pending=lambda: self._pending,
+            gauges=lag_gauges,
         )
         self._handler = DeliveryHandler(
             group,
@@ -211,6 +228,14 @@ class Worker:
         Events held on the closed connection cannot be settled any more; JetStream
         redelivers them after ack_wait.
         """
+        if self._current is not None:
+            nc = self._current()
+            if nc is self._nc or nc.is_closed:
+                await _wait(stop, CURRENT_RETRY)  # its owner is replacing it
+                return False
+            await self._use(nc, owned=False)
+            log.warning("group %s: moved onto the new NATS connection", self.group.name)
+            return True
         if self._connect is None:
             log.error("group %s: NATS closed the connection; no way to reconnect", self.group.name)
             raise ConnectionClosedError
@@ -226,10 +251,19 @@ class Worker:
             log.warning("group %s: cannot connect to NATS (%r); retrying", self.group.name, exc)
             await _wait(stop, SETUP_RETRY)
             return False
+        await self._use(nc, owned=True)
+        self._reconnecting = False
+        log.warning("group %s: connected to NATS again", self.group.name)
+        return True
+
+    async def _use(self, nc: NATS, *, owned: bool) -> None:
+        """Pull and settle over `nc` from now on, set up again (closing the worker's own old
+        connection)."""
         if self._own_connection is not None:
             with contextlib.suppress(NatsError, TimeoutError):
                 await self._own_connection.close()
-        self._nc = self._own_connection = nc
+        self._nc = nc
+        self._own_connection = nc if owned else None
         self._js = nc.jetstream()
         self._handler.use(nc)
         self._inbox = nc.new_inbox()
@@ -237,14 +271,23 @@ class Worker:
         self._waiting.clear()  # their acks went with the old connection
         self._sub = await nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
         self._needs_setup = True
-        self._reconnecting = False
-        log.warning("group %s: connected to NATS again", self.group.name)
-        return True
+
+    def resize(self, concurrency: int, prefetch: int | None = None) -> None:
+        """Run up to `concurrency` handlers at once from now on (never fewer than now), and
+        prefetch `prefetch` events (None: as set before)."""
+        self._concurrency = max(self._concurrency, concurrency)
+        if prefetch is not None:
+            self._prefetch = prefetch
+        while self._waiting and len(self._running) < self._concurrency:
+            self._start(self._waiting.popleft())
+        self._wake.set()
 
     def _read_pending(self) -> None:
         """Refresh the lag gauges in the background every `metrics_interval` s."""
         now = time.monotonic()
-        if not self._metrics.enabled or now - self._pending_read_at < self._metrics_interval:
+        if not self._lag_gauges or not self._metrics.enabled:
+            return
+        if now - self._pending_read_at < self._metrics_interval:
             return
         if self._pending_read is None or self._pending_read.done():
             self._pending_read_at = now

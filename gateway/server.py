@@ -91,7 +91,15 @@ class Gateway:
             check_interval=config.health_interval,
         )
         self._publisher: Publisher | None = None
-        self._subscriptions = Subscriptions()
+        self._subscriptions = Subscriptions(
+            groups=config.groups,
+            registry=self.registry,
+            router=self.router,
+            security=self.security,
+            connection=lambda: self._nats.nc,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
         self._server: grpc.aio.Server | None = None
         self.port = 0
 

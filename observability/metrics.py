@@ -80,7 +80,8 @@ class PublishMetrics:
 
 
 class ConsumeMetrics:
-    """One worker's instruments; `pending()` gives (num_pending, num_ack_pending) or None."""
+    """One worker's instruments; `pending()` gives (num_pending, num_ack_pending) or None;
+    `gauges=False`: no lag gauges (`pending` unused)."""
 
     def __init__(
         self,
@@ -89,6 +90,7 @@ class ConsumeMetrics:
         group: str,
         stream: str,
         pending: Callable[[], tuple[int, int] | None],
+        gauges: bool = True,
     ) -> None:
         meter = _meter(provider)
         self.enabled = provider is not None
@@ -120,6 +122,10 @@ class ConsumeMetrics:
             unit="{message}",
             description="Dead-letter stores that failed (the event is held and retried)",
         )
+        if not gauges:
+            # Many workers in one process (the gateway's Subscribe members): an observable
+            # gauge keeps the callback of the first worker that created it, so none at all.
+            return
         meter.create_observable_gauge(
             "jetgate.consumer.lag",
             callbacks=[self._observe(0)],
