@@ -10,41 +10,22 @@ JetStream stored, read with nats-py. Go prints uint64 as numbers and status code
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from nats.aio.client import Client as Nats
 
-from gateway.config import GatewayConfig
-from gateway.groups import GroupConfig
+from consumers import deadletter
+from consumers.deadletter import DeadLetter
 from gateway.server import Gateway
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import gateway_pb2_grpc
-from tests.integration.conftest import field_violations, request, rich_status, serving
-from tests.interop.clients import Client, Line, run_json
-
-GROUP = "interop"
-# The group open to Subscribe in these tests: every OrderPlaced, a one-second backoff.
-DECLARED = GroupConfig(
-    name=GROUP,
-    stream="ORDERS",
-    filter_subjects=("orders.OrderPlaced.>",),
-    max_deliver=3,
-    backoff=(1.0,),
-    ack_wait=30.0,
-)
-
-
-@pytest.fixture
-async def group_gateway(gateway_config: GatewayConfig) -> AsyncIterator[Gateway]:
-    """The demo gateway with the `interop` group declared."""
-    config = dataclasses.replace(gateway_config, groups=(DECLARED,))
-    async with serving(config) as server:
-        yield server
+from tests.integration.conftest import field_violations, request, rich_status
+from tests.interop.clients import PLACED, Client, Line, run_json
+from tests.interop.conftest import DECLARED, GROUP
+from tests.support.eventually import eventually
 
 
 def code(line: Line) -> str:
@@ -101,3 +82,72 @@ async def decodes_sequence_conflict(client: Client, home: Path) -> None:
     assert conflict["subject"].endswith(f".*.{key}")
     argv = client.argv("conflict", key=key, id=f"{key}-next", expected=last)
     assert [code(line) for line in await run_json(argv, home)] == ["OK"]
+
+
+async def subscribes_acks_naks_and_rejects(client: Client, nc: Nats, home: Path) -> None:
+    """Five events through the declared group: four ACKed, one NAKed once (redelivered as
+    attempt 2 after its delay), one REJECTed (then in the DLQ with the client's reason)."""
+    prefix = f"{client.language}-s"
+    ids = [f"{prefix}-{i}" for i in range(5)]
+    await run_json(client.argv("publish", count=5, id_prefix=prefix, key_prefix=prefix), home)
+    reason = f"{client.language} client: order cannot be billed"
+    argv = client.argv(
+        "subscribe",
+        group=GROUP,
+        max_in_flight=4,
+        count=5,
+        nak=ids[1],
+        nak_delay_ms=1000,
+        reject=ids[3],
+        reason=reason,
+    )
+    lines = await run_json(argv, home)
+
+    subscribed, *settled = lines
+    assert subscribed["kind"] == "subscribed"
+    assert (subscribed["group"], subscribed["stream"]) == (GROUP, "ORDERS")
+    assert int(subscribed["max_deliver"]) == DECLARED.max_deliver
+    assert {line["status"] for line in settled} == {"APPLIED"}, settled
+    by_action = {(line["event_id"], line["action"]): line for line in settled}
+    assert len(by_action) == len(settled) == 6, settled  # one NAK more than events
+    final = sorted(i for i, action in by_action if action != "NAK")
+    assert final == ids, "each event settled for good exactly once"
+    naked, redelivered = by_action[(ids[1], "NAK")], by_action[(ids[1], "ACK")]
+    assert (int(naked["attempt"]), int(redelivered["attempt"])) == (1, 2)
+    assert redelivered["seconds_since_nak"] >= 1.0, "redelivered before the NAK's delay"
+    assert by_action[(ids[3], "REJECT")]["attempt"] == 1
+    assert all(line["type"] == PLACED for line in settled)
+
+    dead = await eventually(lambda: _dead_letters(nc), what="the rejected event in the DLQ")
+    assert [(d.event_id, d.origin_stream, d.attempts) for d in dead] == [(ids[3], "ORDERS", 1)]
+    assert reason in (dead[0].reason, dead[0].error), dead[0]
+    assert dead[0].origin_sequence == int(by_action[(ids[3], "REJECT")]["sequence"])
+
+    async def settled_for_good() -> bool:
+        info = await nc.jetstream().consumer_info("ORDERS", GROUP)
+        return (info.num_pending, info.num_ack_pending) == (0, 0)
+
+    await eventually(settled_for_good, what="nothing pending or unacknowledged in the group")
+
+
+async def _dead_letters(nc: Nats) -> list[DeadLetter]:
+    found = [d async for d in deadletter.dead_letters(nc.jetstream(), GROUP)]
+    assert found, "no dead letter yet"
+    return found
+
+
+async def reads_a_keys_history(client: Client, home: Path) -> None:
+    """Read by key: that aggregate's events only, in stream order, with their sequences."""
+    key = f"{client.language}-history"
+    [mine] = await run_json(client.argv("publish", count=3, key=key, id_prefix=key), home)
+    await run_json(client.argv("publish", count=2, id_prefix=f"{key}-other"), home)
+    lines = await run_json(client.argv("read", key=key), home)
+
+    events = [line for line in lines if line["kind"] == "event"]
+    assert [e["event_id"] for e in events] == [f"{key}-{i}" for i in range(3)]
+    first, last = int(mine["first_sequence"]), int(mine["last_sequence"])
+    assert [int(e["sequence"]) for e in events] == list(range(first, last + 1))
+    assert {(e["subject"], e["stream"], e["type"]) for e in events} == {
+        (f"orders.OrderPlaced.{key}", "ORDERS", PLACED)
+    }
+    assert [line["kind"] for line in lines[len(events) :]] in ([], ["caught_up"])

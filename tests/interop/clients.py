@@ -78,12 +78,19 @@ class Running:
         self.process = process
         self.lines: list[Line] = []
         self.stderr = b""
-        self._reader = asyncio.create_task(self._read())
+        self._readers = (
+            asyncio.create_task(self._read_lines()),
+            asyncio.create_task(self._read_stderr()),
+        )
 
-    async def _read(self) -> None:
+    async def _read_lines(self) -> None:
         assert self.process.stdout is not None
         async for raw in self.process.stdout:
             self.lines.append(json.loads(raw))
+
+    async def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        self.stderr = await self.process.stderr.read()
 
     def of_kind(self, kind: str) -> list[Line]:
         return [line for line in self.lines if line.get("kind") == kind]
@@ -93,10 +100,10 @@ class Running:
         self.process.send_signal(signal.SIGKILL)
 
     async def wait(self) -> int:
-        _, self.stderr = await self.process.communicate()
-        await self._reader
-        assert self.process.returncode is not None
-        return self.process.returncode
+        """Its exit status, once it exited and everything it printed is read."""
+        returncode = await self.process.wait()
+        await asyncio.gather(*self._readers)
+        return returncode
 
 
 @contextlib.asynccontextmanager

@@ -4,22 +4,38 @@ against a real gateway and nats-server."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import os
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.conftest import gateway, gateway_config, stub  # noqa: F401
+from gateway.config import GatewayConfig
+from gateway.groups import GroupConfig
+from gateway.server import Gateway
+from tests.integration.conftest import gateway, gateway_config, serving, stub  # noqa: F401
 
 TOOLS = Path(__file__).resolve().parents[2] / ".tools" / "bin"
 PEER_TIMEOUT = 30.0
 NatsJson = Callable[..., Awaitable[dict[str, Any]]]
+
+GROUP = "interop"
+# The group open to Subscribe in the Go and Node client tests: every OrderPlaced, a
+# one-second backoff.
+DECLARED = GroupConfig(
+    name=GROUP,
+    stream="ORDERS",
+    filter_subjects=("orders.OrderPlaced.>",),
+    max_deliver=3,
+    backoff=(1.0,),
+    ack_wait=30.0,
+)
 
 
 def peer(name: str) -> Path:
@@ -72,6 +88,14 @@ def nats_json(nats_url: str, tmp_path: Path) -> NatsJson:
         return parsed
 
     return run
+
+
+@pytest.fixture
+async def group_gateway(gateway_config: GatewayConfig) -> AsyncIterator[Gateway]:  # noqa: F811
+    """The demo gateway with the `interop` group (DECLARED) declared."""
+    config = dataclasses.replace(gateway_config, groups=(DECLARED,))
+    async with serving(config) as server:
+        yield server
 
 
 def _require_loopback(url: str) -> None:

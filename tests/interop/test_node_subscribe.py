@@ -31,3 +31,14 @@ async def test_node_client_decodes_a_sequence_conflict_and_appends_with_its_sequ
     gateway: Gateway, tmp_path: Path
 ) -> None:
     await scenarios.decodes_sequence_conflict(node_client(gateway.address), tmp_path)
+
+
+async def test_node_client_subscribes_acks_naks_and_rejects(
+    group_gateway: Gateway, nc: Nats, tmp_path: Path
+) -> None:
+    client = node_client(group_gateway.address)
+    await scenarios.subscribes_acks_naks_and_rejects(client, nc, tmp_path)
+
+
+async def test_node_client_reads_a_keys_history(gateway: Gateway, tmp_path: Path) -> None:
+    await scenarios.reads_a_keys_history(node_client(gateway.address), tmp_path)

@@ -34,6 +34,7 @@ const definition = loader.loadSync(files, {
   longs: String,
   enums: String,
   oneofs: true,
+  arrays: true, // empty repeated fields as [] (proto-loader leaves them out otherwise)
 });
 const { EventGateway } = grpc.loadPackageDefinition(definition).jetgate.v1;
 const client = new EventGateway(address, grpc.credentials.createInsecure(), {
