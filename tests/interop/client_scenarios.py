@@ -84,9 +84,12 @@ async def decodes_sequence_conflict(client: Client, home: Path) -> None:
     assert [code(line) for line in await run_json(argv, home)] == ["OK"]
 
 
-async def subscribes_acks_naks_and_rejects(client: Client, nc: Nats, home: Path) -> None:
+async def subscribes_acks_naks_and_rejects(
+    client: Client, nc: Nats, home: Path, *, nak_delay: float
+) -> None:
     """Five events through the declared group: four ACKed, one NAKed once (redelivered as
-    attempt 2 after its delay), one REJECTed (then in the DLQ with the client's reason)."""
+    attempt 2 after `nak_delay` seconds, or 0: after the group's backoff), one REJECTed
+    (then in the DLQ with the client's reason)."""
     prefix = f"{client.language}-s"
     ids = [f"{prefix}-{i}" for i in range(5)]
     await run_json(client.argv("publish", count=5, id_prefix=prefix, key_prefix=prefix), home)
@@ -97,7 +100,7 @@ async def subscribes_acks_naks_and_rejects(client: Client, nc: Nats, home: Path)
         max_in_flight=4,
         count=5,
         nak=ids[1],
-        nak_delay_ms=1000,
+        nak_delay_ms=round(nak_delay * 1000),
         reject=ids[3],
         reason=reason,
     )
@@ -114,7 +117,8 @@ async def subscribes_acks_naks_and_rejects(client: Client, nc: Nats, home: Path)
     assert final == ids, "each event settled for good exactly once"
     naked, redelivered = by_action[(ids[1], "NAK")], by_action[(ids[1], "ACK")]
     assert (int(naked["attempt"]), int(redelivered["attempt"])) == (1, 2)
-    assert redelivered["seconds_since_nak"] >= 1.0, "redelivered before the NAK's delay"
+    delay = nak_delay or DECLARED.backoff[0]
+    assert redelivered["seconds_since_nak"] >= delay, "redelivered before the NAK's delay"
     assert by_action[(ids[3], "REJECT")]["attempt"] == 1
     assert all(line["type"] == PLACED for line in settled)
 

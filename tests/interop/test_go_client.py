@@ -53,7 +53,9 @@ async def test_go_client_decodes_a_sequence_conflict_and_appends_with_its_sequen
 async def test_go_client_subscribes_acks_naks_and_rejects(
     group_gateway: Gateway, nc: Nats, tmp_path: Path
 ) -> None:
-    await scenarios.subscribes_acks_naks_and_rejects(go_client(group_gateway.address), nc, tmp_path)
+    # The NAK names its delay, longer than the group's backoff.
+    client = go_client(group_gateway.address)
+    await scenarios.subscribes_acks_naks_and_rejects(client, nc, tmp_path, nak_delay=1.5)
 
 
 async def test_go_client_reads_a_keys_history(gateway: Gateway, tmp_path: Path) -> None:

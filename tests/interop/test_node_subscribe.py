@@ -37,7 +37,8 @@ async def test_node_client_subscribes_acks_naks_and_rejects(
     group_gateway: Gateway, nc: Nats, tmp_path: Path
 ) -> None:
     client = node_client(group_gateway.address)
-    await scenarios.subscribes_acks_naks_and_rejects(client, nc, tmp_path)
+    # The NAK names no delay: the group's backoff applies.
+    await scenarios.subscribes_acks_naks_and_rejects(client, nc, tmp_path, nak_delay=0)
 
 
 async def test_node_client_reads_a_keys_history(gateway: Gateway, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@
 //	    [-reject ID -reason R] [-hold-after N]
 //	    joins group G: prints {"kind":"subscribed",...}, then one {"kind":"settled",...}
 //	    line per delivery once the gateway confirms its settlement (ACK; NAK of the first
-//	    attempt of event ID with delay D; REJECT of event ID with reason R). After sending
+//	    attempt of event ID with delay D, or without one: the group's backoff; REJECT of
+//	    event ID with reason R). After sending
 //	    N final settlements (ACK/REJECT) with -hold-after, every further delivery is held
 //	    unsettled ({"kind":"held"}); with -count it exits after N confirmed final ones.
 //	goclient read -addr A -event-type T -key K [-from-sequence S] [-last N] [-limit N]
@@ -263,7 +264,7 @@ func subscribe(args []string) error {
 	maxInFlight := fs.Uint("max-in-flight", 16, "credits: deliveries held unsettled at once")
 	count := fs.Int("count", 0, "exit after this many confirmed ACK/REJECT settlements (0: never)")
 	nakID := fs.String("nak", "", "NAK the first attempt of this event id")
-	nakDelay := fs.Int("nak-delay-ms", 1000, "delay of that NAK in milliseconds")
+	nakDelay := fs.Int("nak-delay-ms", 0, "delay of that NAK in milliseconds (0: none, the group's backoff applies)")
 	rejectID := fs.String("reject", "", "REJECT this event id")
 	reason := fs.String("reason", "rejected by the Go client", "the REJECT reason")
 	holdAfter := fs.Int("hold-after", 0, "after this many ACK/REJECT sent, hold every delivery unsettled (0: never)")
@@ -310,7 +311,10 @@ func subscribe(args []string) error {
 			s := &jetgatev1.Settlement{AckId: d.GetAckId(), Action: jetgatev1.Settlement_ACTION_ACK}
 			switch id := d.GetEvent().GetId(); {
 			case id == *nakID && d.GetAttempt() == 1:
-				s.Action, s.Delay = jetgatev1.Settlement_ACTION_NAK, durationpb.New(time.Duration(*nakDelay)*time.Millisecond)
+				s.Action = jetgatev1.Settlement_ACTION_NAK
+				if *nakDelay > 0 {
+					s.Delay = durationpb.New(time.Duration(*nakDelay) * time.Millisecond)
+				}
 			case id == *rejectID:
 				s.Action, s.Reason = jetgatev1.Settlement_ACTION_REJECT, *reason
 			}

@@ -13,7 +13,8 @@
 //       [--reject ID --reason R]
 //       joins group G; prints {kind: "subscribed"}, then one {kind: "settled"} line per
 //       delivery once the gateway confirms its settlement (ACK; NAK of the first attempt
-//       of ID; REJECT of ID); exits after N confirmed ACK/REJECT settlements.
+//       of ID, redelivered after D ms or, without D, the group's backoff; REJECT of ID);
+//       exits after N confirmed ACK/REJECT settlements.
 //   read --event-type T --key K      a key's history: {kind: "event"} lines (and caught_up).
 //
 // Errors come back with a google.rpc.Status in the `grpc-status-details-bin` trailer;
@@ -140,7 +141,7 @@ function subscribe(args) {
     "max-in-flight": "16",
     count: "0",
     nak: "",
-    "nak-delay-ms": "1000",
+    "nak-delay-ms": "0", // 0: no delay in the NAK, the group's backoff applies
     reject: "",
     reason: "rejected by the Node client",
   });
@@ -173,7 +174,7 @@ function subscribe(args) {
       if (e.id === f.nak && d.attempt === 1) {
         const ms = Number(f["nak-delay-ms"]);
         settlement.action = "ACTION_NAK";
-        settlement.delay = { seconds: String(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1e6 };
+        if (ms > 0) settlement.delay = { seconds: String(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1e6 };
         line.action = "NAK";
         nakedAt.set(e.id, Date.now());
       } else if (e.id === f.reject) {
