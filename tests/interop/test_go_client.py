@@ -30,6 +30,7 @@ from tests.support.eventually import DEFAULT_WITHIN, eventually
 pytestmark = pytest.mark.interop
 
 LONG_ACK_WAIT = 120.0  # s
+CREDITS = 64
 
 
 async def test_go_client_publishes_and_a_retry_is_a_duplicate(
@@ -122,7 +123,7 @@ async def test_kill_9_of_a_go_subscriber_hands_its_unsettled_events_to_the_pytho
     ids = {f"kill-{i}" for i in range(EVENTS)}
     async with serving(config) as gateway:
         client = go_client(gateway.address)
-        argv = client.argv("subscribe", group=GROUP, max_in_flight=64, hold_after=50)
+        argv = client.argv("subscribe", group=GROUP, max_in_flight=CREDITS, hold_after=50)
         async with running(argv, tmp_path) as go:
             await eventually(lambda: go.of_kind("subscribed"), what="the Go member subscribed")
             await run_json(client.argv("publish", count=EVENTS, id_prefix="kill"), tmp_path)
@@ -142,6 +143,7 @@ async def test_kill_9_of_a_go_subscriber_hands_its_unsettled_events_to_the_pytho
                 await eventually(union_complete, what=f"all {EVENTS} events handled")
     [subscribed] = go.of_kind("subscribed")
     assert subscribed["ack_wait_seconds"] == LONG_ACK_WAIT > DEFAULT_WITHIN
+    assert len(held) <= CREDITS, "more unsettled deliveries than the Go member's credits"
     assert held <= set(python), "held events the Python member never got"
     assert all(len(deliveries) == 1 for deliveries in python.values()), "handled twice"
     assert not acked & set(python), "an event acknowledged by Go handled again"
