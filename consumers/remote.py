@@ -33,8 +33,11 @@ PREFETCH_CAP): a member whose client stops reading holds at most credits + PREFE
 events.
 
 `close()` hands everything back at once: unsettled deliveries, prefetched ones and those
-arriving while the worker drains its pull requests raise `HandBack` (nak without delay,
-another member gets them at once; `WorkerStats.handed_back`). A delivery handed back at
+arriving while the worker's last pull requests end raise `HandBack` (nak without delay,
+another member gets them at once; `WorkerStats.handed_back`). The naks wait for those
+pull requests to end (`Worker.stop_pulling`, about a second): naked earlier, an event
+would go straight back to this member's outstanding pulls, again and again until
+max_deliver. A delivery handed back at
 its last allowed attempt comes back once more and is dead-lettered by the runtime (the
 group's last attempt ended unprocessed), as when a Python worker dies.
 
@@ -168,7 +171,9 @@ class RemoteMember:
         self._expired: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._outbox: list[RemoteDelivery] = []
         self._results: collections.deque[Result] = collections.deque()
-        self._closed = False
+        self._closed = False  # no more deliveries to the client
+        self._released = False  # the pulls ended: hand everything back now
+        self._release: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._tick = tick if tick is not None else min(1.0, group.ack_wait / 4)
         self.worker = Worker(
@@ -203,18 +208,29 @@ class RemoteMember:
         finally:
             sweeper.cancel()
             self.close()
+            if self._release is not None:
+                await self._release
 
     def close(self) -> None:
-        """Hand every unsettled delivery back now and stop the worker (see module doc)."""
+        """Send nothing more to the client, hand every delivery back as soon as the
+        worker's pull requests ended, and stop the worker (see module doc)."""
         if self._closed:
             return
         self._closed = True
-        for unsettled in self._unsettled.values():
-            if not unsettled.future.done():
-                unsettled.future.set_result(HandBack())
-        self._unsettled.clear()
-        self._stop.set()
+        self._outbox.clear()
+        self._release = asyncio.create_task(self._hand_back())
         self.wake.set()
+
+    async def _hand_back(self) -> None:
+        try:
+            await self.worker.stop_pulling()
+        finally:
+            self._released = True
+            for unsettled in self._unsettled.values():
+                if not unsettled.future.done():
+                    unsettled.future.set_result(HandBack())
+            self._unsettled.clear()
+            self._stop.set()
 
     def add_credits(self, count: int) -> None:
         """Let the client hold `count` more unsettled deliveries (up to max_ack_pending)."""
@@ -294,7 +310,7 @@ class RemoteMember:
 
     async def _handle(self, event: Message, delivery: Delivery) -> None:
         """The handler of every event type: hand it to the client, await its settlement."""
-        if self._closed:
+        if self._released:
             raise HandBack
         number = next(self._ids)
         self._issued = number
@@ -305,15 +321,16 @@ class RemoteMember:
             delivery=delivery,
             task=asyncio.current_task(),
         )
-        self._outbox.append(
-            RemoteDelivery(
-                ack_id=str(number),
-                event=event,
-                delivery=delivery,
-                trace_context=propagation.trace_headers(),
+        if not self._closed:
+            self._outbox.append(
+                RemoteDelivery(
+                    ack_id=str(number),
+                    event=event,
+                    delivery=delivery,
+                    trace_context=propagation.trace_headers(),
+                )
             )
-        )
-        self.wake.set()
+            self.wake.set()
         try:
             outcome = await future
         finally:

@@ -272,6 +272,18 @@ class Worker:
         self._sub = await nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
         self._needs_setup = True
 
+    async def stop_pulling(self) -> None:
+        """Ask JetStream for no more events, and return once every pull request out has
+        ended (answered or expired: about `pull_expires` + 1 s at most). Only then is an
+        event naked by this worker sure to go to another worker, not back to this one."""
+        self._stopping = True
+        while True:
+            self._expire()
+            if not self._pulls:
+                return
+            self._wake.clear()
+            await _wait(self._wake, self._tick)
+
     def resize(self, concurrency: int, prefetch: int | None = None) -> None:
         """Run up to `concurrency` handlers at once from now on (never fewer than now), and
         prefetch `prefetch` events (None: as set before)."""

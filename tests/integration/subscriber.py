@@ -36,6 +36,7 @@ class Subscriber:
         group: str = GROUP,
         max_in_flight: int = 16,
         stream: str = "",
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._outgoing: asyncio.Queue[gateway_pb2.SubscribeRequest | None] = asyncio.Queue()
         self._outgoing.put_nowait(
@@ -45,7 +46,7 @@ class Subscriber:
                 )
             )
         )
-        self.call = stub.Subscribe(self._requests())
+        self.call = stub.Subscribe(self._requests(), metadata=metadata)
         self.deliveries: list[gateway_pb2.Delivery] = []
         self.results: list[gateway_pb2.SettlementResult] = []
         self.heartbeats: list[gateway_pb2.Heartbeat] = []

@@ -4,6 +4,7 @@ confirmations, and the errors of opening."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
 import pytest
@@ -22,7 +23,7 @@ from tests.integration.conftest import field_violations, order_placed, request, 
 from tests.integration.subscriber import GROUP, Result, Settlement, subscribed, with_group
 from tests.support.eventually import eventually
 
-Stub = gateway_pb2_grpc.EventGatewayAsyncStub
+Stub: TypeAlias = "gateway_pb2_grpc.EventGatewayAsyncStub"
 
 
 @pytest.fixture
