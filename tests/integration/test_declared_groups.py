@@ -60,8 +60,6 @@ async def test_start_up_creates_the_declared_consumer(
     assert metadata[wire.EVENT_TYPES_METADATA] == "jetgate.examples.orders.v1.OrderPlaced"
     assert metadata[wire.BACKOFF_METADATA] == "1s,2s"
     assert "declared in the gateway's configuration" in (config.description or "")
-    # Its dead letters have somewhere to go before any member joins.
-    await nc.jetstream().stream_info(wire.DEAD_LETTER_STREAM)
 
 
 async def test_the_demo_config_declares_audit(gateway_config: GatewayConfig, nc: Client) -> None:
