@@ -92,18 +92,16 @@ def changes(current: ConsumerConfig, wanted: ConsumerConfig) -> str:
     return "; ".join(changed)
 
 
-# The settings a member of a declared group must share with the declaration.
-SETTINGS = ("filter_subjects", "ack_wait", "max_deliver", "backoff", "max_ack_pending")
-
-
 def is_declared(config: ConsumerConfig) -> bool:
     """Whether the consumer belongs to a group declared in the gateway's configuration."""
     return bool((config.metadata or {}).get(wire.DECLARED_METADATA))
 
 
 def differences(current: ConsumerConfig, wanted: ConsumerConfig) -> list[tuple[str, str, str]]:
-    """(setting, current, wanted) for each of SETTINGS in which the two consumers of a group
-    differ, as the group states them (max_deliver without the runtime's extra delivery)."""
+    """(setting, current, wanted) for each group setting (filter_subjects, ack_wait,
+    max_deliver, backoff, max_ack_pending) in which two consumers of a group differ, as the
+    group states them (max_deliver without the runtime's extra delivery). Description and
+    handled types are not compared: members of a group may handle different types."""
     compared = (
         ("filter_subjects", _filters(current), _filters(wanted)),
         ("ack_wait", _ack_wait(current), _ack_wait(wanted)),

@@ -27,6 +27,8 @@ declaration wins over whatever made the consumer before (a Python group, the `na
 the settings jetgate manages are set to the declared ones, others (e.g. replicas set with
 `nats consumer edit`) are kept, and so is metadata not under `jetgate.`. A consumer not
 declared (any more) is left alone: removing a declaration never deletes a group's position.
+The dead-letter stream is made when a member joins (`consumers.consumer.ensure`), as for any
+group: creating it here would surprise whoever manages it.
 
 A refused declaration (a filter that matches no subject of its stream, a change the server
 refuses such as another deliver policy) is a GroupDeclarationError, a configuration error:
@@ -47,7 +49,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from consumers import consumer, deadletter
+from consumers import consumer
 from consumers.group import ConsumerGroup
 from jetgate import wire
 from jetgate.errors import ConfigurationError
@@ -124,7 +126,6 @@ async def reconcile_groups(
     Raises GroupDeclarationError when a filter matches no subject of its stream (before
     changing anything) or nats-server refuses a consumer (quoting it).
     """
-    replicas = 1
     for group in groups:
         try:
             stream = (await js.stream_info(group.stream)).config
@@ -132,7 +133,6 @@ async def reconcile_groups(
             raise GroupDeclarationError(
                 f"groups.{group.name}: no stream {group.stream} on the server"
             ) from None
-        replicas = max(replicas, stream.num_replicas or 1)
         subjects = stream.subjects or []
         for subject_filter in group.filter_subjects:
             if not any(wire.subject_filter_covers(s, subject_filter) for s in subjects):
@@ -140,8 +140,6 @@ async def reconcile_groups(
                     f"groups.{group.name}: filter {subject_filter!r} matches no subject of "
                     f"stream {group.stream} ({', '.join(subjects)})"
                 )
-    if groups:
-        await deadletter.ensure_stream(js, replicas=replicas)  # where its dead letters go
 
     result = []
     for group in groups:

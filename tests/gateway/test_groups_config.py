@@ -3,12 +3,14 @@ declaration becomes (pure; the reconciliation is tests/integration/test_declared
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from consumers import consumer
 from consumers.delivery import Delivery
+from gateway.banner import groups_line
 from gateway.config import ConfigError, load_config
 from gateway.groups import GroupConfig, GroupDeclarationError, declared_consumer_config
 from jetgate import wire
@@ -190,3 +192,12 @@ def test_members_of_a_declared_group_compare_settings_not_types() -> None:
         ("backoff", "1s,5s,30s", "-"),
         ("max_ack_pending", "1000", "7"),
     ]
+
+
+def test_the_banner_lists_the_declared_groups() -> None:
+    config = load_config(REPO_ROOT / "jetgate.toml", env={})
+    assert groups_line(config) == "Consumer groups open to Subscribe: audit on ORDERS (orders.>)"
+    two = dataclasses.replace(
+        config, groups=(*config.groups, GroupConfig(name="all", stream="ORDERS"))
+    )
+    assert groups_line(two).endswith("audit on ORDERS (orders.>), all on ORDERS")

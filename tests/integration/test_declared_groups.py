@@ -60,8 +60,6 @@ async def test_start_up_creates_the_declared_consumer(
     assert metadata[wire.EVENT_TYPES_METADATA] == "jetgate.examples.orders.v1.OrderPlaced"
     assert metadata[wire.BACKOFF_METADATA] == "1s,2s"
     assert "declared in the gateway's configuration" in (config.description or "")
-    # Its dead letters have somewhere to go before any member joins.
-    await nc.jetstream().stream_info(wire.DEAD_LETTER_STREAM)
 
 
 async def test_the_demo_config_declares_audit(gateway_config: GatewayConfig, nc: Client) -> None:
@@ -241,3 +239,37 @@ async def test_a_consumer_change_the_server_refuses_is_a_declaration_error(nc: C
     with pytest.raises(GroupDeclarationError, match="nats-server refused") as refused:
         await reconcile_groups(js, [AUDIT])
     assert refused.value.exit_code == 2
+
+
+async def test_jetgate_consume_of_a_differing_group_exits_2(nc: Client, nats_url: str) -> None:
+    js = nc.jetstream()
+    await js.add_stream(name="ORDERS", subjects=["orders.>"])
+    # tests.consumers.groups:recorder has ack_wait 10s and backoff 0.2s.
+    declared = GroupConfig(name="recorder", stream="ORDERS", filter_subjects=("orders.>",))
+    await reconcile_groups(js, [declared])
+    before = (await js.consumer_info("ORDERS", "recorder")).config
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JETGATE_", "OTEL_"))}
+    worker = await asyncio.create_subprocess_exec(
+        jetgate(),
+        *("consume", "tests.consumers.groups:recorder", "--nats-url", nats_url),
+        *("--metrics-listen", ""),
+        env={**env, "PYTHONWARNINGS": "error"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        out, err = await asyncio.wait_for(worker.communicate(), 60)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    assert worker.returncode == 2, (out + err).decode()
+    assert (
+        "group recorder is declared by the gateway's configuration; this group differs: "
+        "filter_subjects [orders.>] (declared) vs [orders.OrderPlaced.>] (here), "
+        "ack_wait 30s (declared) vs 10s (here), backoff 1s,5s,30s (declared) vs 0.2s (here)."
+    ) in err.decode()
+    assert (await js.consumer_info("ORDERS", "recorder")).config == before
