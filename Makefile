@@ -113,4 +113,4 @@ soak: venv
 	$(BIN)/python -m bench.soak --seconds 600
 
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache $(NODE_CLIENT)/node_modules
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache $(NODE_CLIENT)/node_modules $(GO_CLIENT)/genproto/jetgate
