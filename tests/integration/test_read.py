@@ -12,6 +12,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from nats.aio.client import Client
 
 from gateway.embedded import NatsServer
+from gateway.ordered_pull import PULL_BATCH
 from gateway.server import Gateway
 from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
@@ -274,3 +275,26 @@ async def test_nats_unreachable_is_unavailable(stub: Stub, nats_server: NatsServ
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await read_all(stub, by_key("o-13"))
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE, failure.value.details()
+
+
+async def test_a_history_longer_than_one_pull_comes_whole_then_caught_up(
+    stub: Stub, gateway: Gateway
+) -> None:
+    # More than one pull's batch (ordered_pull.PULL_BATCH): a pull that ends with its batch
+    # complete must not be taken for "nothing left".
+    js = gateway.nats.jetstream()
+    count = 2 * PULL_BATCH + 7
+    acks = [
+        await js.publish_async(
+            "orders.OrderPaid.o-long",
+            paid("o-long", f"p-{i}").SerializeToString(),
+            headers={"x-pad": "x" * 600},
+        )
+        for i in range(count)
+    ]
+    sequences = [ack.seq for ack in await asyncio.gather(*acks)]
+
+    events, markers = await read_all(stub, by_subjects())
+
+    assert [e.event.sequence for e in events] == sequences
+    assert [(m.last_sequence, m.count) for m in markers] == [(sequences[-1], count)]
