@@ -34,6 +34,7 @@ READ_EVENTS_PER_SECOND_OF_WINDOW = 20_000  # 5 s window: 100k events
 MAX_READ_EVENTS = 100_000
 READ_PER_KEY = 100
 READ_CONCURRENCY = 8
+READ_EVENTS_PER_RESPONSE = 256  # ReadRequest.max_events_per_response
 STORE_WINDOW = 4000
 READ_LIMIT = 120.0  # s
 
@@ -126,8 +127,11 @@ async def _gateway_read(ctx: Context, request: gateway_pb2.ReadRequest) -> list[
     """Stream sequences of the events of one Read (which must end with CaughtUp)."""
     sequences: list[int] = []
     caught_up = False
+    request.max_events_per_response = READ_EVENTS_PER_RESPONSE
     async for response in ctx.gateway.Read(request, timeout=READ_LIMIT):
-        if response.HasField("event"):
+        if response.HasField("events"):
+            sequences += [stored.event.sequence for stored in response.events.events]
+        elif response.HasField("event"):
             sequences.append(response.event.event.sequence)
         else:
             caught_up = True

@@ -109,6 +109,11 @@ class OrderedPull:
         self._pending_at_start = 0
         self._start: tuple[int, datetime | None] = (0, None)
 
+    @property
+    def ready(self) -> bool:
+        """Whether something was received and not taken yet (the next item may not wait)."""
+        return not self._queue.empty()
+
     async def count_from(self, sequence: int) -> int:
         """How many matching messages are stored at or after `sequence` now."""
         info = await self._create(sequence=sequence)

@@ -47,9 +47,13 @@ async def read_all(
     events: list[gateway_pb2.StoredEvent] = []
     markers: list[gateway_pb2.CaughtUp] = []
     async for response in stub.Read(read, timeout=30):
-        if response.HasField("event"):
+        if response.HasField("event") or response.HasField("events"):
             assert not markers, "an event after CaughtUp in a read without follow"
-            events.append(response.event)
+            if response.HasField("event"):
+                events.append(response.event)
+            else:
+                assert 1 <= len(response.events.events) <= max(1, read.max_events_per_response)
+                events.extend(response.events.events)
         else:
             markers.append(response.caught_up)
     return events, markers
@@ -298,3 +302,32 @@ async def test_a_history_longer_than_one_pull_comes_whole_then_caught_up(
 
     assert [e.event.sequence for e in events] == sequences
     assert [(m.last_sequence, m.count) for m in markers] == [(sequences[-1], count)]
+
+
+async def test_several_events_per_response(stub: Stub) -> None:
+    sequences = [await publish(stub, "o-14", paid("o-14", f"p-{i}")) for i in range(10)]
+    kinds = []
+    async for response in stub.Read(by_key("o-14", max_events_per_response=4), timeout=30):
+        kinds.append(response.WhichOneof("item"))
+    assert "event" not in kinds
+    assert kinds[-1] == "caught_up"
+
+    events, markers = await read_all(stub, by_key("o-14", max_events_per_response=4))
+    assert [e.event.sequence for e in events] == sequences
+    assert events[0].event.subject == "orders.OrderPaid.o-14"
+    assert [(m.last_sequence, m.count) for m in markers] == [(sequences[-1], 10)]
+    events, _ = await read_all(stub, by_key("o-14", max_events_per_response=100, limit=3))
+    assert [e.event.sequence for e in events] == sequences[:3]
+
+    call = stub.Read(by_key("o-14", follow=True, last=2, max_events_per_response=50))
+    stream = aiter(call)
+    received: list[int] = []
+    while len(received) < 2:
+        response = await anext(stream)
+        received += [e.event.sequence for e in response.events.events]
+    assert received == sequences[-2:]
+    assert (await anext(stream)).caught_up.count == 2
+    later = await publish(stub, "o-14", paid("o-14", "p-later"))
+    response = await asyncio.wait_for(anext(stream), 30)
+    assert [e.event.sequence for e in response.events.events] == [later]
+    call.cancel()
