@@ -18,6 +18,7 @@ from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import field_violations, order_placed, request, rich_status
+from tests.support.eventually import eventually
 
 PLACED = "jetgate.examples.orders.v1.OrderPlaced"
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ async def test_from_sequence_from_time_last_and_limit(stub: Stub) -> None:
     assert [(m.last_sequence, m.count) for m in markers] == [(0, 0)]
 
 
-async def test_follow_sends_caught_up_then_new_events(stub: Stub) -> None:
+async def test_follow_sends_caught_up_then_new_events(stub: Stub, gateway: Gateway) -> None:
     first = await publish(stub, "o-9", order_placed("o-9"))
     call = stub.Read(by_key("o-9", follow=True))
     stream = aiter(call)
@@ -182,7 +183,14 @@ async def test_follow_sends_caught_up_then_new_events(stub: Stub) -> None:
     response = await asyncio.wait_for(anext(stream), 30)
     assert response.event.event.sequence == later
     assert response.event.event.subject == "orders.OrderPaid.o-9"
+    js = gateway.nats.jetstream()
+    assert (await js.stream_info("ORDERS")).state.consumer_count == 1
     call.cancel()
+
+    async def consumer_deleted() -> bool:
+        return (await js.stream_info("ORDERS")).state.consumer_count == 0
+
+    await eventually(consumer_deleted, what="the cancelled read's consumer deleted")
 
 
 async def test_follow_with_limit_ends_after_the_limit(stub: Stub) -> None:
