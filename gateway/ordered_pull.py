@@ -84,7 +84,7 @@ def ack_metadata(reply: str) -> tuple[int, int, int, int]:
     subject: `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`, or
     with domain and account hash `$JS.ACK.<domain>.<hash>.<stream>...<pending>.<token>`."""
     tokens = reply.split(".")
-    at = 5 if len(tokens) == 9 else 8  # index of the stream sequence
+    at = 5 if len(tokens) == 9 else 7  # index of the stream sequence
     return int(tokens[at]), int(tokens[at + 1]), int(tokens[at + 2]), int(tokens[at + 3])
 
 
@@ -101,8 +101,18 @@ class OrderedPull:
         # Deliveries of the current pull (a callback fills it: nats-py's `next_msg` makes a
         # task per message). Bounded by the pull: at most PULL_BATCH plus a status or two.
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        # Each pull has its own reply subject `<inbox>.<n>`: a status (end of a pull) is
+        # sent there, so one that ends an earlier pull is told apart and ignored.
+        self._inbox = ""
+        self._pulls = 0
+        self._reply = ""
         self._pending_at_start = 0
         self._start: tuple[int, datetime | None] = (0, None)
+
+    @property
+    def ready(self) -> bool:
+        """Whether something was received and not taken yet (the next item may not wait)."""
+        return not self._queue.empty()
 
     async def count_from(self, sequence: int) -> int:
         """How many matching messages are stored at or after `sequence` now."""
@@ -166,7 +176,7 @@ class OrderedPull:
                 headers = msg.headers
                 status = headers.get(wire.STATUS) if headers and not msg.data else None
                 if status is not None:
-                    if status == wire.STATUS_IDLE_HEARTBEAT:
+                    if status == wire.STATUS_IDLE_HEARTBEAT or msg.subject != self._reply:
                         continue
                     if status == wire.STATUS_NO_RESPONDERS:
                         raise ReadUnavailable("JetStream did not answer the pull")
@@ -213,10 +223,11 @@ class OrderedPull:
             request["idle_heartbeat"] = int(HEARTBEAT * 1e9)
         else:
             request["no_wait"] = True
-        assert self._sub is not None, "open() first"
+        self._pulls += 1
+        self._reply = f"{self._inbox}.{self._pulls}"
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}"
         try:
-            await self._nc.publish(subject, json.dumps(request).encode(), reply=self._sub.subject)
+            await self._nc.publish(subject, json.dumps(request).encode(), reply=self._reply)
         except NatsError as exc:
             raise ReadUnavailable(f"cannot pull: {exc!r}") from exc
 
@@ -229,7 +240,8 @@ class OrderedPull:
             queue.put_nowait(msg)
 
         self._queue = queue
-        self._sub = await self._nc.subscribe(self._nc.new_inbox(), cb=deliver)
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=deliver)
 
     async def _unsubscribe(self) -> None:
         if self._sub is not None:

@@ -45,7 +45,7 @@ finds the last one from which N are stored (about 2 log2(stream length) API call
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from google.rpc import status_pb2
@@ -63,6 +63,13 @@ from jetgate import wire
 from jetgate.v1 import gateway_pb2
 
 Context = grpc.aio.ServicerContext[object, object]
+# ReadRequest.max_events_per_response is capped here; a response with several events is
+# sent once it holds about MAX_RESPONSE_BYTES (clients accept 4 MiB messages by default, and
+# one stored event is at most nats-server's max_payload, 1 MiB by default, + 64 KiB headers).
+MAX_EVENTS_PER_RESPONSE = 1000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND = timedelta(microseconds=1)
+MAX_RESPONSE_BYTES = 1024 * 1024
 # JetStream: "consumer subject filters cannot overlap".
 JS_CONSUMER_OVERLAPPING_FILTERS = 10138
 
@@ -107,18 +114,44 @@ class Reader:
             if request.WhichOneof("start") == "last":
                 sequence = await _start_of_last(pull, request.last)
             await pull.open(sequence=sequence, time=moment)
-            sent = last = 0
+            per_response = min(request.max_events_per_response, MAX_EVENTS_PER_RESPONSE)
+            batch: gateway_pb2.ReadResponse | None = None
+            sent = last = batch_bytes = 0
             async for item in pull.messages(follow=request.follow):
                 if isinstance(item, Stored):
-                    yield _response(stream, item)
                     sent += 1
                     last = item.sequence
+                    done = 0 < limit <= sent
+                    if per_response <= 1:
+                        response = gateway_pb2.ReadResponse()
+                        _fill(response.event, stream, item)
+                        yield response
+                    else:
+                        if batch is None:
+                            batch, batch_bytes = gateway_pb2.ReadResponse(), 0
+                        added = batch.events.events.add()
+                        _fill(added, stream, item)
+                        batch_bytes += added.ByteSize()
+                        if (
+                            len(batch.events.events) >= per_response
+                            or batch_bytes >= MAX_RESPONSE_BYTES
+                            or item.completes
+                            or done
+                            or not pull.ready
+                        ):
+                            yield batch
+                            batch = None
                     if item.completes:
                         yield _caught_up(last, sent)
-                    if limit and sent >= limit:
+                    if done:
                         return
                 else:
+                    if batch is not None:
+                        yield batch
+                        batch = None
                     yield _caught_up(last, sent)
+            if batch is not None:
+                yield batch
         except APIError as exc:
             await abort(context, _api_status(exc, stream))
         except (ReadUnavailable, NatsError, TimeoutError, OSError) as exc:
@@ -220,11 +253,11 @@ async def _start_of_last(pull: OrderedPull, count: int) -> int:
     return low
 
 
-def _response(stream: str, item: Stored) -> gateway_pb2.ReadResponse:
+def _fill(stored: gateway_pb2.StoredEvent, stream: str, item: Stored) -> None:
+    """Write the stored message `item` of `stream` into `stored` (filled in place: cheaper
+    than building and copying)."""
     msg = item.msg
     headers = msg.headers or {}
-    response = gateway_pb2.ReadResponse()
-    stored = response.event
     event = stored.event
     try:
         envelope: wire.Envelope | None = wire.decode_envelope(msg.subject, headers)
@@ -236,7 +269,8 @@ def _response(stream: str, item: Stored) -> gateway_pb2.ReadResponse:
         event.key = envelope.key
         event.payload.type_url = wire.type_url(envelope.type)
         if wire.CE_TIME in headers:
-            event.time.FromDatetime(envelope.time)
+            # FromDatetime costs a quarter of the whole conversion; this is exact too.
+            event.time.FromMicroseconds((envelope.time - EPOCH) // ONE_MICROSECOND)
         if envelope.headers:
             event.headers.update(envelope.headers)
         if envelope.ttl_seconds is not None:
@@ -254,7 +288,6 @@ def _response(stream: str, item: Stored) -> gateway_pb2.ReadResponse:
     stored.stored_time.FromNanoseconds(item.stored_ns)
     if extensions := wire.extensions(headers):
         stored.extensions.update(extensions)
-    return response
 
 
 def _caught_up(last_sequence: int, count: int) -> gateway_pb2.ReadResponse:

@@ -12,11 +12,13 @@ from google.protobuf import any_pb2, timestamp_pb2
 from nats.aio.client import Client
 
 from gateway.embedded import NatsServer
+from gateway.ordered_pull import PULL_BATCH
 from gateway.server import Gateway
 from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import field_violations, order_placed, request, rich_status
+from tests.support.eventually import eventually
 
 PLACED = "jetgate.examples.orders.v1.OrderPlaced"
 if TYPE_CHECKING:
@@ -46,9 +48,13 @@ async def read_all(
     events: list[gateway_pb2.StoredEvent] = []
     markers: list[gateway_pb2.CaughtUp] = []
     async for response in stub.Read(read, timeout=30):
-        if response.HasField("event"):
+        if response.HasField("event") or response.HasField("events"):
             assert not markers, "an event after CaughtUp in a read without follow"
-            events.append(response.event)
+            if response.HasField("event"):
+                events.append(response.event)
+            else:
+                assert 1 <= len(response.events.events) <= max(1, read.max_events_per_response)
+                events.extend(response.events.events)
         else:
             markers.append(response.caught_up)
     return events, markers
@@ -163,7 +169,7 @@ async def test_from_sequence_from_time_last_and_limit(stub: Stub) -> None:
     assert [(m.last_sequence, m.count) for m in markers] == [(0, 0)]
 
 
-async def test_follow_sends_caught_up_then_new_events(stub: Stub) -> None:
+async def test_follow_sends_caught_up_then_new_events(stub: Stub, gateway: Gateway) -> None:
     first = await publish(stub, "o-9", order_placed("o-9"))
     call = stub.Read(by_key("o-9", follow=True))
     stream = aiter(call)
@@ -177,7 +183,14 @@ async def test_follow_sends_caught_up_then_new_events(stub: Stub) -> None:
     response = await asyncio.wait_for(anext(stream), 30)
     assert response.event.event.sequence == later
     assert response.event.event.subject == "orders.OrderPaid.o-9"
+    js = gateway.nats.jetstream()
+    assert (await js.stream_info("ORDERS")).state.consumer_count == 1
     call.cancel()
+
+    async def consumer_deleted() -> bool:
+        return (await js.stream_info("ORDERS")).state.consumer_count == 0
+
+    await eventually(consumer_deleted, what="the cancelled read's consumer deleted")
 
 
 async def test_follow_with_limit_ends_after_the_limit(stub: Stub) -> None:
@@ -274,3 +287,55 @@ async def test_nats_unreachable_is_unavailable(stub: Stub, nats_server: NatsServ
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await read_all(stub, by_key("o-13"))
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE, failure.value.details()
+
+
+async def test_a_history_longer_than_one_pull_comes_whole_then_caught_up(
+    stub: Stub, gateway: Gateway
+) -> None:
+    # More than one pull's batch (ordered_pull.PULL_BATCH): a pull that ends with its batch
+    # complete must not be taken for "nothing left".
+    js = gateway.nats.jetstream()
+    count = 2 * PULL_BATCH + 7
+    acks = [
+        await js.publish_async(
+            "orders.OrderPaid.o-long",
+            paid("o-long", f"p-{i}").SerializeToString(),
+            headers={"x-pad": "x" * 600},
+        )
+        for i in range(count)
+    ]
+    sequences = [ack.seq for ack in await asyncio.gather(*acks)]
+
+    events, markers = await read_all(stub, by_subjects())
+
+    assert [e.event.sequence for e in events] == sequences
+    assert [(m.last_sequence, m.count) for m in markers] == [(sequences[-1], count)]
+
+
+async def test_several_events_per_response(stub: Stub) -> None:
+    sequences = [await publish(stub, "o-14", paid("o-14", f"p-{i}")) for i in range(10)]
+    kinds = []
+    async for response in stub.Read(by_key("o-14", max_events_per_response=4), timeout=30):
+        kinds.append(response.WhichOneof("item"))
+    assert "event" not in kinds
+    assert kinds[-1] == "caught_up"
+
+    events, markers = await read_all(stub, by_key("o-14", max_events_per_response=4))
+    assert [e.event.sequence for e in events] == sequences
+    assert events[0].event.subject == "orders.OrderPaid.o-14"
+    assert [(m.last_sequence, m.count) for m in markers] == [(sequences[-1], 10)]
+    events, _ = await read_all(stub, by_key("o-14", max_events_per_response=100, limit=3))
+    assert [e.event.sequence for e in events] == sequences[:3]
+
+    call = stub.Read(by_key("o-14", follow=True, last=2, max_events_per_response=50))
+    stream = aiter(call)
+    received: list[int] = []
+    while len(received) < 2:
+        response = await anext(stream)
+        received += [e.event.sequence for e in response.events.events]
+    assert received == sequences[-2:]
+    assert (await anext(stream)).caught_up.count == 2
+    later = await publish(stub, "o-14", paid("o-14", "p-later"))
+    response = await asyncio.wait_for(anext(stream), 30)
+    assert [e.event.sequence for e in response.events.events] == [later]
+    call.cancel()
