@@ -140,12 +140,14 @@ async def _dead_letters(nc: Nats) -> list[DeadLetter]:
     return found
 
 
-async def reads_a_keys_history(client: Client, home: Path) -> None:
-    """Read by key: that aggregate's events only, in stream order, with their sequences."""
+async def reads_a_keys_history(client: Client, home: Path, *, per_response: int) -> None:
+    """Read by key: that aggregate's events only, in stream order, with their sequences;
+    `per_response` > 1: several in one response message, 0: one each."""
     key = f"{client.language}-history"
     [mine] = await run_json(client.argv("publish", count=3, key=key, id_prefix=key), home)
     await run_json(client.argv("publish", count=2, id_prefix=f"{key}-other"), home)
-    lines = await run_json(client.argv("read", key=key), home)
+    argv = client.argv("read", key=key, max_events_per_response=per_response)
+    lines = await run_json(argv, home)
 
     events = [line for line in lines if line["kind"] == "event"]
     assert [e["event_id"] for e in events] == [f"{key}-{i}" for i in range(3)]
@@ -155,3 +157,7 @@ async def reads_a_keys_history(client: Client, home: Path) -> None:
         (f"orders.OrderPlaced.{key}", "ORDERS", PLACED)
     }
     assert [line["kind"] for line in lines[len(events) :]] in ([], ["caught_up"])
+    if per_response > 1:
+        assert max(e["in_response"] for e in events) > 1, "no response held several events"
+    else:
+        assert {e["in_response"] for e in events} == {1}

@@ -60,7 +60,8 @@ async def test_go_client_subscribes_acks_naks_and_rejects(
 
 
 async def test_go_client_reads_a_keys_history(gateway: Gateway, tmp_path: Path) -> None:
-    await scenarios.reads_a_keys_history(go_client(gateway.address), tmp_path)
+    client = go_client(gateway.address)
+    await scenarios.reads_a_keys_history(client, tmp_path, per_response=100)
 
 
 EVENTS = 1000

@@ -42,4 +42,4 @@ async def test_node_client_subscribes_acks_naks_and_rejects(
 
 
 async def test_node_client_reads_a_keys_history(gateway: Gateway, tmp_path: Path) -> None:
-    await scenarios.reads_a_keys_history(node_client(gateway.address), tmp_path)
+    await scenarios.reads_a_keys_history(node_client(gateway.address), tmp_path, per_response=0)

@@ -19,7 +19,9 @@
 //	    N final settlements (ACK/REJECT) with -hold-after, every further delivery is held
 //	    unsettled ({"kind":"held"}); with -count it exits after N confirmed final ones.
 //	goclient read -addr A -event-type T -key K [-from-sequence S] [-last N] [-limit N]
-//	    prints each stored event of the key's history ({"kind":"event"}) and the CaughtUp.
+//	    [-max-events-per-response N]
+//	    prints each stored event of the key's history ({"kind":"event"}, with how many
+//	    came in its response message) and the CaughtUp.
 //
 // Exit status: 0 when the call was answered (an error status is printed, not fatal for
 // bad-request and conflict), 1 on any other error, 2 on bad usage.
@@ -367,6 +369,7 @@ func read(args []string) error {
 	fromSequence := fs.Uint64("from-sequence", 0, "from this stream sequence on")
 	last := fs.Uint64("last", 0, "only the last N events")
 	limit := fs.Uint64("limit", 0, "at most N events")
+	perResponse := fs.Uint("max-events-per-response", 0, "events per response message (0: one each)")
 	fs.Parse(args)
 	client, closeConn, err := connect(*addr)
 	if err != nil {
@@ -374,8 +377,9 @@ func read(args []string) error {
 	}
 	defer closeConn()
 	request := &jetgatev1.ReadRequest{
-		Selector: &jetgatev1.ReadRequest_Key{Key: &jetgatev1.KeySelector{EventType: *eventType, Key: *key}},
-		Limit:    *limit,
+		Selector:             &jetgatev1.ReadRequest_Key{Key: &jetgatev1.KeySelector{EventType: *eventType, Key: *key}},
+		Limit:                *limit,
+		MaxEventsPerResponse: uint32(*perResponse),
 	}
 	switch {
 	case *last > 0:
@@ -401,17 +405,29 @@ func read(args []string) error {
 			emit(map[string]any{"kind": "caught_up", "last_sequence": up.GetLastSequence(), "count": up.GetCount()})
 			continue
 		}
-		stored := response.GetEvent()
-		e := stored.GetEvent()
-		payload, err := e.GetPayload().UnmarshalNew() // a type this client was built with
-		if err != nil {
-			return fmt.Errorf("event %s: %w", e.GetId(), err)
+		batch := response.GetEvents().GetEvents() // with -max-events-per-response > 1
+		if one := response.GetEvent(); one != nil {
+			batch = []*jetgatev1.StoredEvent{one}
 		}
-		emit(map[string]any{
-			"kind": "event", "event_id": e.GetId(), "key": e.GetKey(), "subject": e.GetSubject(),
-			"sequence": e.GetSequence(), "stream": e.GetStream(),
-			"type":        string(payload.ProtoReflect().Descriptor().FullName()),
-			"stored_time": stored.GetStoredTime().AsTime().Format(time.RFC3339Nano),
-		})
+		for _, stored := range batch {
+			if err := emitStored(stored, len(batch)); err != nil {
+				return err
+			}
+		}
 	}
+}
+
+func emitStored(stored *jetgatev1.StoredEvent, inResponse int) error {
+	e := stored.GetEvent()
+	payload, err := e.GetPayload().UnmarshalNew() // a type this client was built with
+	if err != nil {
+		return fmt.Errorf("event %s: %w", e.GetId(), err)
+	}
+	emit(map[string]any{
+		"kind": "event", "event_id": e.GetId(), "key": e.GetKey(), "subject": e.GetSubject(),
+		"sequence": e.GetSequence(), "stream": e.GetStream(), "in_response": inResponse,
+		"type":        string(payload.ProtoReflect().Descriptor().FullName()),
+		"stored_time": stored.GetStoredTime().AsTime().Format(time.RFC3339Nano),
+	})
+	return nil
 }

@@ -15,7 +15,9 @@
 //       delivery once the gateway confirms its settlement (ACK; NAK of the first attempt
 //       of ID, redelivered after D ms or, without D, the group's backoff; REJECT of ID);
 //       exits after N confirmed ACK/REJECT settlements.
-//   read --event-type T --key K      a key's history: {kind: "event"} lines (and caught_up).
+//   read --event-type T --key K [--max-events-per-response N]
+//       a key's history: {kind: "event"} lines (with how many came in their response
+//       message), and caught_up.
 //
 // Errors come back with a google.rpc.Status in the `grpc-status-details-bin` trailer;
 // proto-loader gives every message type serialize/deserialize, which decodes it and the
@@ -206,27 +208,39 @@ function subscribe(args) {
 }
 
 function read(args) {
-  const f = flags(args, { "event-type": "jetgate.examples.orders.v1.OrderPlaced", key: "" });
-  const call = client.Read({ key: { event_type: f["event-type"], key: f.key } }, deadline(30000));
+  const f = flags(args, {
+    "event-type": "jetgate.examples.orders.v1.OrderPlaced",
+    key: "",
+    "max-events-per-response": "0",
+  });
+  const request = {
+    key: { event_type: f["event-type"], key: f.key },
+    max_events_per_response: Number(f["max-events-per-response"]),
+  };
+  const call = client.Read(request, deadline(30000));
   call.on("data", (response) => {
     if (response.caught_up) {
       emit({ kind: "caught_up", ...response.caught_up });
       return;
     }
-    const { event, stored_time } = response.event;
-    const type = event.payload.type_url.slice(PREFIX.length);
-    const decoded = definition[type].deserialize(event.payload.value);
-    emit({
-      kind: "event",
-      event_id: event.id,
-      key: event.key,
-      subject: event.subject,
-      sequence: event.sequence,
-      stream: event.stream,
-      type,
-      order_id: decoded.order_id,
-      stored_seconds: stored_time.seconds,
-    });
+    // One event per message, or several (max_events_per_response > 1).
+    const batch = response.events ? response.events.events : [response.event];
+    for (const { event, stored_time } of batch) {
+      const type = event.payload.type_url.slice(PREFIX.length);
+      const decoded = definition[type].deserialize(event.payload.value);
+      emit({
+        kind: "event",
+        event_id: event.id,
+        key: event.key,
+        subject: event.subject,
+        sequence: event.sequence,
+        stream: event.stream,
+        in_response: batch.length,
+        type,
+        order_id: decoded.order_id,
+        stored_seconds: stored_time.seconds,
+      });
+    }
   });
   call.on("error", (err) => fail(1, `${grpc.status[err.code]}: ${err.details}`));
   call.on("end", () => client.close());
