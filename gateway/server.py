@@ -22,6 +22,7 @@ from gateway.admin import AdminServicer
 from gateway.config import GatewayConfig
 from gateway.connection import NatsSupervisor
 from gateway.group_commit import group_commit
+from gateway.groups import reconcile_groups
 from gateway.health_check import StoreCheck
 from gateway.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported (bench)
 from gateway.limits import InFlightBudget, RequestGuard, server_options
@@ -185,6 +186,8 @@ class Gateway:
         )
         for change in changes:
             log.info("%s", change)
+        for group_change in await reconcile_groups(nc.jetstream(), self.config.groups):
+            log.info("%s", group_change)
 
     async def _set_serving(self, serving: bool) -> None:
         status = (
