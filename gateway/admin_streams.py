@@ -68,7 +68,8 @@ def stream_message(info: Mapping[str, Any], event_types: Sequence[str]) -> admin
         last_sequence=int(state.get("last_seq", 0)),
         subjects_count=int(state.get("num_subjects", 0)),
         replicas=int(config.get("num_replicas") or 1),
-        leader=str(cluster.get("leader") or ""),
+        # A single server names itself leader of every stream; no cluster, no leader.
+        leader=str(cluster.get("leader") or "") if cluster.get("name") else "",
         cluster=str(cluster.get("name") or ""),
         event_types=list(event_types),
         storage=str(config.get("storage", "")),
