@@ -274,15 +274,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             await abort(context, nats_status(exc))
 
     def _call(self, context: Context) -> AdminCall:
-        nc = self._nats()
-        if not nc.is_connected:
-            raise RpcAbort(
-                make_status(grpc.StatusCode.UNAVAILABLE, "NATS is unreachable; retry later")
-            )
         remaining = context.time_remaining()
         timeout = min(self._timeout, math.inf if remaining is None else remaining)
         if timeout <= 0:
             raise RpcAbort(make_status(grpc.StatusCode.DEADLINE_EXCEEDED, "no time left"))
-        return AdminCall(
-            nc=nc, js=nc.jetstream(timeout=timeout), timeout=timeout, caller=self._security.caller()
-        )
+        return AdminCall(nats=self._nats, timeout=timeout, caller=self._security.caller())

@@ -4,6 +4,7 @@ every Admin method shares (see gateway/admin.py for what they mean)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -25,13 +26,31 @@ TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdminCall:
-    """One Admin call: its NATS connection, a JetStream context bounded by the call's
-    deadline, and its caller."""
+    """One Admin call: its caller, and NATS as the call may use it (`timeout`: the longest
+    wait for one JetStream answer, bounded by the call's deadline).
 
-    nc: NATS
-    js: JetStreamContext
+    The connection is asked for only when the call needs NATS, after its request was
+    checked: bad input is INVALID_ARGUMENT even while NATS is away.
+    """
+
+    nats: Callable[[], NATS]
     timeout: float
     caller: Caller
+
+    @property
+    def nc(self) -> NATS:
+        """The gateway's current connection; RpcAbort (UNAVAILABLE) while it is down."""
+        nc = self.nats()
+        if not nc.is_connected:
+            raise RpcAbort(
+                make_status(grpc.StatusCode.UNAVAILABLE, "NATS is unreachable; retry later")
+            )
+        return nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        """JetStream on `nc`, each request waiting `timeout` at most."""
+        return self.nc.jetstream(timeout=self.timeout)
 
     def authorize(self, resource: str) -> None:
         """Raise RpcAbort (PERMISSION_DENIED) unless the caller may administer `resource`."""

@@ -12,7 +12,7 @@ import pytest
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from jetgate.v1 import admin_pb2, admin_pb2_grpc
-from tests.integration.admin_support import admin
+from tests.integration.admin_support import admin, violations
 from tests.support.eventually import eventually
 
 __all__ = ["admin"]  # the fixture
@@ -41,6 +41,10 @@ async def test_nats_away_is_unavailable_and_types_still_answer(
         assert away.value.code() == grpc.StatusCode.UNAVAILABLE, away.value
     types = await admin.ListTypes(admin_pb2.ListTypesRequest(), timeout=20)
     assert types.types
+    # Bad input is bad input whether or not NATS is there.
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await admin.GetStream(admin_pb2.GetStreamRequest(stream=""), timeout=20)
+    assert "stream" in violations(bad.value)
 
     nats_server.start()
 
