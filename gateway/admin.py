@@ -145,7 +145,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def GetSchema(
         self, request: admin_pb2.GetSchemaRequest, context: Context
     ) -> admin_pb2.GetSchemaResponse:
-        name = request.event_type.removeprefix(wire.TYPE_URL_PREFIX)
+        name = wire.type_from_url(request.event_type)  # a full name, or a type URL
         if not TYPE_NAME.fullmatch(name):
             problem = "must name an event type (a full protobuf name or its type URL)"
             await abort(context, bad_request([("event_type", problem)]))
@@ -168,11 +168,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.StreamInfo:
         name = stream_name(request.stream, "stream")
         call.authorize(name)
-        info = None
-        if name in managed_streams(self._streams):
-            info = await stream_info(call.nc, name, within=call.timeout)
-        if info is None:
+        if name not in managed_streams(self._streams):
             raise RpcAbort(not_found("stream", name, "not a stream this gateway manages"))
+        info = await stream_info(call.nc, name, within=call.timeout)
+        if info is None:
+            raise RpcAbort(not_found("stream", name, "JetStream does not hold it (yet)"))
         return stream_message(info, self._event_types(name))
 
     async def _list_groups(
@@ -193,9 +193,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, call: AdminCall, request: admin_pb2.GetGroupRequest
     ) -> admin_pb2.GroupInfo:
         group = group_name(request.group)
-        stream = self._configured(stream_name(request.stream, "stream")) if request.stream else ""
+        stream = stream_name(request.stream, "stream") if request.stream else ""
         call.authorize(group)
-        if not stream and (declared := self._groups.declaration(group)) is not None:
+        if stream:
+            self._configured(stream)
+        elif (declared := self._groups.declaration(group)) is not None:
             stream = declared.stream
         candidates = [stream] if stream else self._streams
         found = [

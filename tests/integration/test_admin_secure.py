@@ -89,6 +89,7 @@ async def test_an_admin_sees_and_does_only_what_it_is_granted(
         admin.GetStream(admin_pb2.GetStreamRequest(stream="NOPE"), metadata=TOKEN),
         admin.GetGroup(admin_pb2.GetGroupRequest(group="audit"), metadata=TOKEN),
         admin.GetGroup(admin_pb2.GetGroupRequest(group="ghost"), metadata=TOKEN),
+        admin.GetGroup(admin_pb2.GetGroupRequest(group="audit", stream="NOPE"), metadata=TOKEN),
         admin.ListDeadLetters(admin_pb2.ListDeadLettersRequest(group="audit"), metadata=TOKEN),
         admin.RedriveDeadLetters(
             admin_pb2.RedriveDeadLettersRequest(group="audit"), metadata=TOKEN

@@ -151,6 +151,9 @@ async def test_a_descriptor_set_types_schema_holds_its_imports_first(
 
 
 async def test_get_schema_refusals(admin: admin_pb2_grpc.AdminAsyncStub) -> None:
+    # Any type URL prefix names the type after its last '/' (as Any does).
+    other_prefix = admin_pb2.GetSchemaRequest(event_type=f"example.com/schemas/{INVOICE}")
+    assert (await admin.GetSchema(other_prefix, timeout=20)).event_type == INVOICE
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await admin.GetSchema(admin_pb2.GetSchemaRequest(event_type="acme.v1.Nope"), timeout=20)
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
