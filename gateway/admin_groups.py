@@ -12,9 +12,10 @@ Settings are the group's, not the consumer's where they differ (see consumers/gr
 `max_deliver` and `backoff` come from the consumer's metadata (`jetgate.max_deliver`,
 `jetgate.backoff`; the consumer's own max_deliver is one more, and it has no backoff),
 falling back to the consumer's own settings for a consumer jetgate did not make. The
-event types are the metadata's `jetgate.event_types` (the types a Python group handles);
-for a declared group without them, the types routed to its stream that its `event_types`
-globs admit (every routed type without globs).
+event types are the metadata's `jetgate.event_types`: the types a Python group handles, or
+for a declared group's consumer (`jetgate.declared`) type globs, answered as the types
+routed to its stream that they admit (`*`: every routed type). A declaration of this
+gateway not (yet) written into its consumer's metadata is read the same way.
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ from gateway.groups import GroupConfig
 from jetgate import wire
 from jetgate.v1 import admin_pb2
 
-# Metadata keys consumers.group.ConsumerGroup.consumer_config writes.
-MAX_DELIVER_METADATA = "jetgate.max_deliver"
-BACKOFF_METADATA = "jetgate.backoff"
 # nats-server answers a consumer list with at most this many (JSApiListLimit).
 CONSUMER_PAGE = 256
 
@@ -122,14 +120,14 @@ def group_message(
 
 
 def _max_deliver(metadata: Mapping[str, str], consumer_max_deliver: int | None) -> int:
-    text = metadata.get(MAX_DELIVER_METADATA, "")
+    text = metadata.get(wire.MAX_DELIVER_METADATA, "")
     if text.isdigit():
         return int(text)
     return max(consumer_max_deliver or 0, 0)  # -1: unlimited, shown as 0
 
 
 def _backoff(metadata: Mapping[str, str], consumer_backoff: Sequence[float] | None) -> list[float]:
-    text = metadata.get(BACKOFF_METADATA)
+    text = metadata.get(wire.BACKOFF_METADATA)
     if text is None:
         return list(consumer_backoff or ())
     delays: list[float] = []
@@ -145,11 +143,13 @@ def _event_types(
     metadata: Mapping[str, str], declared: GroupConfig | None, routed: Sequence[str]
 ) -> list[str]:
     listed = [t for t in metadata.get(wire.EVENT_TYPES_METADATA, "").split(",") if t and t != "-"]
-    if listed or declared is None:
+    if metadata.get(wire.DECLARED_METADATA):
+        globs = listed
+    elif declared is not None and not listed:
+        globs = list(declared.event_types) or ["*"]
+    else:
         return listed
-    if not declared.event_types:
-        return list(routed)
-    return [t for t in routed if any(fnmatchcase(t, glob) for glob in declared.event_types)]
+    return [t for t in routed if any(fnmatchcase(t, glob) for glob in globs)]
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -103,25 +103,25 @@ async def test_purge_empties_one_groups_dead_letters_and_a_deleted_groups_stay_r
     nats_url: str,
 ) -> None:
     await publish(stub, ["bad-1", "good-1", "bad-2"])
-    billing, audit = Worker(picky("billing"), nc), Worker(picky("audit"), nc)
+    billing, archive = Worker(picky("billing"), nc), Worker(picky("archive"), nc)
     await asyncio.gather(
         run_until(billing, lambda: billing.stats.dead_lettered == 2),
-        run_until(audit, lambda: audit.stats.dead_lettered == 2),
+        run_until(archive, lambda: archive.stats.dead_lettered == 2),
     )
     purge = admin_pb2.PurgeDeadLettersRequest(group="billing")
 
     assert (await admin.PurgeDeadLetters(purge, timeout=20)).purged == 2
     assert await listed(nats_url, "billing") == []
-    assert len(await listed(nats_url, "audit")) == 2
+    assert len(await listed(nats_url, "archive")) == 2
     assert (await admin.PurgeDeadLetters(purge, timeout=20)).purged == 0
 
     # The group is gone, its dead letters are not: still listed, and purgeable.
-    await nc.jetstream().delete_consumer("ORDERS", "audit")
-    assert (await dead_letters(admin, "audit")).total == 2
-    purged = await admin.PurgeDeadLetters(admin_pb2.PurgeDeadLettersRequest(group="audit"))
+    await nc.jetstream().delete_consumer("ORDERS", "archive")
+    assert (await dead_letters(admin, "archive")).total == 2
+    purged = await admin.PurgeDeadLetters(admin_pb2.PurgeDeadLettersRequest(group="archive"))
     assert purged.purged == 2
     with pytest.raises(grpc.aio.AioRpcError) as gone:
-        await dead_letters(admin, "audit")
+        await dead_letters(admin, "archive")
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
 

@@ -111,7 +111,7 @@ async def test_an_idle_worker_is_a_waiting_pull(
 
         async def waiting() -> bool:
             reply = await admin.ListGroups(admin_pb2.ListGroupsRequest(), timeout=20)
-            return [(g.name, g.waiting_pulls > 0) for g in reply.groups] == [("billing", True)]
+            return any(g.name == "billing" and g.waiting_pulls > 0 for g in reply.groups)
 
         await eventually(waiting)
 
@@ -233,3 +233,18 @@ async def test_a_gateway_answers_for_its_groups_while_events_flow(
     ]
     answers = await asyncio.gather(*calls)
     assert {a.name for a in answers} == {"billing"}
+
+
+async def test_the_gateways_declared_groups_are_declared_with_their_routed_types(
+    gateway: Gateway, admin: admin_pb2_grpc.AdminAsyncStub
+) -> None:
+    """Reconciled at start-up, its consumer carries type globs ("*": every routed type)."""
+    [declared] = gateway.config.groups  # the demo's audit, for any type
+    assert not declared.event_types
+
+    got = await admin.GetGroup(admin_pb2.GetGroupRequest(group=declared.name), timeout=20)
+
+    assert (got.name, got.stream, got.declared) == (declared.name, declared.stream, True)
+    assert list(got.filter_subjects) == list(declared.filter_subjects)
+    assert got.max_deliver == declared.max_deliver
+    assert list(got.event_types) == gateway.router.event_types_by_stream()[declared.stream]

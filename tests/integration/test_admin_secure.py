@@ -70,31 +70,31 @@ async def test_an_admin_sees_and_does_only_what_it_is_granted(
     admin: admin_pb2_grpc.AdminAsyncStub, nc: Client
 ) -> None:
     js = nc.jetstream()
-    for name in ("billing", "audit"):
+    for name in ("billing", "other"):
         await js.add_consumer("ORDERS", ConsumerGroup(name, stream="ORDERS").consumer_config())
     await deadletter.ensure_stream(js)
 
     streams = await admin.ListStreams(admin_pb2.ListStreamsRequest(), metadata=TOKEN, timeout=20)
     assert [s.name for s in streams.streams] == ["ORDERS"]  # not DLQ
     groups = await admin.ListGroups(admin_pb2.ListGroupsRequest(), metadata=TOKEN, timeout=20)
-    assert [g.name for g in groups.groups] == ["billing"]  # not audit
+    assert [g.name for g in groups.groups] == ["billing"]  # not other (nor declared audit)
     got = await admin.GetGroup(admin_pb2.GetGroupRequest(group="billing"), metadata=TOKEN)
     assert got.stream == "ORDERS"
     listed = admin_pb2.ListDeadLettersRequest(group="billing")
     assert (await admin.ListDeadLetters(listed, metadata=TOKEN, timeout=20)).total == 0
 
-    # Denied before existence is looked at: "ghost" is no more found than "audit".
+    # Denied before existence is looked at: "ghost" is no more found than "other".
     refusals = [
         admin.GetStream(admin_pb2.GetStreamRequest(stream="DLQ"), metadata=TOKEN),
         admin.GetStream(admin_pb2.GetStreamRequest(stream="NOPE"), metadata=TOKEN),
-        admin.GetGroup(admin_pb2.GetGroupRequest(group="audit"), metadata=TOKEN),
+        admin.GetGroup(admin_pb2.GetGroupRequest(group="other"), metadata=TOKEN),
         admin.GetGroup(admin_pb2.GetGroupRequest(group="ghost"), metadata=TOKEN),
-        admin.GetGroup(admin_pb2.GetGroupRequest(group="audit", stream="NOPE"), metadata=TOKEN),
-        admin.ListDeadLetters(admin_pb2.ListDeadLettersRequest(group="audit"), metadata=TOKEN),
+        admin.GetGroup(admin_pb2.GetGroupRequest(group="other", stream="NOPE"), metadata=TOKEN),
+        admin.ListDeadLetters(admin_pb2.ListDeadLettersRequest(group="other"), metadata=TOKEN),
         admin.RedriveDeadLetters(
-            admin_pb2.RedriveDeadLettersRequest(group="audit"), metadata=TOKEN
+            admin_pb2.RedriveDeadLettersRequest(group="other"), metadata=TOKEN
         ),
-        admin.PurgeDeadLetters(admin_pb2.PurgeDeadLettersRequest(group="audit"), metadata=TOKEN),
+        admin.PurgeDeadLetters(admin_pb2.PurgeDeadLettersRequest(group="other"), metadata=TOKEN),
     ]
     for call in refusals:
         assert await denied(call) == grpc.StatusCode.PERMISSION_DENIED

@@ -50,7 +50,9 @@ async def test_list_streams_counts_what_the_gateway_stored(
     # orders.OrderPlaced.o-1, orders.OrderPlaced.o-2, orders.OrderPaid.o-1
     assert orders.subjects_count == 3
     assert list(orders.subjects) == ["orders.>"]
-    assert (orders.replicas, orders.storage, orders.consumers) == (1, "file", 0)
+    assert (orders.replicas, orders.storage) == (1, "file")
+    # The demo's declared groups' consumers, made at start-up.
+    assert orders.consumers == raw.state.consumer_count == len(gateway.config.groups)
     assert (orders.leader, orders.cluster) == ("", "")  # not a cluster
     assert list(orders.event_types) == ORDER_TYPES
     assert list(orders.event_types) == gateway.router.event_types_by_stream()["ORDERS"]
@@ -62,7 +64,10 @@ async def test_list_streams_counts_what_the_gateway_stored(
 
 
 async def test_get_stream_answers_as_list_does_and_counts_consumers(
-    admin: admin_pb2_grpc.AdminAsyncStub, stub: gateway_pb2_grpc.EventGatewayAsyncStub, nc: Client
+    admin: admin_pb2_grpc.AdminAsyncStub,
+    stub: gateway_pb2_grpc.EventGatewayAsyncStub,
+    nc: Client,
+    gateway: Gateway,
 ) -> None:
     await stub.Publish(request("o-1"), timeout=20)
     billing = ConsumerGroup("billing", stream="ORDERS")
@@ -72,7 +77,7 @@ async def test_get_stream_answers_as_list_does_and_counts_consumers(
 
     [listed] = (await admin.ListStreams(admin_pb2.ListStreamsRequest(), timeout=20)).streams
     assert got == listed
-    assert (got.messages, got.consumers) == (1, 1)
+    assert (got.messages, got.consumers) == (1, len(gateway.config.groups) + 1)
 
 
 async def test_the_dead_letter_stream_is_listed_once_it_exists(
