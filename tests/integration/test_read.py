@@ -343,3 +343,21 @@ async def test_several_events_per_response(stub: Stub) -> None:
     response = await asyncio.wait_for(anext(stream), 30)
     assert [e.event.sequence for e in response.events.events] == [later]
     call.cancel()
+
+
+async def test_follow_goes_on_after_its_consumer_is_deleted(stub: Stub, gateway: Gateway) -> None:
+    first = await publish(stub, "o-15", order_placed("o-15"))
+    call = stub.Read(by_key("o-15", follow=True))
+    stream = aiter(call)
+    assert (await anext(stream)).event.event.sequence == first
+    assert (await anext(stream)).caught_up.count == 1
+    js = gateway.nats.jetstream()
+    [consumer] = [c for c in await js.consumers_info("ORDERS") if not c.config.durable_name]
+
+    await js.delete_consumer("ORDERS", consumer.name)
+    later = await publish(stub, "o-15", paid("o-15", "p-15"))
+
+    # Resumed after the last event sent: the new one, nothing twice.
+    response = await asyncio.wait_for(anext(stream), 30)
+    assert response.event.event.sequence == later
+    call.cancel()
