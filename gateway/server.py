@@ -133,7 +133,12 @@ class Gateway:
             telemetry=telemetry,
             security=self.security,
             subscriptions=self._subscriptions,
-            reader=Reader(),
+            reader=Reader(
+                nats=lambda: supervisor.nc,
+                router=self.router,
+                streams=self.config.streams,
+                security=self.security,
+            ),
         )
         gateway_pb2_grpc.add_EventGatewayServicer_to_server(servicer, self._server)
         admin = AdminServicer(
