@@ -149,7 +149,14 @@ class Gateway:
             ),
         )
         gateway_pb2_grpc.add_EventGatewayServicer_to_server(servicer, self._server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(), self._server)
+        admin = AdminServicer(
+            config=self.config,
+            registry=self.registry,
+            router=self.router,
+            nats=lambda: supervisor.nc,
+            security=self.security,
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(admin, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         served = [gateway_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR]
         services = [SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME]

@@ -184,11 +184,15 @@ async def test_follow_sends_caught_up_then_new_events(stub: Stub, gateway: Gatew
     assert response.event.event.sequence == later
     assert response.event.event.subject == "orders.OrderPaid.o-9"
     js = gateway.nats.jetstream()
-    assert (await js.stream_info("ORDERS")).state.consumer_count == 1
+
+    async def ephemeral_consumers() -> int:  # the config may declare durable groups' too
+        return sum(not c.config.durable_name for c in await js.consumers_info("ORDERS"))
+
+    assert await ephemeral_consumers() == 1
     call.cancel()
 
     async def consumer_deleted() -> bool:
-        return (await js.stream_info("ORDERS")).state.consumer_count == 0
+        return await ephemeral_consumers() == 0
 
     await eventually(consumer_deleted, what="the cancelled read's consumer deleted")
 
@@ -338,4 +342,22 @@ async def test_several_events_per_response(stub: Stub) -> None:
     later = await publish(stub, "o-14", paid("o-14", "p-later"))
     response = await asyncio.wait_for(anext(stream), 30)
     assert [e.event.sequence for e in response.events.events] == [later]
+    call.cancel()
+
+
+async def test_follow_goes_on_after_its_consumer_is_deleted(stub: Stub, gateway: Gateway) -> None:
+    first = await publish(stub, "o-15", order_placed("o-15"))
+    call = stub.Read(by_key("o-15", follow=True))
+    stream = aiter(call)
+    assert (await anext(stream)).event.event.sequence == first
+    assert (await anext(stream)).caught_up.count == 1
+    js = gateway.nats.jetstream()
+    [consumer] = [c for c in await js.consumers_info("ORDERS") if not c.config.durable_name]
+
+    await js.delete_consumer("ORDERS", consumer.name)
+    later = await publish(stub, "o-15", paid("o-15", "p-15"))
+
+    # Resumed after the last event sent: the new one, nothing twice.
+    response = await asyncio.wait_for(anext(stream), 30)
+    assert response.event.event.sequence == later
     call.cancel()
