@@ -89,7 +89,7 @@ async def subscribes_acks_naks_and_rejects(
 ) -> None:
     """Five events through the declared group: four ACKed, one NAKed once (redelivered as
     attempt 2 after `nak_delay` seconds, or 0: after the group's backoff), one REJECTed
-    (then in the DLQ with the client's reason)."""
+    (then in the DLQ with the client's reason, listed by the client with Admin)."""
     prefix = f"{client.language}-s"
     ids = [f"{prefix}-{i}" for i in range(5)]
     await run_json(client.argv("publish", count=5, id_prefix=prefix, key_prefix=prefix), home)
@@ -124,8 +124,17 @@ async def subscribes_acks_naks_and_rejects(
 
     dead = await eventually(lambda: _dead_letters(nc), what="the rejected event in the DLQ")
     assert [(d.event_id, d.origin_stream, d.attempts) for d in dead] == [(ids[3], "ORDERS", 1)]
-    assert reason in (dead[0].reason, dead[0].error), dead[0]
+    assert (dead[0].reason, dead[0].error) == ("reject", reason)
     assert dead[0].origin_sequence == int(by_action[(ids[3], "REJECT")]["sequence"])
+    # The same, as the client sees it through the Admin service.
+    [listed] = await run_json(client.argv("dead-letters", group=GROUP), home)
+    assert (listed["event_id"], listed["group"], listed["reason"], listed["error"]) == (
+        ids[3],
+        GROUP,
+        "reject",
+        reason,
+    )
+    assert int(listed["origin_sequence"]) == dead[0].origin_sequence
 
     async def settled_for_good() -> bool:
         info = await nc.jetstream().consumer_info("ORDERS", GROUP)

@@ -22,6 +22,8 @@
 //	    [-max-events-per-response N]
 //	    prints each stored event of the key's history ({"kind":"event"}, with how many
 //	    came in its response message) and the CaughtUp.
+//	goclient dead-letters -addr A -group G
+//	    lists the group's dead letters with the Admin service ({"kind":"dead_letter"}).
 //
 // Exit status: 0 when the call was answered (an error status is printed, not fatal for
 // bad-request and conflict), 1 on any other error, 2 on bad usage.
@@ -57,11 +59,11 @@ var out = json.NewEncoder(os.Stdout)
 
 func main() {
 	if len(os.Args) < 2 {
-		fail(2, "usage: goclient publish|bad-request|conflict|subscribe|read -h")
+		fail(2, "usage: goclient publish|bad-request|conflict|subscribe|read|dead-letters -h")
 	}
 	commands := map[string]func([]string) error{
 		"publish": publish, "bad-request": badRequest, "conflict": conflict,
-		"subscribe": subscribe, "read": read,
+		"subscribe": subscribe, "read": read, "dead-letters": deadLetters,
 	}
 	run, ok := commands[os.Args[1]]
 	if !ok {
@@ -85,16 +87,20 @@ func emit(v any) {
 
 // connect opens the one channel a client keeps, with docs/clients.md's settings.
 func connect(addr string) (jetgatev1.EventGatewayClient, func(), error) {
-	conn, err := grpc.NewClient(addr,
+	conn, err := dial(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	return jetgatev1.NewEventGatewayClient(conn), func() { conn.Close() }, nil
+}
+
+func dial(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true,
 		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
-	if err != nil {
-		return nil, nil, err
-	}
-	return jetgatev1.NewEventGatewayClient(conn), func() { conn.Close() }, nil
 }
 
 func orderPlaced(id, key string) (*jetgatev1.PublishRequest, error) {
@@ -429,5 +435,31 @@ func emitStored(stored *jetgatev1.StoredEvent, inResponse int) error {
 		"type":        string(payload.ProtoReflect().Descriptor().FullName()),
 		"stored_time": stored.GetStoredTime().AsTime().Format(time.RFC3339Nano),
 	})
+	return nil
+}
+
+func deadLetters(args []string) error {
+	fs := flag.NewFlagSet("dead-letters", flag.ExitOnError)
+	addr := fs.String("addr", "127.0.0.1:50051", "gateway address")
+	group := fs.String("group", "", "the consumer group")
+	fs.Parse(args)
+	conn, err := dial(*addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	reply, err := jetgatev1.NewAdminClient(conn).ListDeadLetters(ctx, &jetgatev1.ListDeadLettersRequest{Group: *group})
+	if err != nil {
+		return err
+	}
+	for _, d := range reply.GetDeadLetters() {
+		emit(map[string]any{
+			"kind": "dead_letter", "event_id": d.GetEventId(), "group": d.GetGroup(),
+			"origin_stream": d.GetOriginStream(), "origin_sequence": d.GetOriginSequence(),
+			"reason": d.GetReason(), "error": d.GetError(), "attempts": d.GetAttempts(),
+		})
+	}
 	return nil
 }

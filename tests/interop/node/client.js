@@ -15,6 +15,7 @@
 //       delivery once the gateway confirms its settlement (ACK; NAK of the first attempt
 //       of ID, redelivered after D ms or, without D, the group's backoff; REJECT of ID);
 //       exits after N confirmed ACK/REJECT settlements.
+//   dead-letters --group G           the group's dead letters (Admin.ListDeadLetters).
 //   read --event-type T --key K [--max-events-per-response N]
 //       a key's history: {kind: "event"} lines (with how many came in their response
 //       message), and caught_up.
@@ -28,6 +29,7 @@ const loader = require("@grpc/proto-loader");
 const [protoDir, address, command, ...rest] = process.argv.slice(2);
 const files = [
   "jetgate/v1/gateway.proto",
+  "jetgate/v1/admin.proto",
   "jetgate/examples/orders/v1/orders.proto",
   "google/rpc/error_details.proto",
 ];
@@ -39,12 +41,13 @@ const definition = loader.loadSync(files, {
   oneofs: true,
   arrays: true, // empty repeated fields as [] (proto-loader leaves them out otherwise)
 });
-const { EventGateway } = grpc.loadPackageDefinition(definition).jetgate.v1;
-const client = new EventGateway(address, grpc.credentials.createInsecure(), {
+const { EventGateway, Admin } = grpc.loadPackageDefinition(definition).jetgate.v1;
+const options = {
   "grpc.keepalive_time_ms": 10000,
   "grpc.keepalive_permit_without_calls": 1,
   "grpc.max_receive_message_length": 64 << 20,
-});
+};
+const client = new EventGateway(address, grpc.credentials.createInsecure(), options);
 const PREFIX = "type.googleapis.com/";
 
 function flags(args, defaults) {
@@ -246,6 +249,31 @@ function read(args) {
   call.on("end", () => client.close());
 }
 
-const commands = { publish, "bad-request": badRequest, conflict, subscribe, read };
+function deadLetters(args) {
+  const f = flags(args, { group: "" });
+  // A second client on the same channel: jetgate.v1.Admin is served on the same port.
+  const admin = new Admin(address, grpc.credentials.createInsecure(), {
+    ...options,
+    channelOverride: client.getChannel(),
+  });
+  admin.ListDeadLetters({ group: f.group }, deadline(10000), (err, reply) => {
+    if (err) fail(1, `${grpc.status[err.code]}: ${err.details}`);
+    for (const d of reply.dead_letters) {
+      const { event_id, group, origin_stream, origin_sequence, reason, error, attempts } = d;
+      const line = { event_id, group, origin_stream, origin_sequence, reason, error, attempts };
+      emit({ kind: "dead_letter", ...line });
+    }
+    client.close();
+  });
+}
+
+const commands = {
+  publish,
+  "bad-request": badRequest,
+  conflict,
+  subscribe,
+  read,
+  "dead-letters": deadLetters,
+};
 if (!(command in commands)) fail(2, `usage: node client.js PROTO_DIR ADDR ${Object.keys(commands).join("|")}`);
 commands[command](rest);
