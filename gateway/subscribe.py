@@ -41,11 +41,13 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from nats.aio.client import Client as NATS
@@ -63,7 +65,7 @@ from gateway.registry import TypeRegistry
 from gateway.routing import Router
 from gateway.security import ListenerSecurity
 from jetgate import wire
-from jetgate.v1 import event_pb2, gateway_pb2
+from jetgate.v1 import gateway_pb2
 
 Context = grpc.aio.ServicerContext[object, object]
 log = logging.getLogger("jetgate.gateway")
@@ -393,25 +395,37 @@ def _response(batch: Batch) -> gateway_pb2.SubscribeResponse:
 
 def _delivery(item: RemoteDelivery) -> gateway_pb2.Delivery:
     delivery = item.delivery
-    event = event_pb2.Event(
-        id=delivery.event_id,
-        source=delivery.source,
-        key=delivery.key,
+    # Runs per delivery: nested messages as dicts (no copy), empty maps left out (upb
+    # charges a few microseconds per map given, even an empty one).
+    event: dict[str, object] = {
+        "id": delivery.event_id,
+        "source": delivery.source,
+        "key": delivery.key,
         # The stored bytes: exact, and no re-encoding of the decoded message.
-        payload=any_pb2.Any(type_url=wire.type_url(delivery.event_type), value=delivery.payload),
-        headers=delivery.headers,
-        stream=delivery.stream,
-        subject=delivery.subject,
-        sequence=delivery.sequence,
-    )
-    event.time.FromDatetime(delivery.time)
-    message = gateway_pb2.Delivery(
-        ack_id=item.ack_id,
-        event=event,
-        attempt=delivery.attempt,
-        trace_context=item.trace_context,
-        extensions=delivery.extensions,
-    )
+        "payload": {"type_url": wire.type_url(delivery.event_type), "value": delivery.payload},
+        "stream": delivery.stream,
+        "subject": delivery.subject,
+        "sequence": delivery.sequence,
+        "time": _timestamp(delivery.time),
+    }
+    if delivery.headers:
+        event["headers"] = delivery.headers
+    message: dict[str, object] = {
+        "ack_id": item.ack_id,
+        "event": event,
+        "attempt": delivery.attempt,
+        "trace_context": item.trace_context,
+    }
     if delivery.stored_time is not None:
-        message.stored_time.FromDatetime(delivery.stored_time)
-    return message
+        message["stored_time"] = _timestamp(delivery.stored_time)
+    if delivery.extensions:
+        message["extensions"] = delivery.extensions
+    return gateway_pb2.Delivery(**message)  # type: ignore[arg-type]
+
+
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    """`moment` (microseconds, timezone-aware) as a Timestamp: exact, and about a third of
+    `Timestamp.FromDatetime`'s cost (this runs twice per delivery)."""
+    seconds = moment.timestamp()
+    whole = math.floor(seconds)
+    return timestamp_pb2.Timestamp(seconds=whole, nanos=round((seconds - whole) * 1e6) * 1000)
