@@ -16,6 +16,7 @@ from nats.js.api import ConsumerInfo
 
 from consumers import deadletter
 from gateway.config import GatewayConfig
+from gateway.embedded import NatsServer
 from gateway.server import Gateway
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
@@ -217,3 +218,30 @@ async def _settled_info(js: JetStreamContext) -> ConsumerInfo:
     info: ConsumerInfo = await js.consumer_info("ORDERS", GROUP)
     assert info.num_ack_pending == 0, info
     return info
+
+
+async def test_the_member_follows_a_replaced_connection(gateway: Gateway, stub: Stub) -> None:
+    async with subscribed(stub) as client:
+        await eventually(lambda: client.subscribed is not None)
+        # Headers push the message over max_payload: nats-server closes the connection for
+        # good and the gateway replaces it (nats-py does not reconnect after that).
+        closed = gateway.nats
+        await closed.publish("oversize", b"x" * closed.max_payload, headers={"X-Over": "1"})
+        await eventually(lambda: closed.is_closed and gateway.nats is not closed)
+        [stored] = await eventually(lambda: publish(stub, "o-after"), retry_on=(grpc.RpcError,))
+        delivery = await eventually(lambda: client.delivery(0))
+        assert delivery.event.id == stored.event_id
+        client.settle(delivery.ack_id)
+        result = await eventually(lambda: client.result(delivery.ack_id))
+        assert result.status == Result.STATUS_APPLIED
+        assert client.error is None
+
+
+async def test_subscribe_is_unavailable_while_nats_is_away(
+    gateway: Gateway, stub: Stub, nats_server: NatsServer
+) -> None:
+    nats_server.stop()
+    await eventually(lambda: not gateway.nats.is_connected)
+    async with subscribed(stub) as client:
+        error = await eventually(client.failure)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
