@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import enum
 import itertools
@@ -64,6 +65,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
@@ -288,7 +290,10 @@ class RemoteMember:
             del self._unsettled[number]
             unsettled.deadline = time.monotonic() + self.group.ack_wait
             self._unsettled[number] = unsettled
-            await unsettled.delivery.in_progress()
+            with contextlib.suppress(NatsError, TimeoutError):
+                # Lost with a connection: the worker's own keep-alive (every ack_wait/2
+                # while a handler runs) holds the event in JetStream anyway.
+                await unsettled.delivery.in_progress()
             return self._result(ack_id, Status.APPLIED, "")
         del self._unsettled[number]
         outcome: BaseException | None = None

@@ -313,6 +313,9 @@ async def _read(
         session.ended = True
     except grpc.RpcError:
         session.ended = True  # the stream broke; the RPC ends too
+    except Exception as exc:  # a defect: end this stream, not the gateway
+        log.exception("group %s: reading a Subscribe stream failed", member.group.name)
+        session.fail(make_status(grpc.StatusCode.INTERNAL, f"reading the stream failed: {exc!r}"))
     finally:
         member.wake.set()
 

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
 from consumers import deadletter
+from gateway import subscribe
 from gateway.config import GatewayConfig
 from gateway.embedded import NatsServer
 from gateway.server import Gateway
@@ -245,3 +246,13 @@ async def test_subscribe_is_unavailable_while_nats_is_away(
     async with subscribed(stub) as client:
         error = await eventually(client.failure)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_an_idle_stream_gets_heartbeats(stub: Stub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subscribe, "HEARTBEAT_INTERVAL", 0.2)
+    async with subscribed(stub, max_in_flight=3) as client:
+        await publish(stub, "o-1")
+        await eventually(lambda: client.delivery(0))
+        await eventually(lambda: len(client.heartbeats) > 0)
+        beat = client.heartbeats[-1]
+        assert (beat.in_flight, beat.max_in_flight) == (1, 3)
