@@ -166,7 +166,8 @@ class RemoteMember:
     ) -> None:
         if credits < 1:
             raise ValueError(f"credits must be at least 1, not {credits}")
-        # A copy with its own handler registry: the handlers are this member's.
+        # A copy with its own handler registry: the handlers are this member's. The group's
+        # consumer keeps the settings of `group` (its declaration).
         self.group = dataclasses.replace(group)
         for message_type in event_types.values():
             self.group.handler(message_type)(self._handle)
@@ -193,6 +194,7 @@ class RemoteMember:
             meter_provider=meter_provider,
             current=current,
             lag_gauges=False,
+            declared=group,
         )
 
     @property

@@ -280,7 +280,7 @@ class Subscriptions:
             meter_provider=self._meter_provider,
         )
         try:
-            ready = await consumer.ensure(nc.jetstream(), member.group)
+            ready = await consumer.ensure(nc.jetstream(), declared.group)
         except GroupConfigError as exc:
             raise _Refused(make_status(grpc.StatusCode.FAILED_PRECONDITION, str(exc))) from None
         if not ready:

@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
-from consumers import deadletter
+from consumers import consumer, deadletter
 from gateway import subscribe
 from gateway.config import GatewayConfig
 from gateway.embedded import NatsServer
@@ -256,3 +256,15 @@ async def test_an_idle_stream_gets_heartbeats(stub: Stub, monkeypatch: pytest.Mo
         await eventually(lambda: len(client.heartbeats) > 0)
         beat = client.heartbeats[-1]
         assert (beat.in_flight, beat.max_in_flight) == (1, 3)
+
+
+async def test_members_keep_the_declared_consumer_settings(
+    gateway: Gateway, stub: Stub, js: JetStreamContext
+) -> None:
+    [declared] = gateway.config.groups
+    async with subscribed(stub) as client:
+        await eventually(lambda: client.subscribed is not None)
+        info = await js.consumer_info("ORDERS", GROUP)
+    # The members' handlers (one per event type) do not change the consumer's metadata or
+    # description: the declaration alone decides them, as at start-up.
+    assert consumer.changes(info.config, declared.consumer_group().consumer_config()) == ""
