@@ -24,7 +24,9 @@ runtime settled the delivery, i.e. when its handling task ended: the ack or nak 
 (fire-and-forget, like a Python worker's) or the dead letter stored and the event
 terminated; for IN_PROGRESS once it was sent. EXPIRED: the delivery's attempt already
 ended unsettled; ALREADY_SETTLED: settled before; UNKNOWN: never issued on this member;
-INVALID: no action, or REJECT without a reason, or a negative delay.
+INVALID: no action, or REJECT without a reason, or a negative delay. Being in order, the
+results after an APPLIED still waiting for its dead letter (DLQ unavailable: the event is
+held, see `consumers.handling`) wait with it.
 
 Flow control: `credits` (the client's max_in_flight, raised by `add_credits`, capped by
 the group's max_ack_pending) is the worker's concurrency, so at most `credits` deliveries

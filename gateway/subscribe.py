@@ -27,7 +27,8 @@ Sending: deliveries and settlement results ready together go in one response (at
 MAX_DELIVERIES_PER_RESPONSE deliveries, MAX_RESPONSE_PAYLOAD bytes of payload, under the
 4 MiB a gRPC client accepts by default); a Heartbeat goes out when nothing was sent for
 HEARTBEAT_INTERVAL seconds. A delivery's payload is the event as stored (`Any` with the
-type URL and the stored bytes: exact, no re-encoding).
+type URL and the stored bytes: exact, no re-encoding; the messages are built in
+`gateway.subscribe_messages`).
 
 Ending: when the client half-closes, cancels or breaks the stream, or the gateway stops
 (`close()`: UNAVAILABLE to the client), the member hands every unsettled and prefetched
@@ -41,14 +42,10 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from nats.aio.client import Client as NATS
@@ -57,15 +54,14 @@ from opentelemetry.trace import TracerProvider
 
 from consumers import consumer
 from consumers.group import ConsumerGroup, GroupConfigError
-from consumers.remote import Action as RemoteAction
-from consumers.remote import Batch, RemoteDelivery, RemoteMember, Status
+from consumers.remote import RemoteMember
+from gateway import subscribe_messages as messages
 from gateway.auth.policy import Action
 from gateway.errors import abort, bad_request, make_status
 from gateway.groups import GroupConfig
 from gateway.registry import TypeRegistry
 from gateway.routing import Router
 from gateway.security import ListenerSecurity
-from jetgate import wire
 from jetgate.v1 import gateway_pb2
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -75,20 +71,6 @@ HEARTBEAT_INTERVAL = 5.0  # s without anything sent before a Heartbeat
 MAX_DELIVERIES_PER_RESPONSE = 256
 MAX_RESPONSE_PAYLOAD = 1 << 20  # bytes of event payload per response (one bigger goes alone)
 CLOSE_TIMEOUT = 10.0  # s `close()` waits for the members' drains
-
-_ACTIONS = {
-    gateway_pb2.Settlement.ACTION_ACK: RemoteAction.ACK,
-    gateway_pb2.Settlement.ACTION_NAK: RemoteAction.NAK,
-    gateway_pb2.Settlement.ACTION_IN_PROGRESS: RemoteAction.IN_PROGRESS,
-    gateway_pb2.Settlement.ACTION_REJECT: RemoteAction.REJECT,
-}
-_STATUSES = {
-    Status.APPLIED: gateway_pb2.SettlementResult.STATUS_APPLIED,
-    Status.UNKNOWN: gateway_pb2.SettlementResult.STATUS_UNKNOWN,
-    Status.EXPIRED: gateway_pb2.SettlementResult.STATUS_EXPIRED,
-    Status.ALREADY_SETTLED: gateway_pb2.SettlementResult.STATUS_ALREADY_SETTLED,
-    Status.INVALID: gateway_pb2.SettlementResult.STATUS_INVALID,
-}
 
 
 class _Refused(Exception):
@@ -187,7 +169,9 @@ class Subscriptions:
         reader = asyncio.create_task(_read(requests, first, session))
         session.tasks = [run, reader]
         try:
-            yield gateway_pb2.SubscribeResponse(subscribed=_subscribed(declared, member))
+            yield gateway_pb2.SubscribeResponse(
+                subscribed=messages.subscribed(declared.group, member.credits)
+            )
             async for response in _responses(session):
                 yield response
             if session.failure is not None:
@@ -328,7 +312,7 @@ async def _apply(request: gateway_pb2.SubscribeRequest, member: RemoteMember) ->
             delay = settlement.delay.seconds + settlement.delay.nanos / 1e9
         await member.settle(
             settlement.ack_id,
-            _ACTIONS.get(settlement.action),
+            messages.ACTIONS.get(settlement.action),
             delay=delay,
             reason=settlement.reason,
         )
@@ -343,7 +327,7 @@ async def _responses(session: _Session) -> AsyncIterator[gateway_pb2.SubscribeRe
     while session.failure is None and not session.ended:
         batch = member.take(MAX_DELIVERIES_PER_RESPONSE, MAX_RESPONSE_PAYLOAD)
         if batch:
-            yield _response(batch)
+            yield messages.response(batch)
             continue
         member.wake.clear()
         try:
@@ -364,76 +348,3 @@ def _member_ended(task: asyncio.Task[object], session: _Session) -> None:
         return
     log.warning("group %s: a Subscribe member failed: %r", session.member.group.name, exc)
     session.fail(make_status(grpc.StatusCode.UNAVAILABLE, f"the group's member failed: {exc}"))
-
-
-def _subscribed(declared: _Declared, member: RemoteMember) -> gateway_pb2.Subscribed:
-    group = declared.group
-    return gateway_pb2.Subscribed(
-        group=group.name,
-        stream=group.stream,
-        max_in_flight=member.credits,
-        ack_wait=_duration(group.ack_wait),
-        max_deliver=group.max_deliver,
-        backoff=[_duration(b) for b in group.backoff],
-        filter_subjects=list(group.filter_subjects),
-    )
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
-
-
-def _response(batch: Batch) -> gateway_pb2.SubscribeResponse:
-    # Built in place (`add`): a message given to a constructor would be copied.
-    response = gateway_pb2.SubscribeResponse()
-    add_delivery = response.deliveries.add
-    for item in batch.deliveries:
-        add_delivery(**_delivery_fields(item))
-    add_result = response.settled.add
-    for result in batch.results:
-        if result.detail:
-            add_result(ack_id=result.ack_id, status=_STATUSES[result.status], detail=result.detail)
-        else:
-            add_result(ack_id=result.ack_id, status=_STATUSES[result.status])
-    return response
-
-
-def _delivery_fields(item: RemoteDelivery) -> dict[str, Any]:
-    """The fields of one `Delivery` message."""
-    delivery = item.delivery
-    # Runs per delivery: nested messages as dicts, empty maps left out (upb charges a few
-    # microseconds per map given, even an empty one).
-    event: dict[str, Any] = {
-        "id": delivery.event_id,
-        "source": delivery.source,
-        "key": delivery.key,
-        # The stored bytes: exact, and no re-encoding of the decoded message.
-        "payload": {"type_url": wire.type_url(delivery.event_type), "value": delivery.payload},
-        "stream": delivery.stream,
-        "subject": delivery.subject,
-        "sequence": delivery.sequence,
-        "time": _timestamp(delivery.time),
-    }
-    if delivery.headers:
-        event["headers"] = delivery.headers
-    fields: dict[str, Any] = {
-        "ack_id": item.ack_id,
-        "event": event,
-        "attempt": delivery.attempt,
-        "trace_context": item.trace_context,
-    }
-    if delivery.stored_time is not None:
-        fields["stored_time"] = _timestamp(delivery.stored_time)
-    if delivery.extensions:
-        fields["extensions"] = delivery.extensions
-    return fields
-
-
-def _timestamp(moment: datetime) -> dict[str, int]:
-    """`moment` (microseconds, timezone-aware) as Timestamp fields: exact, and about a third
-    of `Timestamp.FromDatetime`'s cost (this runs twice per delivery)."""
-    seconds = moment.timestamp()
-    whole = math.floor(seconds)
-    return {"seconds": whole, "nanos": round((seconds - whole) * 1e6) * 1000}
