@@ -4,6 +4,7 @@ confirmations, and the errors of opening."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import TypeAlias
 
 import grpc
@@ -268,3 +269,29 @@ async def test_members_keep_the_declared_consumer_settings(
     # The members' handlers (one per event type) do not change the consumer's metadata or
     # description: the declaration alone decides them, as at start-up.
     assert consumer.changes(info.config, declared.consumer_group().consumer_config()) == ""
+
+
+async def test_times_arrive_to_the_microsecond(stub: Stub) -> None:
+    sent = request("o-1")
+    sent.event.time.FromDatetime(datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC))
+    await stub.Publish(sent)
+    async with subscribed(stub) as client:
+        delivery = await eventually(lambda: client.delivery(0))
+    assert delivery.event.time == sent.event.time
+    stored_time = delivery.stored_time.ToDatetime(UTC)
+    assert abs((datetime.now(UTC) - stored_time).total_seconds()) < 3600
+
+
+async def test_credits_are_capped_by_max_ack_pending(
+    gateway_config: GatewayConfig, nats_url: str
+) -> None:
+    config = with_group(gateway_config, max_ack_pending=3)
+    async with (
+        serving(config) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        stub: Stub = gateway_pb2_grpc.EventGatewayStub(channel)
+        async with subscribed(stub, max_in_flight=100) as client:
+            await eventually(lambda: client.subscribed is not None)
+            assert client.subscribed is not None
+            assert client.subscribed.max_in_flight == 3
