@@ -362,6 +362,8 @@ class RemoteMember:
         """Fail the attempts of deliveries unsettled for ack_wait (oldest deadline first)."""
         while True:
             await asyncio.sleep(self._tick)
+            if self._closed:
+                return  # everything held is about to be handed back, not failed
             now = time.monotonic()
             overdue = list(_overdue(self._unsettled, now))
             for number in overdue:
