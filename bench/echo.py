@@ -58,6 +58,20 @@ class EchoServicer(gateway_pb2_grpc.EventGatewayServicer):
         return
         yield  # makes this an async generator, as the servicer API expects
 
+    async def Subscribe(
+        self, request_iterator: AsyncIterator[gateway_pb2.SubscribeRequest], context: Context
+    ) -> AsyncIterator[gateway_pb2.SubscribeResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "echo answers Publish only")
+        return
+        yield
+
+    async def Read(
+        self, request: gateway_pb2.ReadRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.ReadResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "echo answers Publish only")
+        return
+        yield
+
 
 async def serve(port: int, host: str = "127.0.0.1") -> None:
     server = grpc.aio.server(

@@ -56,7 +56,7 @@ from typing import Any
 import grpc
 from nats.aio.msg import Msg
 
-from bench import client, consume, natscli, pipeline, subscribe
+from bench import client, consume, natscli, pipeline, read, subscribe
 from bench.events import STREAM
 from bench.measure import (
     DRAIN_TIMEOUT,
@@ -556,6 +556,39 @@ SCENARIOS: dict[str, Scenario] = {
             subscribe.measure,
             baseline="consume",
             target=0.8,
+        ),
+        # Reading (bench.read): nats-py's ordered consumer as the baseline of Read.
+        Scenario(
+            "read-key-plain",
+            f"nats-py ordered consumer per key ({read.READ_PER_KEY} events), "
+            f"{read.READ_CONCURRENCY} keys at a time",
+            read.measure_key_plain,
+            nats_bound=False,
+        ),
+        Scenario(
+            "read-key",
+            f"Read(key) histories of {read.READ_PER_KEY} events, {read.READ_CONCURRENCY} "
+            "calls at a time",
+            read.measure_key,
+            needs=GATEWAY,
+            baseline="read-key-plain",
+            target=0.8,
+            nats_bound=False,
+        ),
+        Scenario(
+            "read-replay-plain",
+            "nats-py ordered consumer over the whole stream",
+            read.measure_replay_plain,
+            nats_bound=False,
+        ),
+        Scenario(
+            "read-replay",
+            "one Read(subjects) of the whole stream",
+            read.measure_replay,
+            needs=GATEWAY,
+            baseline="read-replay-plain",
+            target=0.8,
+            nats_bound=False,
         ),
     ]
 }

@@ -59,7 +59,6 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from opentelemetry import metrics, trace
@@ -416,51 +415,53 @@ async def _dead_letters(action: str, group: str, url: NatsOptions, *, as_json: b
 
 
 async def _act_on_dead_letters(nc: NATS, action: str, group: str, *, as_json: bool) -> None:
+    """Run one `dlq` action: `consumers.deadletter` does it (as it does for the gateway's
+    Admin service), this only prints."""
     js = nc.jetstream()
-    try:
-        if action == "purge":
-            print(f"purged {await deadletter.purge(js, group)} dead letters of group {group}")
-        elif action == "redrive":
-            refused: list[str] = []
-
-            def refuse(dead: deadletter.DeadLetter, reason: str) -> None:
-                refused.append(reason)
-                print(f"not redriven: {reason}", file=sys.stderr)
-
-            with redrive_progress(sys.stderr, group) as progress:
-                done = await deadletter.redrive(
-                    js, group, max_payload=nc.max_payload, refused=refuse, progress=progress
-                )
-            for dead in done:
-                print(f"redrove {dead.event_id} to {dead.origin_subject}")
-            print(f"redrove {len(done)} dead letters of group {group}")
-            if refused:
-                raise DeadLettersKept(
-                    f"{len(refused)} dead letters of group {group} kept (not redriven: see above)"
-                )
-        else:
-            listed = 0
-            async for dead in deadletter.dead_letters(js, group):
-                listed += 1
-                row = {
-                    "sequence": dead.sequence,
-                    "event_id": dead.event_id,
-                    "type": dead.event_type,
-                    "origin": f"{dead.origin_stream}/{dead.origin_sequence}",
-                    "subject": dead.origin_subject,
-                    "reason": dead.reason,
-                    "attempts": dead.attempts,
-                    "error": dead.error,
-                    "truncated": dead.truncated,
-                }
-                if as_json:
-                    print(json.dumps(row))
-                else:
-                    print("  ".join(f"{k}={v}" for k, v in row.items()))
-            if not listed:
-                print(f"no dead letters of group {group}", file=sys.stderr)
-    except nats.js.errors.NotFoundError:
+    if not await deadletter.exists(js):
         print("no dead-letter stream yet (no worker has started)", file=sys.stderr)
+        return
+    if action == "purge":
+        print(f"purged {await deadletter.purge(js, group)} dead letters of group {group}")
+    elif action == "redrive":
+        refused: list[str] = []
+
+        def refuse(dead: deadletter.DeadLetter, reason: str) -> None:
+            refused.append(reason)
+            print(f"not redriven: {reason}", file=sys.stderr)
+
+        with redrive_progress(sys.stderr, group) as progress:
+            done = await deadletter.redrive(
+                js, group, max_payload=nc.max_payload, refused=refuse, progress=progress
+            )
+        for dead in done:
+            print(f"redrove {dead.event_id} to {dead.origin_subject}")
+        print(f"redrove {len(done)} dead letters of group {group}")
+        if refused:
+            raise DeadLettersKept(
+                f"{len(refused)} dead letters of group {group} kept (not redriven: see above)"
+            )
+    else:
+        listed = 0
+        async for dead in deadletter.dead_letters(js, group):
+            listed += 1
+            row = {
+                "sequence": dead.sequence,
+                "event_id": dead.event_id,
+                "type": dead.event_type,
+                "origin": f"{dead.origin_stream}/{dead.origin_sequence}",
+                "subject": dead.origin_subject,
+                "reason": dead.reason,
+                "attempts": dead.attempts,
+                "error": dead.error,
+                "truncated": dead.truncated,
+            }
+            if as_json:
+                print(json.dumps(row))
+            else:
+                print("  ".join(f"{k}={v}" for k, v in row.items()))
+        if not listed:
+            print(f"no dead letters of group {group}", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -32,6 +32,14 @@ is refused with the reason and stays, and redrive goes on with the next. `purge`
 them. A `progress` callback of `redrive` hears how far it is after each dead letter (how
 many there were at the start, how many are done, redriven, refused), so that a CLI can
 show it; the redrive loop itself prints nothing.
+
+These operations are the one implementation behind both `jetgate dlq list|redrive|purge`
+(consumers/cli.py, which only prints) and the gateway's Admin service (gateway/admin.py,
+which only answers): `dead_letters` (with a `limit`), `count`, `redrive` (refusals
+reported to a callback, the caller decides how to show them) and `purge`. Before any
+worker has dead-lettered, the dead-letter stream does not exist: every operation then
+finds nothing (no dead letters, count 0, nothing redriven or purged) rather than failing;
+`exists` tells the two apart for a caller that wants to say so.
 """
 
 from __future__ import annotations
@@ -209,18 +217,36 @@ def _redriven(headers: Mapping[str, str], dead: DeadLetter) -> dict[str, str]:
     return kept
 
 
-async def dead_letters(
-    js: JetStreamContext, group: str, *, stream: str = wire.DEAD_LETTER_STREAM
-) -> AsyncIterator[DeadLetter]:
-    """Every dead letter of `group` stored when the walk began, oldest first.
+async def exists(js: JetStreamContext, stream: str = wire.DEAD_LETTER_STREAM) -> bool:
+    """Whether the dead-letter stream exists (it does once a worker has started)."""
+    try:
+        await js.stream_info(stream)
+    except NotFoundError:
+        return False
+    return True
 
-    Raises NotFoundError when there is no dead-letter stream (no worker has started).
-    Dead letters stored during the walk are not included: a redriven event that fails
-    again is not redriven twice by one `redrive`.
+
+async def dead_letters(
+    js: JetStreamContext,
+    group: str,
+    *,
+    stream: str = wire.DEAD_LETTER_STREAM,
+    limit: int | None = None,
+) -> AsyncIterator[DeadLetter]:
+    """Every dead letter of `group` stored when the walk began, oldest first (the first
+    `limit` of them when given).
+
+    Nothing when there is no dead-letter stream (no worker has started). Dead letters
+    stored during the walk are not included: a redriven event that fails again is not
+    redriven twice by one `redrive`.
     """
-    last = (await js.stream_info(stream)).state.last_seq
+    try:
+        last = (await js.stream_info(stream)).state.last_seq
+    except NotFoundError:
+        return
     sequence = 1
-    while sequence <= last:
+    listed = 0
+    while sequence <= last and (limit is None or listed < limit):
         try:
             raw = await js.get_msg(
                 stream, seq=sequence, subject=wire.dead_letter_filter(group), next=True
@@ -248,6 +274,7 @@ async def dead_letters(
             headers=headers,
             original_size=_int(headers.get(wire.DEAD_TRUNCATED)) or len(payload),
         )
+        listed += 1
         sequence = raw.seq + 1
 
 
@@ -340,15 +367,20 @@ def _log_refusal(dead: DeadLetter, reason: str) -> None:
 
 
 async def count(js: JetStreamContext, group: str, *, stream: str = wire.DEAD_LETTER_STREAM) -> int:
-    """How many dead letters of `group` are stored."""
-    info = await js.stream_info(stream, subjects_filter=wire.dead_letter_filter(group))
+    """How many dead letters of `group` are stored (0 without a dead-letter stream)."""
+    try:
+        info = await js.stream_info(stream, subjects_filter=wire.dead_letter_filter(group))
+    except NotFoundError:
+        return 0
     return sum((info.state.subjects or {}).values())
 
 
 async def purge(js: JetStreamContext, group: str, *, stream: str = wire.DEAD_LETTER_STREAM) -> int:
-    """Delete every dead letter of `group`; returns how many there were."""
+    """Delete every dead letter of `group`; returns how many there were (0 without a
+    dead-letter stream)."""
     stored = await count(js, group, stream=stream)
-    await js.purge_stream(stream, subject=wire.dead_letter_filter(group))
+    if stored:
+        await js.purge_stream(stream, subject=wire.dead_letter_filter(group))
     return stored
 
 

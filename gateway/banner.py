@@ -75,6 +75,8 @@ def announce(
     if secured:
         auth = f"callers authenticated, policy {gateway.config.auth.policy_file}"
     lines.append(f"gRPC security: {transport}, {auth}")
+    if gateway.config.groups:
+        lines.append(groups_line(gateway.config))
     # grpcurl flags for this listener (certificate and token are the caller's own).
     flags = "-plaintext"
     if tls.enabled:
@@ -141,6 +143,16 @@ def _pipeline_lines(gateway: Gateway, stream: str, workers: WorkerProcesses) -> 
         lines += [f"  nats --server {url} stream get {stream} --last-for {subject}"]
     lines += [f"  jetgate dlq list --group {groups[0]} --nats-url {url}"]
     return lines
+
+
+def groups_line(config: GatewayConfig) -> str:
+    """The declared groups (`[[groups]]`) a gRPC client may join, in one line."""
+    groups = ", ".join(
+        f"{g.name} on {g.stream}"
+        + (f" ({', '.join(g.filter_subjects)})" if g.filter_subjects else "")
+        for g in config.groups
+    )
+    return f"Consumer groups open to Subscribe: {groups}"
 
 
 def durability_line(config: GatewayConfig, embedded: NatsServer | NatsCluster | None) -> str:

@@ -61,20 +61,34 @@ class ReflectionIndex:
 
     def closure(self, file: FileDescriptor) -> list[bytes]:
         """`file` and everything it imports (from its own pool), serialized, file first."""
-        ordered: dict[str, FileDescriptor] = {}
-        pending = [file]
-        while pending:
-            current = pending.pop()
-            if current.name in ordered:
-                continue
-            ordered[current.name] = current
-            pending.extend(current.dependencies)
         out: list[bytes] = []
-        for item in ordered.values():
+        for item in reversed(file_closure(file)):
             proto = descriptor_pb2.FileDescriptorProto()
             item.CopyToProto(proto)
             out.append(proto.SerializeToString())
         return out
+
+
+def file_closure(file: FileDescriptor) -> list[FileDescriptor]:
+    """`file` and every file it imports, transitively, each after its own imports (so
+    `file` is last): the order a `FileDescriptorSet` must have to load file by file."""
+    ordered: dict[str, FileDescriptor] = {}
+    visiting: set[str] = set()
+    # Iterative post-order walk: deep import chains cannot exhaust the recursion limit.
+    stack: list[tuple[FileDescriptor, bool]] = [(file, False)]
+    while stack:
+        current, expanded = stack.pop()
+        if current.name in ordered:
+            continue
+        if expanded:
+            ordered[current.name] = current
+            continue
+        if current.name in visiting:  # protobuf refuses import cycles; never loop anyway
+            continue
+        visiting.add(current.name)
+        stack.append((current, True))
+        stack.extend((d, False) for d in reversed(current.dependencies))
+    return list(ordered.values())
 
 
 class ReflectionServicer:

@@ -22,6 +22,7 @@ from gateway.admin import AdminServicer
 from gateway.config import GatewayConfig
 from gateway.connection import NatsSupervisor
 from gateway.group_commit import group_commit
+from gateway.groups import reconcile_groups
 from gateway.health_check import StoreCheck
 from gateway.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported (bench)
 from gateway.limits import InFlightBudget, RequestGuard, server_options
@@ -140,10 +141,22 @@ class Gateway:
             telemetry=telemetry,
             security=self.security,
             subscriptions=self._subscriptions,
-            reader=Reader(),
+            reader=Reader(
+                nats=lambda: supervisor.nc,
+                router=self.router,
+                streams=self.config.streams,
+                security=self.security,
+            ),
         )
         gateway_pb2_grpc.add_EventGatewayServicer_to_server(servicer, self._server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(), self._server)
+        admin = AdminServicer(
+            config=self.config,
+            registry=self.registry,
+            router=self.router,
+            nats=lambda: supervisor.nc,
+            security=self.security,
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(admin, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         served = [gateway_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR]
         services = [SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME]
@@ -193,6 +206,8 @@ class Gateway:
         )
         for change in changes:
             log.info("%s", change)
+        for group_change in await reconcile_groups(nc.jetstream(), self.config.groups):
+            log.info("%s", group_change)
 
     async def _set_serving(self, serving: bool) -> None:
         status = (

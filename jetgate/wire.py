@@ -121,6 +121,17 @@ JS_ATOMIC_DUPLICATE_MSG_ID: Final = 10201
 # so `nats stream info` / `nats consumer info` explain themselves.
 EVENT_TYPES_METADATA: Final = "jetgate.event_types"
 
+# On a consumer group's consumer: the group's retry delays (the runtime applies them to naks,
+# not JetStream: see consumers/group.py), e.g. "1s,5s,30s", "-" for none.
+BACKOFF_METADATA: Final = "jetgate.backoff"
+# On a consumer group's consumer: the group's max_deliver (the consumer's own is one more).
+MAX_DELIVER_METADATA: Final = "jetgate.max_deliver"
+# On the consumer of a group declared in the gateway's configuration (`[[groups]]`): who
+# declared it. A Python group of that name must then have the same settings (it joins, never
+# changes them). Its `EVENT_TYPES_METADATA` holds the declared type globs ("*": every type).
+DECLARED_METADATA: Final = "jetgate.declared"
+DECLARED_BY_CONFIG: Final = "config"
+
 # CloudEvents attributes (binary mode: one header each).
 CE_SPECVERSION: Final = "ce-specversion"
 CE_ID: Final = "ce-id"

@@ -577,6 +577,7 @@ class ReadRequest(_message.Message):
     LAST_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_RESPONSE_FIELD_NUMBER: _builtins.int
     from_sequence: _builtins.int
     """From this stream sequence on (inclusive)."""
     last: _builtins.int
@@ -585,6 +586,12 @@ class ReadRequest(_message.Message):
     """At most this many events (0: no limit; with follow, the stream ends after limit)."""
     follow: _builtins.bool
     """After the stored events, send CaughtUp and keep streaming new ones."""
+    max_events_per_response: _builtins.int
+    """Events per response message. 0 or 1: each event in its own ReadResponse.event. More:
+    up to this many (at most 1000, and about 1 MiB) in one ReadResponse.events, as many as
+    are ready (a response never waits for more). One message per event costs the most:
+    set it for replays and long histories.
+    """
     @_builtins.property
     def key(self) -> Global___KeySelector:
         """Every event of one key in the route of an event type (<prefix>.*.<key>): an
@@ -609,10 +616,11 @@ class ReadRequest(_message.Message):
         last: _builtins.int = ...,
         limit: _builtins.int = ...,
         follow: _builtins.bool = ...,
+        max_events_per_response: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["from_sequence", b"from_sequence", "from_time", b"from_time", "key", b"key", "last", b"last", "selector", b"selector", "start", b"start", "subjects", b"subjects"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "from_sequence", b"from_sequence", "from_time", b"from_time", "key", b"key", "last", b"last", "limit", b"limit", "selector", b"selector", "start", b"start", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "from_sequence", b"from_sequence", "from_time", b"from_time", "key", b"key", "last", b"last", "limit", b"limit", "max_events_per_response", b"max_events_per_response", "selector", b"selector", "start", b"start", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["key", "subjects"]  # noqa: Y015
     _WhichOneofArgType_selector: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
@@ -679,27 +687,53 @@ class ReadResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___StoredEvent: ...
     @_builtins.property
     def caught_up(self) -> Global___CaughtUp:
         """Every event stored when the read began has been sent (sent once)."""
 
+    @_builtins.property
+    def events(self) -> Global___StoredEvents:
+        """Several events, in stream order (when the request's max_events_per_response > 1)."""
+
     def __init__(
         self,
         *,
         event: Global___StoredEvent | None = ...,
         caught_up: Global___CaughtUp | None = ...,
+        events: Global___StoredEvents | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "event", b"event", "item", b"item"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "event", b"event", "events", b"events", "item", b"item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "event", b"event", "item", b"item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "event", b"event", "events", b"events", "item", b"item"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "caught_up"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "caught_up", "events"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
 Global___ReadResponse: _TypeAlias = ReadResponse  # noqa: Y015
+
+@_typing.final
+class StoredEvents(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___StoredEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredEvents: _TypeAlias = StoredEvents  # noqa: Y015
 
 @_typing.final
 class StoredEvent(_message.Message):

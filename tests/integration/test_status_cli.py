@@ -85,11 +85,14 @@ async def test_groups_as_json_lines_and_plain_columns(
     }
     code, out, err = await _run(nats_url, "groups", "--stream", "ORDERS")
     assert code == 0, err
-    header, row = out.splitlines()
+    header, *rows = out.splitlines()
     assert header == (
         "GROUP    STREAM  PENDING  ACK PENDING  REDELIVERED  DEAD LETTERS  PULLS WAITING"
     )
-    assert row.split() == ["billing", "ORDERS", "2", "0", "0", "1", "0"]
+    assert [row.split() for row in rows] == [
+        ["audit", "ORDERS", "2", "0", "0", "0", "0"],  # declared in jetgate.toml
+        ["billing", "ORDERS", "2", "0", "0", "1", "0"],
+    ]
     assert "\x1b[" not in out  # no colour off a terminal
 
 
