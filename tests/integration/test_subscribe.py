@@ -262,7 +262,7 @@ async def test_an_idle_stream_gets_heartbeats(stub: Stub, monkeypatch: pytest.Mo
 async def test_members_keep_the_declared_consumer_settings(
     gateway: Gateway, stub: Stub, js: JetStreamContext
 ) -> None:
-    [declared] = gateway.config.groups
+    declared = next(g for g in gateway.config.groups if g.name == GROUP)
     async with subscribed(stub) as client:
         await eventually(lambda: client.subscribed is not None)
         info = await js.consumer_info("ORDERS", GROUP)
