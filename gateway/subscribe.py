@@ -220,11 +220,12 @@ class Subscriptions:
             raise _Refused(make_status(grpc.StatusCode.UNAVAILABLE, "the gateway is stopping"))
         declared = self._groups.get(opening.group)
         if declared is None:
-            known = ", ".join(sorted(self._groups)) or "none"
+            # Not naming the declared groups: a caller may be allowed this name only.
             raise _Refused(
                 make_status(
                     grpc.StatusCode.NOT_FOUND,
-                    f"no consumer group {opening.group!r} is declared (declared: {known})",
+                    f"no consumer group {opening.group!r} is declared in the gateway's "
+                    "configuration ([[groups]])",
                     error_details_pb2.ResourceInfo(
                         resource_type="consumer group", resource_name=opening.group
                     ),
