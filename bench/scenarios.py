@@ -21,7 +21,9 @@ block only. Skipped (with a note) when the jaeger binary is missing or the gatew
 in-process.
 
 Consuming (`bench.consume`): `e2e-latency` (Publish -> handler start at 1,000 events/s),
-`consume-plain` (baseline: nats-py fetch-and-ack) and `consume` (one consumers.Worker).
+`consume-plain` (baseline: nats-py fetch-and-ack) and `consume` (one consumers.Worker);
+`subscribe` (`bench.subscribe`: one gRPC Subscribe client through a gateway process of its
+own, against `consume`).
 
 Adding a scenario:
 1. Write a runner `async def run_x(ctx: Context, tally: Tally, stop: asyncio.Event)` that
@@ -54,7 +56,7 @@ from typing import Any
 import grpc
 from nats.aio.msg import Msg
 
-from bench import client, consume, natscli, pipeline, read
+from bench import client, consume, natscli, pipeline, read, subscribe
 from bench.events import STREAM
 from bench.measure import (
     DRAIN_TIMEOUT,
@@ -546,6 +548,14 @@ SCENARIOS: dict[str, Scenario] = {
             consume.measure_worker,
             baseline="consume-plain",
             target=0.9,
+        ),
+        Scenario(
+            "subscribe",
+            f"one grpc.aio Subscribe client, max_in_flight {subscribe.SUBSCRIBE_CREDITS}, "
+            "no-op, acking",
+            subscribe.measure,
+            baseline="consume",
+            target=0.8,
         ),
         # Reading (bench.read): nats-py's ordered consumer as the baseline of Read.
         Scenario(

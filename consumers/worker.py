@@ -109,7 +109,8 @@ class Worker:
 
     `connect` makes a new connection when nats-py closed `nc` for good; the worker owns
     (and closes) the connections it makes. `current` (instead of `connect`) gives the
-    connection its owner holds now: the worker follows it and never closes it.
+    connection its owner holds now: the worker follows it and never closes it. `declared`:
+    the group whose consumer settings the worker ensures (default `group`).
 
     `ready` is set once the consumer is set up and the first pull request is out: from then
     on the group's events flow to this worker.
@@ -130,8 +131,12 @@ class Worker:
         connect: Callable[[], Awaitable[NATS]] | None = None,
         current: Callable[[], NATS] | None = None,
         lag_gauges: bool = True,
+        declared: ConsumerGroup | None = None,
     ) -> None:
         self.group = group
+        # Whose consumer settings to create or update: a remote member's group carries
+        # handlers its declaration has not (they would change the consumer's metadata).
+        self._declared = declared or group
         self._stats = WorkerStats()
         self._nc = nc
         self._connect = connect
@@ -329,7 +334,7 @@ class Worker:
 
     async def _setup(self) -> bool:
         """Create or update the group's consumer (and the DLQ stream); False: try later."""
-        if not await consumer.ensure(self._js, self.group):
+        if not await consumer.ensure(self._js, self._declared):
             return False
         self._needs_setup = False
         self._set_up_once = True

@@ -155,6 +155,7 @@ class Gateway:
             router=self.router,
             nats=lambda: supervisor.nc,
             security=self.security,
+            members=self._subscriptions.members,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(admin, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -27,7 +27,8 @@ Sending: deliveries and settlement results ready together go in one response (at
 MAX_DELIVERIES_PER_RESPONSE deliveries, MAX_RESPONSE_PAYLOAD bytes of payload, under the
 4 MiB a gRPC client accepts by default); a Heartbeat goes out when nothing was sent for
 HEARTBEAT_INTERVAL seconds. A delivery's payload is the event as stored (`Any` with the
-type URL and the stored bytes: exact, no re-encoding).
+type URL and the stored bytes: exact, no re-encoding; the messages are built in
+`gateway.subscribe_messages`).
 
 Ending: when the client half-closes, cancels or breaks the stream, or the gateway stops
 (`close()`: UNAVAILABLE to the client), the member hands every unsettled and prefetched
@@ -45,7 +46,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from nats.aio.client import Client as NATS
@@ -54,16 +54,15 @@ from opentelemetry.trace import TracerProvider
 
 from consumers import consumer
 from consumers.group import ConsumerGroup, GroupConfigError
-from consumers.remote import Action as RemoteAction
-from consumers.remote import Batch, RemoteDelivery, RemoteMember, Status
+from consumers.remote import RemoteMember
+from gateway import subscribe_messages as messages
 from gateway.auth.policy import Action
 from gateway.errors import abort, bad_request, make_status
 from gateway.groups import GroupConfig
 from gateway.registry import TypeRegistry
 from gateway.routing import Router
 from gateway.security import ListenerSecurity
-from jetgate import wire
-from jetgate.v1 import event_pb2, gateway_pb2
+from jetgate.v1 import gateway_pb2
 
 Context = grpc.aio.ServicerContext[object, object]
 log = logging.getLogger("jetgate.gateway")
@@ -72,20 +71,6 @@ HEARTBEAT_INTERVAL = 5.0  # s without anything sent before a Heartbeat
 MAX_DELIVERIES_PER_RESPONSE = 256
 MAX_RESPONSE_PAYLOAD = 1 << 20  # bytes of event payload per response (one bigger goes alone)
 CLOSE_TIMEOUT = 10.0  # s `close()` waits for the members' drains
-
-_ACTIONS = {
-    gateway_pb2.Settlement.ACTION_ACK: RemoteAction.ACK,
-    gateway_pb2.Settlement.ACTION_NAK: RemoteAction.NAK,
-    gateway_pb2.Settlement.ACTION_IN_PROGRESS: RemoteAction.IN_PROGRESS,
-    gateway_pb2.Settlement.ACTION_REJECT: RemoteAction.REJECT,
-}
-_STATUSES = {
-    Status.APPLIED: gateway_pb2.SettlementResult.STATUS_APPLIED,
-    Status.UNKNOWN: gateway_pb2.SettlementResult.STATUS_UNKNOWN,
-    Status.EXPIRED: gateway_pb2.SettlementResult.STATUS_EXPIRED,
-    Status.ALREADY_SETTLED: gateway_pb2.SettlementResult.STATUS_ALREADY_SETTLED,
-    Status.INVALID: gateway_pb2.SettlementResult.STATUS_INVALID,
-}
 
 
 class _Refused(Exception):
@@ -184,7 +169,9 @@ class Subscriptions:
         reader = asyncio.create_task(_read(requests, first, session))
         session.tasks = [run, reader]
         try:
-            yield gateway_pb2.SubscribeResponse(subscribed=_subscribed(declared, member))
+            yield gateway_pb2.SubscribeResponse(
+                subscribed=messages.subscribed(declared.group, member.credits)
+            )
             async for response in _responses(session):
                 yield response
             if session.failure is not None:
@@ -233,11 +220,12 @@ class Subscriptions:
             raise _Refused(make_status(grpc.StatusCode.UNAVAILABLE, "the gateway is stopping"))
         declared = self._groups.get(opening.group)
         if declared is None:
-            known = ", ".join(sorted(self._groups)) or "none"
+            # Not naming the declared groups: a caller may be allowed this name only.
             raise _Refused(
                 make_status(
                     grpc.StatusCode.NOT_FOUND,
-                    f"no consumer group {opening.group!r} is declared (declared: {known})",
+                    f"no consumer group {opening.group!r} is declared in the gateway's "
+                    "configuration ([[groups]])",
                     error_details_pb2.ResourceInfo(
                         resource_type="consumer group", resource_name=opening.group
                     ),
@@ -278,7 +266,7 @@ class Subscriptions:
             meter_provider=self._meter_provider,
         )
         try:
-            ready = await consumer.ensure(nc.jetstream(), member.group)
+            ready = await consumer.ensure(nc.jetstream(), declared.group)
         except GroupConfigError as exc:
             raise _Refused(make_status(grpc.StatusCode.FAILED_PRECONDITION, str(exc))) from None
         if not ready:
@@ -311,6 +299,9 @@ async def _read(
         session.ended = True
     except grpc.RpcError:
         session.ended = True  # the stream broke; the RPC ends too
+    except Exception as exc:  # a defect: end this stream, not the gateway
+        log.exception("group %s: reading a Subscribe stream failed", member.group.name)
+        session.fail(make_status(grpc.StatusCode.INTERNAL, f"reading the stream failed: {exc!r}"))
     finally:
         member.wake.set()
 
@@ -322,7 +313,7 @@ async def _apply(request: gateway_pb2.SubscribeRequest, member: RemoteMember) ->
             delay = settlement.delay.seconds + settlement.delay.nanos / 1e9
         await member.settle(
             settlement.ack_id,
-            _ACTIONS.get(settlement.action),
+            messages.ACTIONS.get(settlement.action),
             delay=delay,
             reason=settlement.reason,
         )
@@ -337,7 +328,7 @@ async def _responses(session: _Session) -> AsyncIterator[gateway_pb2.SubscribeRe
     while session.failure is None and not session.ended:
         batch = member.take(MAX_DELIVERIES_PER_RESPONSE, MAX_RESPONSE_PAYLOAD)
         if batch:
-            yield _response(batch)
+            yield messages.response(batch)
             continue
         member.wake.clear()
         try:
@@ -358,60 +349,3 @@ def _member_ended(task: asyncio.Task[object], session: _Session) -> None:
         return
     log.warning("group %s: a Subscribe member failed: %r", session.member.group.name, exc)
     session.fail(make_status(grpc.StatusCode.UNAVAILABLE, f"the group's member failed: {exc}"))
-
-
-def _subscribed(declared: _Declared, member: RemoteMember) -> gateway_pb2.Subscribed:
-    group = declared.group
-    return gateway_pb2.Subscribed(
-        group=group.name,
-        stream=group.stream,
-        max_in_flight=member.credits,
-        ack_wait=_duration(group.ack_wait),
-        max_deliver=group.max_deliver,
-        backoff=[_duration(b) for b in group.backoff],
-        filter_subjects=list(group.filter_subjects),
-    )
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
-
-
-def _response(batch: Batch) -> gateway_pb2.SubscribeResponse:
-    return gateway_pb2.SubscribeResponse(
-        deliveries=[_delivery(item) for item in batch.deliveries],
-        settled=[
-            gateway_pb2.SettlementResult(
-                ack_id=r.ack_id, status=_STATUSES[r.status], detail=r.detail
-            )
-            for r in batch.results
-        ],
-    )
-
-
-def _delivery(item: RemoteDelivery) -> gateway_pb2.Delivery:
-    delivery = item.delivery
-    event = event_pb2.Event(
-        id=delivery.event_id,
-        source=delivery.source,
-        key=delivery.key,
-        # The stored bytes: exact, and no re-encoding of the decoded message.
-        payload=any_pb2.Any(type_url=wire.type_url(delivery.event_type), value=delivery.payload),
-        headers=delivery.headers,
-        stream=delivery.stream,
-        subject=delivery.subject,
-        sequence=delivery.sequence,
-    )
-    event.time.FromDatetime(delivery.time)
-    message = gateway_pb2.Delivery(
-        ack_id=item.ack_id,
-        event=event,
-        attempt=delivery.attempt,
-        trace_context=item.trace_context,
-        extensions=delivery.extensions,
-    )
-    if delivery.stored_time is not None:
-        message.stored_time.FromDatetime(delivery.stored_time)
-    return message

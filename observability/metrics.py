@@ -8,7 +8,7 @@ Gateway (`PublishMetrics`):
 Worker (`ConsumeMetrics`):
 - `messaging.client.consumed.messages` (counter): deliveries received, by group and stream;
 - `messaging.process.duration` (histogram, s): handling one delivery, by event type and
-  `jetgate.outcome` (ack, retry, dead_letter, skip), with `error.type` on failures;
+  `jetgate.outcome` (ack, retry, dead_letter, skip, hand_back), with `error.type` on failures;
 - `jetgate.consumer.dead_letters` (counter): by `jetgate.dead_letter.reason`;
 - `jetgate.consumer.dead_letter_failures` (counter): dead-letter stores that failed (the
   event is held and the store retried; alert when it keeps growing);

@@ -28,3 +28,9 @@ def trace_headers(context: Context | None = None) -> dict[str, str]:
     carrier: dict[str, str] = {}
     inject(carrier, context)
     return carrier
+
+
+def fields() -> frozenset[str]:
+    """The header names the global propagator reads and writes (W3C: `traceparent`,
+    `tracestate`, `baggage`)."""
+    return frozenset(propagate.get_global_textmap().fields)

@@ -16,13 +16,15 @@ from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 
 Settlement = gateway_pb2.Settlement
 Result = gateway_pb2.SettlementResult
-GROUP = "audit"
+GROUP = "subscribers"
 
 
 def with_group(config: GatewayConfig, **settings: object) -> GatewayConfig:
-    """`config` with the declared group GROUP on ORDERS (`settings` override)."""
+    """`config` with the declared group GROUP on ORDERS (`settings` override, `name` too)
+    instead of any declared group of that name."""
     group = GroupConfig(**{"name": GROUP, "stream": "ORDERS", **settings})  # type: ignore[arg-type]
-    return dataclasses.replace(config, groups=(*config.groups, group))
+    others = tuple(g for g in config.groups if g.name != group.name)
+    return dataclasses.replace(config, groups=(*others, group))
 
 
 class Subscriber:

@@ -4,6 +4,7 @@ confirmations, and the errors of opening."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import TypeAlias
 
 import grpc
@@ -15,8 +16,11 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
 from consumers import deadletter
+from gateway import subscribe
 from gateway.config import GatewayConfig
+from gateway.embedded import NatsServer
 from gateway.server import Gateway
+from jetgate import wire
 from jetgate.examples.orders.v1 import orders_pb2
 from jetgate.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import field_violations, order_placed, request, rich_status, serving
@@ -217,3 +221,79 @@ async def _settled_info(js: JetStreamContext) -> ConsumerInfo:
     info: ConsumerInfo = await js.consumer_info("ORDERS", GROUP)
     assert info.num_ack_pending == 0, info
     return info
+
+
+async def test_the_member_follows_a_replaced_connection(gateway: Gateway, stub: Stub) -> None:
+    async with subscribed(stub) as client:
+        await eventually(lambda: client.subscribed is not None)
+        # Headers push the message over max_payload: nats-server closes the connection for
+        # good and the gateway replaces it (nats-py does not reconnect after that).
+        closed = gateway.nats
+        await closed.publish("oversize", b"x" * closed.max_payload, headers={"X-Over": "1"})
+        await eventually(lambda: closed.is_closed and gateway.nats is not closed)
+        [stored] = await eventually(lambda: publish(stub, "o-after"), retry_on=(grpc.RpcError,))
+        delivery = await eventually(lambda: client.delivery(0))
+        assert delivery.event.id == stored.event_id
+        client.settle(delivery.ack_id)
+        result = await eventually(lambda: client.result(delivery.ack_id))
+        assert result.status == Result.STATUS_APPLIED
+        assert client.error is None
+
+
+async def test_subscribe_is_unavailable_while_nats_is_away(
+    gateway: Gateway, stub: Stub, nats_server: NatsServer
+) -> None:
+    nats_server.stop()
+    await eventually(lambda: not gateway.nats.is_connected)
+    async with subscribed(stub) as client:
+        error = await eventually(client.failure)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_an_idle_stream_gets_heartbeats(stub: Stub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subscribe, "HEARTBEAT_INTERVAL", 0.2)
+    async with subscribed(stub, max_in_flight=3) as client:
+        await publish(stub, "o-1")
+        await eventually(lambda: client.delivery(0))
+        await eventually(lambda: len(client.heartbeats) > 0)
+        beat = client.heartbeats[-1]
+        assert (beat.in_flight, beat.max_in_flight) == (1, 3)
+
+
+async def test_members_keep_the_declared_consumer_settings(
+    stub: Stub, js: JetStreamContext
+) -> None:
+    async with subscribed(stub) as client:
+        await eventually(lambda: client.subscribed is not None)
+        info = await js.consumer_info("ORDERS", GROUP)
+    # A member's handlers (one per event type it receives) do not rewrite the consumer's
+    # description and metadata: the declaration alone decides them.
+    assert info.config.metadata is not None
+    for written in (info.config.metadata[wire.EVENT_TYPES_METADATA], info.config.description):
+        assert "OrderPlaced" not in written
+
+
+async def test_times_arrive_to_the_microsecond(stub: Stub) -> None:
+    sent = request("o-1")
+    sent.event.time.FromDatetime(datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC))
+    await stub.Publish(sent)
+    async with subscribed(stub) as client:
+        delivery = await eventually(lambda: client.delivery(0))
+    assert delivery.event.time == sent.event.time
+    stored_time = delivery.stored_time.ToDatetime(UTC)
+    assert abs((datetime.now(UTC) - stored_time).total_seconds()) < 3600
+
+
+async def test_credits_are_capped_by_max_ack_pending(
+    gateway_config: GatewayConfig, nats_url: str
+) -> None:
+    config = with_group(gateway_config, max_ack_pending=3)
+    async with (
+        serving(config) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        stub: Stub = gateway_pb2_grpc.EventGatewayStub(channel)
+        async with subscribed(stub, max_in_flight=100) as client:
+            await eventually(lambda: client.subscribed is not None)
+            assert client.subscribed is not None
+            assert client.subscribed.max_in_flight == 3
