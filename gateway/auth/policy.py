@@ -5,7 +5,7 @@ or by one of its roles) and lists a glob matching the resource under the action.
 policy is consulted only when authentication is on; an empty policy denies everything.
 
 Actions and their resources: `publish` on event types (full protobuf names, e.g.
-`shop.v1.OrderPlaced`), and for the APIs to come `subscribe` on consumer groups, `read` on
+`shop.v1.OrderPlaced`), `subscribe` on consumer groups (Subscribe), `read` on
 streams and `admin` on groups and streams. Globs are `fnmatch.fnmatchcase` patterns
 (case-sensitive; `*` also crosses dots: `shop.v1.*` matches `shop.v1.sub.X`). Principal
 names are globs too (`spiffe://example.org/ns/prod/*`), roles are exact.
