@@ -42,10 +42,11 @@ NATS unreachable (or the read cannot resume): UNAVAILABLE; a client resumes with
 from_sequence = last sequence received + 1.
 
 How: `gateway.ordered_pull.OrderedPull` (an ephemeral pull consumer, one bounded pull at a
-time; one response is yielded at a time, so gRPC flow control paces the pulls and memory per
-read stays bounded). `last` N first finds its start sequence: the consumer's `num_pending`
-counts matching events from a sequence, and a binary search over the stream's sequences
-finds the last one from which N are stored (about 2 log2(stream length) API calls).
+time, handing over the messages that have arrived in chunks; one response is yielded at a
+time, so gRPC flow control paces the pulls and memory per read stays bounded). `last` N
+first finds its start sequence: the consumer's `num_pending` counts matching events from a
+sequence, and a binary search over the stream's sequences finds the last one from which N
+are stored (about 2 log2(stream length) API calls).
 """
 
 from __future__ import annotations
@@ -183,41 +184,46 @@ async def _responses(
     limit = request.limit
     per_response = min(request.max_events_per_response, MAX_EVENTS_PER_RESPONSE)
     batch: gateway_pb2.ReadResponse | None = None
+    events = gateway_pb2.StoredEvents().events  # those of `batch`
     sent = last = batch_bytes = 0
-    async for item in pull.messages(follow=request.follow):
-        if not isinstance(item, Stored):  # caught up without an event
+    async for chunk in pull.chunks(follow=request.follow):
+        if not isinstance(chunk, list):  # caught up without an event
             if batch is not None:
                 yield batch
                 batch = None
             yield _caught_up(last, sent)
             continue
-        sent += 1
-        last = item.sequence
-        done = 0 < limit <= sent
-        if per_response <= 1:
-            response = gateway_pb2.ReadResponse()
-            _fill(response.event, stream, item)
-            yield response
-        else:
-            if batch is None:
-                batch, batch_bytes = gateway_pb2.ReadResponse(), 0
-            added = batch.events.events.add()
-            _fill(added, stream, item)
-            batch_bytes += added.ByteSize()
-            # Sent when full, or when the next event is not here yet: never waits to fill.
-            if (
-                len(batch.events.events) >= per_response
-                or batch_bytes >= MAX_RESPONSE_BYTES
-                or item.completes
-                or done
-                or not pull.ready
-            ):
-                yield batch
-                batch = None
-        if item.completes:
-            yield _caught_up(last, sent)
-        if done:
-            return
+        for item in chunk:
+            sent += 1
+            last = item.sequence
+            done = 0 < limit <= sent
+            if per_response <= 1:
+                response = gateway_pb2.ReadResponse()
+                _fill(response.event, stream, item)
+                yield response
+            else:
+                if batch is None:
+                    batch, batch_bytes = gateway_pb2.ReadResponse(), 0
+                    events = batch.events.events
+                added = events.add()
+                _fill(added, stream, item)
+                batch_bytes += added.ByteSize()
+                # Sent when full, or when the next event is not here yet: never waits to fill.
+                if (
+                    len(events) >= per_response
+                    or batch_bytes >= MAX_RESPONSE_BYTES
+                    or item.completes
+                    or done
+                ):
+                    yield batch
+                    batch = None
+            if item.completes:
+                yield _caught_up(last, sent)
+            if done:
+                return
+        if batch is not None and not pull.ready:
+            yield batch
+            batch = None
     if batch is not None:
         yield batch
 
