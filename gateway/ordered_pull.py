@@ -45,7 +45,7 @@ from nats.js import api
 
 from jetgate import wire
 
-PULL_BATCH: Final = 512
+PULL_BATCH: Final = 2048
 PULL_BYTES: Final = 4 * 1024 * 1024
 PULL_EXPIRES: Final = 30.0  # s, a waiting pull once caught up
 HEARTBEAT: Final = 5.0  # s, idle heartbeat of a waiting pull
