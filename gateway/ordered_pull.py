@@ -31,10 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -44,7 +45,7 @@ from nats.js import api
 
 from jetgate import wire
 
-PULL_BATCH: Final = 512
+PULL_BATCH: Final = 2048
 PULL_BYTES: Final = 4 * 1024 * 1024
 PULL_EXPIRES: Final = 30.0  # s, a waiting pull once caught up
 HEARTBEAT: Final = 5.0  # s, idle heartbeat of a waiting pull
@@ -61,9 +62,9 @@ class ReadUnavailable(Exception):
     """NATS cannot serve the read now (disconnected, no answer, consumer lost for good)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Stored:
-    """One stored message: the NATS message and where JetStream keeps it."""
+class Stored(NamedTuple):
+    """One stored message: the NATS message and where JetStream keeps it (a tuple: one is
+    made per message of a replay, a frozen dataclass costs three times as much)."""
 
     msg: Msg
     sequence: int
@@ -99,8 +100,10 @@ class OrderedPull:
         self._consumer = ""
         self._sub: Subscription | None = None
         # Deliveries of the current pull (a callback fills it: nats-py's `next_msg` makes a
-        # task per message). Bounded by the pull: at most PULL_BATCH plus a status or two.
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        # task per message; a deque and one future per wait cost less than asyncio.Queue).
+        # Bounded by the pull: at most PULL_BATCH plus a status or two.
+        self._arrived: deque[Msg] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         # Each pull has its own reply subject `<inbox>.<n>`: a status (end of a pull) is
         # sent there, so one that ends an earlier pull is told apart and ignored.
         self._inbox = ""
@@ -112,7 +115,7 @@ class OrderedPull:
     @property
     def ready(self) -> bool:
         """Whether something was received and not taken yet (the next item may not wait)."""
-        return not self._queue.empty()
+        return bool(self._arrived)
 
     async def count_from(self, sequence: int) -> int:
         """How many matching messages are stored at or after `sequence` now."""
@@ -144,10 +147,12 @@ class OrderedPull:
                 await self._js.delete_consumer(self._stream, self._consumer)
             self._consumer = ""
 
-    async def messages(self, *, follow: bool) -> AsyncIterator[Stored | CaughtUp]:
-        """The messages in stream order. The caught-up point is marked once: by the
-        `completes` flag of the message that reaches it, or by CaughtUp when no message
-        does. Without `follow` the iteration ends there; with it new messages follow."""
+    async def chunks(self, *, follow: bool) -> AsyncIterator[list[Stored] | CaughtUp]:
+        """The messages in stream order, in chunks: the ones that have arrived (at most a
+        pull's), so that a replay costs one step of this iterator per chunk, not per
+        message. The caught-up point is marked once: by the `completes` flag of the message
+        that reaches it (the last of its chunk), or by CaughtUp when no message does.
+        Without `follow` the iteration ends there; with it new messages follow."""
         remaining = self._pending_at_start
         caught_up = remaining == 0
         if caught_up:
@@ -160,19 +165,24 @@ class OrderedPull:
         while True:
             await self._pull(wait=caught_up)
             timeout = 2 * HEARTBEAT + API_TIMEOUT if caught_up else 2 * API_TIMEOUT
+            arrived = self._arrived
+            chunk: list[Stored] = []
             received = 0
             restart = False
             while received < PULL_BATCH:
-                queue = self._queue
-                try:
-                    msg = (
-                        queue.get_nowait()
-                        if queue.qsize()
-                        else await asyncio.wait_for(queue.get(), timeout)
-                    )
-                except TimeoutError:
-                    restart = True  # no answer, no heartbeat: consumer or connection lost
-                    break
+                if not arrived:
+                    if chunk:
+                        yield chunk
+                        chunk = []
+                        continue  # more may have arrived meanwhile
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await self._arrival()
+                    except TimeoutError:
+                        restart = True  # no answer, no heartbeat: consumer or connection lost
+                        break
+                    continue
+                msg = arrived.popleft()
                 headers = msg.headers
                 status = headers.get(wire.STATUS) if headers and not msg.data else None
                 if status is not None:
@@ -198,19 +208,34 @@ class OrderedPull:
                 expected += 1
                 restarts = 0
                 last_sequence = sequence
-                completes = False
-                if not caught_up:
-                    remaining -= 1
-                    completes = caught_up = remaining <= 0 or pending == 0
-                yield Stored(msg=msg, sequence=sequence, stored_ns=stored_ns, completes=completes)
-                if completes and not follow:
-                    return
+                if caught_up:
+                    chunk.append(Stored(msg, sequence, stored_ns))
+                    continue
+                remaining -= 1
+                caught_up = remaining <= 0 or pending == 0
+                chunk.append(Stored(msg, sequence, stored_ns, caught_up))
+                if caught_up:
+                    yield chunk
+                    chunk = []
+                    if not follow:
+                        return
+            if chunk:
+                yield chunk
             if restart:
                 restarts += 1
                 if restarts > MAX_RESTARTS:
                     raise ReadUnavailable("JetStream stopped delivering the read")
                 await self._restart(last_sequence)
                 expected = 1
+
+    async def _arrival(self) -> None:
+        """Wait until a delivery arrives."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._waiter = None
 
     async def _pull(self, *, wait: bool) -> None:
         """Ask for the next batch: `no_wait` (ends when nothing is left) or a waiting pull."""
@@ -234,12 +259,15 @@ class OrderedPull:
     async def _subscribe(self) -> None:
         """A fresh inbox and queue (deliveries of an old consumer never mix in)."""
         await self._unsubscribe()
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        arrived: deque[Msg] = deque()
 
         async def deliver(msg: Msg) -> None:
-            queue.put_nowait(msg)
+            arrived.append(msg)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
-        self._queue = queue
+        self._arrived = arrived
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=deliver)
 

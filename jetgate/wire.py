@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
@@ -643,3 +643,69 @@ ATOMIC_BATCH_HEADERS_SIZE: Final = (
     )
     - EMPTY_HEADERS_SIZE
 )
+
+
+# Reading many stored events (gateway Read): the same decoding as `decode_envelope` and
+# `extensions`, split so that what repeats from event to event is computed once. Events of
+# one route carry the same header names in the same order (their values differ), and
+# their `ce-time` values share the second with many neighbours.
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderLayout:
+    """What the headers of a stored message are, by name (`header_layout`)."""
+
+    # The user headers (not reserved: `is_reserved_header`), in order.
+    user: tuple[str, ...]
+    # (header name, extension attribute name) of each CloudEvents extension (`extensions`).
+    extensions: tuple[tuple[str, str], ...]
+
+
+@functools.lru_cache(maxsize=1024)  # one layout per route and tracing: a few
+def header_layout(names: tuple[str, ...]) -> HeaderLayout:
+    """The layout of headers named `names` (a message's header names, in order):
+    `{n: headers[n] for n in layout.user}` equals `decode_envelope(...).headers`, and
+    `{attr: attribute_value(headers[n]) for n, attr in layout.extensions}` `extensions(headers)`."""
+    user = tuple(name for name in names if not is_reserved_header(name))
+    found = []
+    for name in names:
+        lower = name.lower()
+        if lower.startswith(CE_PREFIX) and lower not in CE_ATTRIBUTES:
+            found.append((name, lower[len(CE_PREFIX) :]))
+    return HeaderLayout(user=user, extensions=tuple(found))
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MICROSECOND: Final = timedelta(microseconds=1)
+# `format_time`'s form up to the seconds (ASCII digits only): `2026-11-26T14:00:00`.
+_SECOND_PREFIX = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
+_FORMAT_TIME_LENGTH: Final = len("2026-11-26T14:00:00.123456Z")
+
+
+def time_parts(text: str) -> tuple[int, int]:
+    """(seconds, nanoseconds) since 1970 (Timestamp fields: nanoseconds 0-999,999,999) of
+    `parse_time(text)`, at microsecond precision; ValueError where `parse_time` raises.
+
+    `format_time`'s form (`2026-11-26T14:00:00.123456Z`) is read without `datetime`: the
+    seconds of its first 19 characters are cached (replayed events share their seconds)."""
+    if (
+        len(text) == _FORMAT_TIME_LENGTH
+        and text[19] == "."
+        and text[26] == "Z"
+        and (fraction := text[20:26]).isascii()
+        and fraction.isdigit()
+    ):
+        seconds = _prefix_seconds(text[:19])
+        if seconds is not None:
+            return seconds, int(fraction) * 1000
+    seconds, micros = divmod((parse_time(text) - _EPOCH) // _ONE_MICROSECOND, 1_000_000)
+    return seconds, micros * 1000
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefix_seconds(prefix: str) -> int | None:
+    """Seconds since 1970 of `YYYY-MM-DDTHH:MM:SS` in UTC (None: not of that form; a date
+    that does not exist raises ValueError, as `parse_time` does)."""
+    if not _SECOND_PREFIX.fullmatch(prefix):
+        return None
+    return (parse_time(prefix + "Z") - _EPOCH) // timedelta(seconds=1)
