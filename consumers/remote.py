@@ -151,8 +151,9 @@ class RemoteMember:
     """One remote member of `group` receiving `event_types` (full name -> message class).
 
     `run()` runs its worker until `close()`; meanwhile `take()` gives what to send to the
-    client, `settle()` and `add_credits()` apply what the client says, and `wake` is set
-    whenever something is ready to take.
+    client, `settle()` (or `apply()`, its form without a coroutine per settlement) and
+    `add_credits()` apply what the client says, and `wake` is set whenever something is
+    ready to take.
     """
 
     def __init__(
