@@ -93,14 +93,12 @@ async def _drain(address: str, count: int) -> None:
         call = stub.Subscribe(_requests(outgoing))
         async for response in call:
             if response.deliveries:
-                outgoing.put_nowait(
-                    gateway_pb2.SubscribeRequest(
-                        settlements=[
-                            gateway_pb2.Settlement(ack_id=d.ack_id, action=ACK)
-                            for d in response.deliveries
-                        ]
-                    )
-                )
+                # Built in place (`add`): a Settlement given to the constructor is copied.
+                request = gateway_pb2.SubscribeRequest()
+                add = request.settlements.add
+                for delivery in response.deliveries:
+                    add(ack_id=delivery.ack_id, action=ACK)
+                outgoing.put_nowait(request)
             for result in response.settled:
                 if result.status != APPLIED:
                     raise RuntimeError(f"settlement {result.ack_id}: {result}")

@@ -59,9 +59,10 @@ import collections
 import contextlib
 import dataclasses
 import enum
+import functools
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,8 +151,9 @@ class RemoteMember:
     """One remote member of `group` receiving `event_types` (full name -> message class).
 
     `run()` runs its worker until `close()`; meanwhile `take()` gives what to send to the
-    client, `settle()` and `add_credits()` apply what the client says, and `wake` is set
-    whenever something is ready to take.
+    client, `settle()` (or `apply()`, its form without a coroutine per settlement) and
+    `add_credits()` apply what the client says, and `wake` is set whenever something is
+    ready to take.
     """
 
     def __init__(
@@ -273,32 +275,28 @@ class RemoteMember:
         self, ack_id: str, action: Action | None, *, delay: float | None = None, reason: str = ""
     ) -> None:
         """Apply one settlement; its `Result` follows through `take()`."""
+        sending = self.apply(ack_id, action, delay=delay, reason=reason)
+        if sending is not None:
+            await sending
+
+    def apply(
+        self, ack_id: str, action: Action | None, *, delay: float | None = None, reason: str = ""
+    ) -> Coroutine[Any, Any, None] | None:
+        """`settle()` without a coroutine per settlement (it runs per delivery): applies it
+        now, except IN_PROGRESS, whose sending it returns; the caller awaits that before
+        applying the next settlement (results stay in order)."""
         number = int(ack_id) if ack_id.isdigit() and len(ack_id) < 20 else 0
-        if action is None:
-            return self._result(ack_id, Status.INVALID, "no action")
-        if action is Action.REJECT and not reason:
-            return self._result(ack_id, Status.INVALID, "REJECT needs a reason")
-        if delay is not None and delay < 0:
-            return self._result(ack_id, Status.INVALID, "the delay must not be negative")
-        unsettled = self._unsettled.get(number)
-        if unsettled is None:
-            if not 0 < number <= self._issued:
-                return self._result(ack_id, Status.UNKNOWN, "no such delivery on this stream")
-            if number in self._expired:
-                return self._result(
-                    ack_id, Status.EXPIRED, "not settled within ack_wait: delivered again"
-                )
-            return self._result(ack_id, Status.ALREADY_SETTLED, "")
+        refused = self._refusal(number, action, delay, reason)
+        if refused is not None:
+            self._result(ack_id, *refused)
+            return None
+        unsettled = self._unsettled[number]
         if action is Action.IN_PROGRESS:
             # Moved to the end: the dict stays in deadline order for the sweep.
             del self._unsettled[number]
             unsettled.deadline = time.monotonic() + self.group.ack_wait
             self._unsettled[number] = unsettled
-            with contextlib.suppress(NatsError, TimeoutError):
-                # Lost with a connection: the worker's own keep-alive (every ack_wait/2
-                # while a handler runs) holds the event in JetStream anyway.
-                await unsettled.delivery.in_progress()
-            return self._result(ack_id, Status.APPLIED, "")
+            return self._in_progress(ack_id, unsettled.delivery)
         del self._unsettled[number]
         outcome: BaseException | None = None
         if action is Action.NAK:
@@ -312,10 +310,35 @@ class RemoteMember:
             result.done = True
             self.wake.set()
         else:
-            unsettled.task.add_done_callback(lambda _: self._done(result))
+            unsettled.task.add_done_callback(functools.partial(self._done, result))
         return None
 
-    def _done(self, result: Result) -> None:
+    def _refusal(
+        self, number: int, action: Action | None, delay: float | None, reason: str
+    ) -> tuple[Status, str] | None:
+        """Why settlement `number` cannot be applied; None: it can."""
+        if action is None:
+            return Status.INVALID, "no action"
+        if action is Action.REJECT and not reason:
+            return Status.INVALID, "REJECT needs a reason"
+        if delay is not None and delay < 0:
+            return Status.INVALID, "the delay must not be negative"
+        if number in self._unsettled:
+            return None
+        if not 0 < number <= self._issued:
+            return Status.UNKNOWN, "no such delivery on this stream"
+        if number in self._expired:
+            return Status.EXPIRED, "not settled within ack_wait: delivered again"
+        return Status.ALREADY_SETTLED, ""
+
+    async def _in_progress(self, ack_id: str, delivery: Delivery) -> None:
+        with contextlib.suppress(NatsError, TimeoutError):
+            # Lost with a connection: the worker's own keep-alive (every ack_wait/2
+            # while a handler runs) holds the event in JetStream anyway.
+            await delivery.in_progress()
+        self._result(ack_id, Status.APPLIED, "")
+
+    def _done(self, result: Result, _: object) -> None:
         result.done = True
         self.wake.set()
 

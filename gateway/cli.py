@@ -285,6 +285,7 @@ async def _run(
         )
         try:
             await gateway.start()
+            _tune_gc()
             stop = _stop_on_signals()
             # SIGHUP: re-read changed certificates, tokens, keys and the policy now.
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload)
@@ -330,6 +331,19 @@ async def _until_stopped(stop: asyncio.Event, workers: WorkerProcesses) -> None:
                 waiter.cancel()
     if failed is not None and failed.done() and not failed.cancelled():
         raise failed.result()
+
+
+def _tune_gc() -> None:
+    """After start-up: the objects made so far (modules, stubs, config) leave the
+    collector's view (`gc.freeze`), and the young generation is collected every 5,000
+    allocations instead of 700: the older generations stop rescanning every imported module.
+    Measured (one Subscribe stream draining 30k events, the gateway's CPU in collections):
+    0.81 s -> 0.34 s, about 15 us less per event (docs/performance.md)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(5_000, 20, 20)
 
 
 def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:

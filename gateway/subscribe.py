@@ -307,16 +307,20 @@ async def _read(
 
 
 async def _apply(request: gateway_pb2.SubscribeRequest, member: RemoteMember) -> None:
+    actions = messages.ACTIONS
     for settlement in request.settlements:
         delay = None
         if settlement.HasField("delay"):
             delay = settlement.delay.seconds + settlement.delay.nanos / 1e9
-        await member.settle(
+        # `apply`, not `settle`: no coroutine per settlement; only IN_PROGRESS awaits.
+        sending = member.apply(
             settlement.ack_id,
-            messages.ACTIONS.get(settlement.action),
+            actions.get(settlement.action),
             delay=delay,
             reason=settlement.reason,
         )
+        if sending is not None:
+            await sending
     if request.add_credits:
         member.add_credits(request.add_credits)
 

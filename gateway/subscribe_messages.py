@@ -68,7 +68,8 @@ def _delivery_fields(item: RemoteDelivery) -> dict[str, Any]:
     """The fields of one `Delivery` message."""
     delivery = item.delivery
     # Runs per delivery: nested messages as dicts, empty maps left out (upb charges a few
-    # microseconds per map given, even an empty one).
+    # microseconds per map given, even an empty one: an event without trace context saves
+    # ~1.5 us of ~6.5 us).
     event: dict[str, Any] = {
         "id": delivery.event_id,
         "source": delivery.source,
@@ -82,12 +83,9 @@ def _delivery_fields(item: RemoteDelivery) -> dict[str, Any]:
     }
     if delivery.headers:
         event["headers"] = delivery.headers
-    fields: dict[str, Any] = {
-        "ack_id": item.ack_id,
-        "event": event,
-        "attempt": delivery.attempt,
-        "trace_context": item.trace_context,
-    }
+    fields: dict[str, Any] = {"ack_id": item.ack_id, "event": event, "attempt": delivery.attempt}
+    if item.trace_context:
+        fields["trace_context"] = item.trace_context
     if delivery.stored_time is not None:
         fields["stored_time"] = _timestamp(delivery.stored_time)
     if delivery.extensions:
