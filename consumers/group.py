@@ -153,8 +153,8 @@ class ConsumerGroup:
             max_ack_pending=self.max_ack_pending,
             filter_subjects=list(self.filter_subjects) or None,
             metadata={
-                "jetgate.max_deliver": str(self.max_deliver),
-                "jetgate.backoff": ",".join(f"{b:g}s" for b in self.backoff) or "-",
+                wire.MAX_DELIVER_METADATA: str(self.max_deliver),
+                wire.BACKOFF_METADATA: ",".join(f"{b:g}s" for b in self.backoff) or "-",
                 wire.EVENT_TYPES_METADATA: types,
             },
         )
