@@ -9,6 +9,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from gateway.cluster import NatsCluster
 from gateway.embedded import NatsServer
 
 
@@ -21,6 +22,17 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A started 3-node JetStream cluster on loopback; stopped after."""
+    nodes = NatsCluster(tmp_path / "nats", size=3)
+    nodes.start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
 
 
 @pytest.fixture

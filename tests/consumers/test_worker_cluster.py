@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import nats
 import pytest
@@ -20,16 +18,6 @@ from tests.consumers.conftest import STREAM, group, recording, running, store
 from tests.support.eventually import eventually
 
 TRANSIENT = (AssertionError, TimeoutError, NatsError)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    nodes = NatsCluster(tmp_path / "nats", size=3)
-    nodes.start()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
 
 
 async def test_a_consumer_leader_change_is_pulled_through_quietly(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -17,16 +16,6 @@ from tests.support.eventually import eventually
 
 # While a leader is elected, JetStream answers late or not at all.
 TRANSIENT = (AssertionError, TimeoutError, NatsError)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    nodes = NatsCluster(tmp_path / "nats", size=3)
-    nodes.start()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
 
 
 async def test_a_killed_leader_is_replaced_and_catches_up_when_back(cluster: NatsCluster) -> None:

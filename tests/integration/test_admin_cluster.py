@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from gateway.cluster import CLUSTER_NAME, NatsCluster, replicated
 from gateway.config import GatewayConfig, load_config
@@ -14,16 +10,6 @@ from jetgate.v1 import admin_pb2
 from tests.integration.admin_support import admin_stub
 from tests.integration.conftest import REPO, serving
 from tests.support.eventually import eventually
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    nodes = NatsCluster(tmp_path / "nats", size=3)
-    nodes.start()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
 
 
 async def test_an_r3_stream_names_its_cluster_and_leader(cluster: NatsCluster) -> None:
