@@ -96,7 +96,7 @@ class Gateway:
             registry=self.registry,
             router=self.router,
             security=self.security,
-            connection=lambda: self._nats.nc,
+            connection=self._connection,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
@@ -142,7 +142,7 @@ class Gateway:
             security=self.security,
             subscriptions=self._subscriptions,
             reader=Reader(
-                nats=lambda: supervisor.nc,
+                nats=self._connection,
                 router=self.router,
                 streams=self.config.streams,
                 security=self.security,
@@ -153,7 +153,7 @@ class Gateway:
             config=self.config,
             registry=self.registry,
             router=self.router,
-            nats=lambda: supervisor.nc,
+            nats=self._connection,
             security=self.security,
             members=self._subscriptions.members,
         )
@@ -180,6 +180,10 @@ class Gateway:
     @property
     def nats(self) -> NATS:
         """The current NATS connection (replaced when NATS closes one: do not keep it)."""
+        return self._nats.nc
+
+    def _connection(self) -> NATS:
+        # What Subscribe, Read and Admin call for the connection at each use (never kept).
         return self._nats.nc
 
     async def wait(self) -> None:
