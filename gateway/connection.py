@@ -191,6 +191,10 @@ class NatsSupervisor:
 
     async def close(self) -> None:
         """Stop recovering and drain the connection."""
+        # Set before cancelling: the watchdog and recovery loops also end on it. On Python
+        # 3.11 a cancellation that arrives as an `asyncio.wait_for` inside nats-py gets its
+        # reply is lost (the reply is returned instead; gh-86296), and a loop that only
+        # relied on cancel() would then run on and close() would wait for it for ever.
         self._stopping = True
         await self.unwatch()
         for task in (self._watchdog, self._recovery):
@@ -294,7 +298,7 @@ class NatsSupervisor:
     async def _reconcile(self, nc: NATS) -> None:
         delay = FIRST_RETRY_DELAY
         attempt = 0
-        while nc.is_connected:
+        while nc.is_connected and not self._stopping:
             attempt += 1
             try:
                 await self._prepare_connection(nc)
@@ -311,7 +315,7 @@ class NatsSupervisor:
     async def _replace(self) -> None:
         delay = FIRST_RETRY_DELAY
         attempt = 0
-        while True:
+        while not self._stopping:
             attempt += 1
             try:
                 nc = await self._new_connection(LAST_RETRY_DELAY)
@@ -323,19 +327,24 @@ class NatsSupervisor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LAST_RETRY_DELAY)
                 continue
-            break
-        self._nc = nc
-        self._connected = True
-        for listener in self._listeners:
-            await listener.rebind(nc)
-        await self._reconcile(nc)
-        if self._ready:
-            log.info("NATS connection replaced (after %d attempt(s)); SERVING again", attempt)
+            if self._stopping:  # close() came while connecting
+                with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                    await nc.close()
+                return
+            self._nc = nc
+            self._connected = True
+            for listener in self._listeners:
+                await listener.rebind(nc)
+            await self._reconcile(nc)
+            if self._ready:
+                log.info("NATS connection replaced (after %d attempt(s)); SERVING again", attempt)
+            return
 
     async def _watch(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._checked.wait(), self._check_interval)
+                async with asyncio.timeout(self._check_interval):
+                    await self._checked.wait()
             self._checked.clear()
             nc = self._nc
             if nc is None or not self._connected or not nc.is_connected:
