@@ -214,7 +214,8 @@ class ChildProcesses:
                 *(name, len(deaths), self.max_restarts, self.restart_window, delay),
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
             if self._stopping.is_set():
                 return
             self._spawn(slot)

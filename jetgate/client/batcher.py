@@ -197,7 +197,8 @@ class Batcher:
                     break
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._wake.wait()
             while self._in_flight() >= settings.max_batches_in_flight:
                 self._wake.clear()
                 await self._wake.wait()
