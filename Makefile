@@ -87,16 +87,18 @@ lazyfs: venv
 	$(BIN)/python -m pip install --quiet 'mfusepy==3.1.1'
 
 test: venv tools node-deps lazyfs lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The fuzz suite's long profile: 3000 random examples per test against a live gateway (tests/fuzz;
-# `make test` runs the bounded, derandomized `ci` profile), with hypothesis' case counts.
+# `make test` runs the bounded, derandomized `ci` profile), with hypothesis' case counts; no
+# per-test time limit (pyproject's `timeout` is for `make test`).
 fuzz: venv
-	JETGATE_FUZZ_PROFILE=long $(BIN)/python -m pytest -q tests/fuzz --hypothesis-show-statistics
+	JETGATE_FUZZ_PROFILE=long $(BIN)/python -m pytest -q --timeout=0 tests/fuzz --hypothesis-show-statistics
 
-# The fault suite (tests/faults) with ten times the events per scenario of `make test`.
+# The fault suite (tests/faults) with ten times the events per scenario of `make test`, no
+# per-test time limit.
 faults: venv
-	JETGATE_FAULTS_EVENTS=3000 $(BIN)/python -m pytest -q tests/faults
+	JETGATE_FAULTS_EVENTS=3000 $(BIN)/python -m pytest -q --timeout=0 tests/faults
 
 # The cluster chaos tests (tests/faults/test_cluster.py: leader kill -9, restart, step-down
 # under load; the demo pipeline through kills of the stream's and the consumer's leader)
