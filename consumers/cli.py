@@ -360,6 +360,7 @@ async def _consume(
         finally:
             announce.cancel()
             if not running.done():
+                stop.set()  # as well: a cancellation can be lost inside nats-py (Python 3.11)
                 running.cancel()
                 with contextlib.suppress(BaseException):
                     await running
