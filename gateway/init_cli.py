@@ -1,9 +1,10 @@
 """`jetgate init`: a starting point in an empty folder, for someone who just ran `pip install`.
 
-It writes a commented `jetgate.toml` (one stream, one route, where the types come from)
-and an example `.proto`, then prints the command that turns the `.proto` into the
-descriptor set the configuration names, and how to go on. Nothing is overwritten: a file
-that exists stops it (exit 2) unless `--force`.
+It writes a commented `jetgate.toml` (one stream, one route, where the types come from,
+a consumer group for gRPC subscribers commented out) and an example `.proto`, then prints
+the command that turns the `.proto` into the descriptor set the configuration names, and
+how to go on. Nothing is overwritten: a file that exists stops it (exit 2) unless
+`--force`.
 
 Types come from a FileDescriptorSet (`descriptor_sets`), not a Python module: `jetgate up`
 imports `type_modules` by name, and a console script does not look in the current folder,
@@ -58,6 +59,16 @@ description = "Shopping cart events: carts.<EventType>.<cart id>"
 match = "example.events.v1.*"
 stream = "CARTS"
 subject_prefix = "carts"
+
+# A consumer group that clients in any language may join over gRPC (Subscribe); its
+# consumer is created at start-up, clients cannot change its settings. Uncomment to use.
+# [[groups]]
+# name = "cart-audit"
+# stream = "CARTS"
+# filter_subjects = ["carts.>"]  # empty: the whole stream
+# max_deliver = 5                # then the event goes to the DLQ stream
+# backoff = ["1s", "5s", "30s"]  # delays before redeliveries
+# ack_wait = "30s"               # an unsettled delivery is redelivered after it
 """
 
 PROTO = """\
