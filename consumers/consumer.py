@@ -29,11 +29,16 @@ from jetgate import wire
 log = logging.getLogger("jetgate.consumers")
 
 
-async def ensure(js: JetStreamContext, group: ConsumerGroup) -> bool:
+async def ensure(
+    js: JetStreamContext, group: ConsumerGroup, wanted: ConsumerConfig | None = None
+) -> bool:
     """Create or update `group`'s consumer (and the DLQ stream); False: try again later.
 
-    Raises GroupConfigError when JetStream refuses the group's settings, or when the group is
-    declared in the gateway's configuration with other settings (changing nothing).
+    `wanted`: the consumer to create or update to, `group.consumer_config()` unless given (a
+    declared group's, with its declaration's description and marks: a declared consumer that
+    an operator deleted comes back declared). Raises GroupConfigError when JetStream refuses
+    the group's settings, or when the group is declared in the gateway's configuration with
+    other settings (changing nothing).
     """
     try:
         stream = await js.stream_info(group.stream)
@@ -45,7 +50,7 @@ async def ensure(js: JetStreamContext, group: ConsumerGroup) -> bool:
                     f"group {group.name!r}: filter {subject_filter!r} matches no subject of "
                     f"stream {group.stream} ({', '.join(subjects)})"
                 )
-        wanted = group.consumer_config()
+        wanted = wanted or group.consumer_config()
         with contextlib.suppress(NotFoundError):
             current = (await js.consumer_info(group.stream, group.name)).config
             if is_declared(current):

@@ -69,6 +69,7 @@ from typing import Any
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
@@ -153,7 +154,8 @@ class RemoteMember:
     `run()` runs its worker until `close()`; meanwhile `take()` gives what to send to the
     client, `settle()` (or `apply()`, its form without a coroutine per settlement) and
     `add_credits()` apply what the client says, and `wake` is set whenever something is
-    ready to take.
+    ready to take. `consumer_config`: the group's consumer as its worker creates or updates
+    it (default: `group`'s; the gateway gives its declaration's).
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class RemoteMember:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         tick: float | None = None,
+        consumer_config: ConsumerConfig | None = None,
     ) -> None:
         if credits < 1:
             raise ValueError(f"credits must be at least 1, not {credits}")
@@ -198,7 +201,7 @@ class RemoteMember:
             meter_provider=meter_provider,
             current=current,
             lag_gauges=False,
-            declared=group,
+            consumer_config=consumer_config or group.consumer_config(),
         )
 
     @property

@@ -72,6 +72,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError
 from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
@@ -109,8 +110,8 @@ class Worker:
 
     `connect` makes a new connection when nats-py closed `nc` for good; the worker owns
     (and closes) the connections it makes. `current` (instead of `connect`) gives the
-    connection its owner holds now: the worker follows it and never closes it. `declared`:
-    the group whose consumer settings the worker ensures (default `group`).
+    connection its owner holds now: the worker follows it and never closes it.
+    `consumer_config`: the consumer the worker creates or updates (default: `group`'s).
 
     `ready` is set once the consumer is set up and the first pull request is out: from then
     on the group's events flow to this worker.
@@ -131,12 +132,12 @@ class Worker:
         connect: Callable[[], Awaitable[NATS]] | None = None,
         current: Callable[[], NATS] | None = None,
         lag_gauges: bool = True,
-        declared: ConsumerGroup | None = None,
+        consumer_config: ConsumerConfig | None = None,
     ) -> None:
         self.group = group
-        # Whose consumer settings to create or update: a remote member's group carries
-        # handlers its declaration has not (they would change the consumer's metadata).
-        self._declared = declared or group
+        # Given for a remote member: its group carries handlers its declaration has not (they
+        # would change the consumer's metadata).
+        self._consumer_config = consumer_config
         self._stats = WorkerStats()
         self._nc = nc
         self._connect = connect
@@ -334,7 +335,7 @@ class Worker:
 
     async def _setup(self) -> bool:
         """Create or update the group's consumer (and the DLQ stream); False: try later."""
-        if not await consumer.ensure(self._js, self._declared):
+        if not await consumer.ensure(self._js, self.group, self._consumer_config):
             return False
         self._needs_setup = False
         self._set_up_once = True

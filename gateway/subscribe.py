@@ -49,6 +49,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from nats.aio.client import Client as NATS
+from nats.js.api import ConsumerConfig
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
@@ -58,7 +59,7 @@ from consumers.remote import RemoteMember
 from gateway import subscribe_messages as messages
 from gateway.auth.policy import Action
 from gateway.errors import abort, bad_request, make_status
-from gateway.groups import GroupConfig
+from gateway.groups import GroupConfig, declared_consumer_config
 from gateway.registry import TypeRegistry
 from gateway.routing import Router
 from gateway.security import ListenerSecurity
@@ -83,6 +84,7 @@ class _Refused(Exception):
 class _Declared:
     config: GroupConfig
     group: ConsumerGroup
+    consumer: ConsumerConfig  # as declared: description and marks included
     event_types: Mapping[str, type[Message]]
 
 
@@ -137,7 +139,12 @@ class Subscriptions:
         meter_provider: MeterProvider | None = None,
     ) -> None:
         self._groups = {
-            g.name: _Declared(g, g.consumer_group(), group_event_types(g, registry, router))
+            g.name: _Declared(
+                g,
+                g.consumer_group(),
+                declared_consumer_config(g),
+                group_event_types(g, registry, router),
+            )
             for g in groups
         }
         self._security = security
@@ -264,9 +271,10 @@ class Subscriptions:
             current=self._connection,
             tracer_provider=self._tracer_provider,
             meter_provider=self._meter_provider,
+            consumer_config=declared.consumer,
         )
         try:
-            ready = await consumer.ensure(nc.jetstream(), declared.group)
+            ready = await consumer.ensure(nc.jetstream(), declared.group, declared.consumer)
         except GroupConfigError as exc:
             raise _Refused(make_status(grpc.StatusCode.FAILED_PRECONDITION, str(exc))) from None
         if not ready:

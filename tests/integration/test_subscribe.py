@@ -273,6 +273,23 @@ async def test_members_keep_the_declared_consumer_settings(
         assert "OrderPlaced" not in written
 
 
+async def test_a_declared_consumer_deleted_at_runtime_comes_back_declared(
+    stub: Stub, js: JetStreamContext
+) -> None:
+    async with subscribed(stub) as client:
+        await eventually(lambda: client.subscribed is not None)
+        await js.delete_consumer("ORDERS", GROUP)
+        [stored] = await publish(stub, "o-after")
+        # The member's worker makes the consumer again: as declared, not as its own group.
+        delivery = await eventually(lambda: client.delivery(0))
+        assert delivery.event.id == stored.event_id
+        info = await js.consumer_info("ORDERS", GROUP)
+    assert info.config.metadata is not None
+    assert info.config.metadata.get(wire.DECLARED_METADATA) == wire.DECLARED_BY_CONFIG
+    assert "OrderPlaced" not in info.config.metadata[wire.EVENT_TYPES_METADATA]
+    assert info.config.max_deliver == 3 + 1  # the declaration's max_deliver (+1: see group.py)
+
+
 async def test_times_arrive_to_the_microsecond(stub: Stub) -> None:
     sent = request("o-1")
     sent.event.time.FromDatetime(datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC))
