@@ -77,6 +77,7 @@ Context = grpc.aio.ServicerContext[object, object]
 # one stored event is at most nats-server's max_payload, 1 MiB by default, + 64 KiB headers).
 MAX_EVENTS_PER_RESPONSE = 1000
 MAX_RESPONSE_BYTES = 1024 * 1024
+CLOSE_TIMEOUT = 5.0  # s, Gateway.stop waits this long at most for reads' consumers to go
 # JetStream: "consumer subject filters cannot overlap".
 JS_CONSUMER_OVERLAPPING_FILTERS = 10138
 
@@ -130,6 +131,13 @@ class Reader:
             await abort(context, _unavailable(f"{exc!r}"))
         finally:
             self._close_later(pull)
+
+    async def close(self) -> None:
+        """Wait for the deletion of ended reads' consumers (at most CLOSE_TIMEOUT s): the
+        gateway stops its connection after this, and a consumer left behind would linger
+        until its inactivity threshold."""
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=CLOSE_TIMEOUT)
 
     def _close_later(self, pull: OrderedPull) -> None:
         """Delete the read's consumer without keeping the call open for it: the client has

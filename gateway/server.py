@@ -100,6 +100,12 @@ class Gateway:
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
+        self._reader = Reader(
+            nats=self._connection,
+            router=self.router,
+            streams=config.streams,
+            security=self.security,
+        )
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -141,12 +147,7 @@ class Gateway:
             telemetry=telemetry,
             security=self.security,
             subscriptions=self._subscriptions,
-            reader=Reader(
-                nats=self._connection,
-                router=self.router,
-                streams=self.config.streams,
-                security=self.security,
-            ),
+            reader=self._reader,
         )
         gateway_pb2_grpc.add_EventGatewayServicer_to_server(servicer, self._server)
         admin = AdminServicer(
@@ -192,11 +193,13 @@ class Gateway:
             await self._server.wait_for_termination()
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting RPCs, let in-flight publishes finish (up to `grace` s), disconnect."""
+        """Stop accepting RPCs, let in-flight publishes finish (up to `grace` s), delete the
+        ended reads' consumers, disconnect."""
         await self._nats.unwatch()
         await self._subscriptions.close()
         if self._server is not None:
             await self._server.stop(grace)
+        await self._reader.close()
         if self._publisher is not None:
             await self._publisher.close()
         await self._nats.close()
