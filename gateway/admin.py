@@ -46,7 +46,6 @@ from gateway.admin_call import (
     AdminCall,
     group_name,
     nats_status,
-    not_found,
     stream_name,
 )
 from gateway.admin_groups import (
@@ -58,7 +57,7 @@ from gateway.admin_groups import (
 )
 from gateway.admin_streams import managed_streams, stream_info, stream_message
 from gateway.config import GatewayConfig
-from gateway.errors import RpcAbort, abort, bad_request, make_status
+from gateway.errors import RpcAbort, abort, bad_request, make_status, not_found
 from gateway.registry import TypeRegistry, UnknownTypeError
 from gateway.routing import Router
 from gateway.security import ListenerSecurity

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -80,19 +80,13 @@ def group_name(name: str) -> str:
     return name
 
 
-def not_found(kind: str, name: str, description: str) -> status_pb2.Status:
-    """NOT_FOUND for the `kind` named `name`, with a ResourceInfo."""
-    info = error_details_pb2.ResourceInfo(
-        resource_type=kind, resource_name=name, description=description
-    )
-    return make_status(grpc.StatusCode.NOT_FOUND, f"{kind} {name}: {description}", info)
-
-
 def nats_status(exc: TimeoutError | NatsError) -> status_pb2.Status:
     """The status of a JetStream request that failed with `exc`."""
     if isinstance(exc, NotFoundError):  # deleted while the call ran
         return make_status(grpc.StatusCode.NOT_FOUND, f"JetStream: {exc.description}")
     if isinstance(exc, APIError) and (exc.code or 0) < 500:
-        return make_status(grpc.StatusCode.INTERNAL, f"JetStream refused: {exc.description}")
+        return make_status(
+            grpc.StatusCode.FAILED_PRECONDITION, f"JetStream refused: {exc.description}"
+        )
     text = redact(str(exc) or type(exc).__name__)
     return make_status(grpc.StatusCode.UNAVAILABLE, f"NATS did not answer ({text}); retry later")

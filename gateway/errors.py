@@ -160,3 +160,11 @@ def failure_status(
     if failure.code >= 500:
         return make_status(grpc.StatusCode.UNAVAILABLE, f"{text}; retry with the same event id")
     return make_status(grpc.StatusCode.FAILED_PRECONDITION, text)
+
+
+def not_found(kind: str, name: str, description: str) -> status_pb2.Status:
+    """NOT_FOUND for the `kind` named `name`, with a google.rpc.ResourceInfo."""
+    info = error_details_pb2.ResourceInfo(
+        resource_type=kind, resource_name=name, description=description
+    )
+    return make_status(grpc.StatusCode.NOT_FOUND, f"{kind} {name}: {description}", info)

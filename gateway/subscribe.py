@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig
 from opentelemetry.metrics import MeterProvider
@@ -58,7 +58,7 @@ from consumers.group import ConsumerGroup, GroupConfigError
 from consumers.remote import RemoteMember
 from gateway import subscribe_messages as messages
 from gateway.auth.policy import Action
-from gateway.errors import abort, bad_request, make_status
+from gateway.errors import abort, bad_request, make_status, not_found
 from gateway.groups import GroupConfig, declared_consumer_config
 from gateway.registry import TypeRegistry
 from gateway.routing import Router
@@ -229,13 +229,10 @@ class Subscriptions:
         if declared is None:
             # Not naming the declared groups: a caller may be allowed this name only.
             raise _Refused(
-                make_status(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"no consumer group {opening.group!r} is declared in the gateway's "
-                    "configuration ([[groups]])",
-                    error_details_pb2.ResourceInfo(
-                        resource_type="consumer group", resource_name=opening.group
-                    ),
+                not_found(
+                    "consumer group",
+                    opening.group,
+                    "not declared in the gateway's configuration ([[groups]])",
                 )
             )
         if opening.stream and opening.stream != declared.group.stream:
