@@ -44,13 +44,15 @@ finds nothing (no dead letters, count 0, nothing redriven or purged) rather than
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from consumers.headers import text_headers
@@ -59,6 +61,8 @@ from jetgate import wire
 log = logging.getLogger("jetgate.consumers")
 
 DEAD_LETTER_DUPLICATE_WINDOW = 120.0  # s
+# `count`'s consumer is deleted at once; this is the backstop when the deletion fails (s).
+COUNTER_INACTIVE_THRESHOLD = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -367,12 +371,29 @@ def _log_refusal(dead: DeadLetter, reason: str) -> None:
 
 
 async def count(js: JetStreamContext, group: str, *, stream: str = wire.DEAD_LETTER_STREAM) -> int:
-    """How many dead letters of `group` are stored (0 without a dead-letter stream)."""
+    """How many dead letters of `group` are stored (0 without a dead-letter stream).
+
+    The pending count of a short-lived consumer on the group's dead-letter subjects, deleted
+    at once: a stream's per-subject counts (`stream_info` with a subjects filter) stop at
+    100,000 subjects per answer, and a group's dead letters have a subject per origin
+    subject, i.e. per event key.
+    """
+    counter = ConsumerConfig(
+        filter_subject=wire.dead_letter_filter(group),
+        ack_policy=AckPolicy.NONE,
+        mem_storage=True,
+        num_replicas=1,
+        inactive_threshold=COUNTER_INACTIVE_THRESHOLD,
+    )
     try:
-        info = await js.stream_info(stream, subjects_filter=wire.dead_letter_filter(group))
+        info = await js.add_consumer(stream, counter)
     except NotFoundError:
         return 0
-    return sum((info.state.subjects or {}).values())
+    try:
+        return info.num_pending or 0
+    finally:
+        with contextlib.suppress(NatsError, TimeoutError):
+            await js.delete_consumer(stream, info.name)
 
 
 async def purge(js: JetStreamContext, group: str, *, stream: str = wire.DEAD_LETTER_STREAM) -> int:

@@ -34,6 +34,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from consumers import deadletter
 from gateway import operator_nats
 from gateway.terminal import report, use_colour
 from jetgate import wire
@@ -84,7 +85,6 @@ async def group_rows(nc: NATS, only_stream: str | None) -> list[Row]:
             raise StartupError(f"no stream {only_stream!r}") from None
     else:
         streams = sorted(i.config.name or "" for i in await js.streams_info())
-    dead = await _dead_letter_counts(js)
     rows = []
     for stream in streams:
         for info in sorted(await js.consumers_info(stream), key=lambda i: i.name):
@@ -97,25 +97,11 @@ async def group_rows(nc: NATS, only_stream: str | None) -> list[Row]:
                     "pending": info.num_pending or 0,
                     "ack_pending": info.num_ack_pending or 0,
                     "redelivered": info.num_redelivered or 0,
-                    "dead_letters": dead.get(info.name, 0),
+                    "dead_letters": await deadletter.count(js, info.name),
                     "pulls_waiting": info.num_waiting or 0,
                 }
             )
     return rows
-
-
-async def _dead_letter_counts(js: Any) -> dict[str, int]:
-    """Dead letters per group: subjects `dlq.<group>.<origin subject>` of stream DLQ."""
-    try:
-        info = await js.stream_info(wire.DEAD_LETTER_STREAM, subjects_filter=">")
-    except NotFoundError:
-        return {}
-    counts: dict[str, int] = {}
-    for subject, count in (info.state.subjects or {}).items():
-        tokens = subject.split(".")
-        if len(tokens) > 2 and tokens[0] == wire.DEAD_LETTER_PREFIX:
-            counts[tokens[1]] = counts.get(tokens[1], 0) + count
-    return counts
 
 
 def print_rows(rows: Sequence[Row], columns: Sequence[str], *, as_json: bool, title: str) -> None:
