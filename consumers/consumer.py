@@ -65,7 +65,7 @@ async def ensure(
                 return True
             if changed := changes(current, wanted):
                 # Expected after a deploy; a surprise when two modules share a name.
-                log.warning("group %s: updating its consumer: %s", group.name, changed)
+                log.warning("group %s: updating its consumer: %s", group.name, "; ".join(changed))
         await js.add_consumer(group.stream, wanted)
         log.info("group %s: consumer ready on stream %s", group.name, group.stream)
     except NotFoundError as exc:
@@ -83,18 +83,17 @@ async def ensure(
     return True
 
 
-def changes(current: ConsumerConfig, wanted: ConsumerConfig) -> str:
-    """What updating consumer `current` to `wanted` changes (the settings a group sets)."""
-    fields = ("filter_subjects", "ack_wait", "max_deliver", "max_ack_pending", "description")
-    changed = [
-        f"{name} {getattr(current, name)!r} -> {getattr(wanted, name)!r}"
-        for name in fields
-        if getattr(current, name) != getattr(wanted, name)
-    ]
-    ours = {k: v for k, v in (current.metadata or {}).items() if k.startswith("jetgate.")}
-    if ours != wanted.metadata:
-        changed.append(f"metadata {ours!r} -> {wanted.metadata!r}")
-    return "; ".join(changed)
+def changes(current: ConsumerConfig, wanted: ConsumerConfig) -> tuple[str, ...]:
+    """What updating consumer `current` to `wanted` changes, one "setting: current -> wanted"
+    each: the group settings (`differences`), the description and the handled types."""
+    changed = [f"{name}: {cur} -> {want}" for name, cur, want in differences(current, wanted)]
+    if (current.description or "") != (wanted.description or ""):
+        changed.append(f"description: {current.description or ''!r} -> {wanted.description!r}")
+    have, want = current.metadata or {}, wanted.metadata or {}
+    key = wire.EVENT_TYPES_METADATA
+    if have.get(key) != want.get(key):
+        changed.append(f"{key}: {have.get(key, '(none)')} -> {want.get(key)}")
+    return tuple(changed)
 
 
 def is_declared(config: ConsumerConfig) -> bool:

@@ -309,8 +309,8 @@ async def test_a_changed_group_updates_its_consumer_and_says_what_changed(
         await run_until(Worker(group(**settings), nc), lambda n=start: ready(caplog) == n)
     updates = [r.getMessage() for r in caplog.records if "updating its consumer" in r.getMessage()]
     assert len(updates) == 1  # the identical second start changes nothing
-    assert "ack_wait 5.0 -> 7.0" in updates[0]
-    assert "['orders.>'] -> ['orders.OrderPaid.>']" in updates[0]
+    assert "ack_wait: 5s -> 7s" in updates[0]
+    assert "filter_subjects: [orders.>] -> [orders.OrderPaid.>]" in updates[0]
     info = await js.consumer_info(STREAM, "billing")
     assert (info.config.ack_wait, info.config.filter_subjects) == (7.0, ["orders.OrderPaid.>"])
 
