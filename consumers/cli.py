@@ -146,23 +146,9 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     dlq.add_argument("--group", required=True, help="the group whose dead letters to act on")
     dlq.add_argument("--json", action="store_true", help="list: one JSON object per line")
     for command in (consume, dlq):
-        command.add_argument(
-            "--nats-url",
-            default=None,
-            metavar="URL",
-            help=f"NATS server URL(s), comma-separated, credentials allowed (never printed) "
-            f"[default: {processes.NATS_URL}, else {DEFAULT_NATS_URL}]",
+        nats_options.add_flags(
+            command, url_default=f"{processes.NATS_URL}, else {DEFAULT_NATS_URL}"
         )
-        for setting, text in nats_options.HELP.items():
-            if setting in nats_options.SECRET_SETTINGS or setting == "nats_url":
-                continue
-            command.add_argument(
-                f"--{setting.replace('_', '-')}",
-                dest=setting,
-                default=None,
-                metavar="VALUE",
-                help=f"{text} [default: {nats_options.ENV_PREFIX}{setting.upper()}]",
-            )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -44,22 +44,11 @@ T = TypeVar("T")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `--nats-url` and the other non-secret `--nats-*` flags to `parser`."""
-    parser.add_argument(
-        "--nats-url",
-        dest="nats_url",
-        metavar="URL",
-        help="NATS server URL(s), comma-separated, credentials allowed (never printed) "
-        f"[default: JETGATE_NATS_URL, else the config's nats_url, else {DEFAULT_NATS_URL}]",
+    nats_options.add_flags(
+        parser,
+        url_default=f"JETGATE_NATS_URL, else the config's nats_url, else {DEFAULT_NATS_URL}",
+        else_=", else the config's",
     )
-    for setting, text in nats_options.HELP.items():
-        if setting in nats_options.SECRET_SETTINGS or setting == "nats_url":
-            continue
-        parser.add_argument(
-            f"--{setting.replace('_', '-')}",
-            dest=setting,
-            metavar="VALUE",
-            help=f"{text} [default: {nats_options.ENV_PREFIX}{setting.upper()}, else the config's]",
-        )
 
 
 def load(args: argparse.Namespace) -> GatewayConfig:

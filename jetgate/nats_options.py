@@ -34,6 +34,7 @@ on a subject) do not close the connection: nats-py only reports them to `error_c
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -166,6 +167,30 @@ HELP: Final = {
     "nats_tls_handshake_first": "TLS before the NATS server's INFO (servers with "
     "handshake_first): true|false",
 }
+
+
+def add_flags(parser: argparse.ArgumentParser, *, url_default: str, else_: str = "") -> None:
+    """Add `--nats-url` and the other non-secret `--nats-*` flags to `parser` (secrets come
+    from variables and files only: a flag's value shows in `ps`). `url_default` says where
+    the URL comes from without the flag; `else_` is appended to the other flags' default
+    (their JETGATE_* variable), e.g. ", else the config's"."""
+    parser.add_argument(
+        "--nats-url",
+        dest="nats_url",
+        default=None,
+        metavar="URL",
+        help=f"{HELP['nats_url']} [default: {url_default}]",
+    )
+    for setting, text in HELP.items():
+        if setting in SECRET_SETTINGS or setting == "nats_url":
+            continue
+        parser.add_argument(
+            f"--{setting.replace('_', '-')}",
+            dest=setting,
+            default=None,
+            metavar="VALUE",
+            help=f"{text} [default: {ENV_PREFIX}{setting.upper()}{else_}]",
+        )
 
 
 def split_servers(value: str | Sequence[str]) -> tuple[str, ...]:
