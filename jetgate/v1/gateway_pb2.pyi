@@ -454,7 +454,7 @@ class Delivery(_message.Message):
     @_builtins.property
     def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """W3C trace context (traceparent, tracestate) of the gateway's CONSUMER span for this
-        delivery: continue it to keep the event's trace.
+        delivery: continue it to keep the event's trace. Also `baggage` when the event has it.
         """
 
     @_builtins.property
