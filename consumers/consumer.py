@@ -85,14 +85,15 @@ async def ensure(
 
 def changes(current: ConsumerConfig, wanted: ConsumerConfig) -> tuple[str, ...]:
     """What updating consumer `current` to `wanted` changes, one "setting: current -> wanted"
-    each: the group settings (`differences`), the description and the handled types."""
+    each: the group settings (`differences`), the description, the handled types and the
+    declared mark."""
     changed = [f"{name}: {cur} -> {want}" for name, cur, want in differences(current, wanted)]
     if (current.description or "") != (wanted.description or ""):
         changed.append(f"description: {current.description or ''!r} -> {wanted.description!r}")
     have, want = current.metadata or {}, wanted.metadata or {}
-    key = wire.EVENT_TYPES_METADATA
-    if have.get(key) != want.get(key):
-        changed.append(f"{key}: {have.get(key, '(none)')} -> {want.get(key)}")
+    for key in (wire.EVENT_TYPES_METADATA, wire.DECLARED_METADATA):
+        if have.get(key) != want.get(key):
+            changed.append(f"{key}: {have.get(key, '(none)')} -> {want.get(key)}")
     return tuple(changed)
 
 

@@ -187,10 +187,6 @@ def declared_consumer_config(group: GroupConfig) -> ConsumerConfig:
 def diff_group(current: ConsumerConfig, desired: ConsumerConfig) -> tuple[str, ...]:
     """The managed settings that differ, as "setting: current -> declared". Pure: no I/O."""
     changes = list(consumer.changes(current, desired))
-    have, want = current.metadata or {}, desired.metadata or {}
-    key = wire.DECLARED_METADATA
-    if have.get(key) != want.get(key):
-        changes.append(f"{key}: {have.get(key, '(none)')} -> {want.get(key)}")
     for name in ("deliver_policy", "ack_policy"):
         cur_value, want_value = getattr(current, name), getattr(desired, name)
         if _text(cur_value) != _text(want_value):
